@@ -1,0 +1,187 @@
+"""The ``vfio-user-mig`` command line.
+
+Every command that reports prints human text by default and one JSON object on stdout with
+``--json``. Commands are small functions registered in :data:`COMMANDS`; heavy modules
+(matplotlib, the simulator) are imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vfio_user_mig.model import VFIO_USER_CAPS, InvalidTransition, MigrationCaps, State
+from vfio_user_mig.model.graph import caps_label, graph_summary, parse_caps
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _caps_arg(text: str) -> MigrationCaps:
+    try:
+        return parse_caps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _state_arg(text: str) -> State:
+    key = text.strip().upper().replace("-", "_")
+    if key in State.__members__:
+        return State[key]
+    if key.isdigit() and int(key) in State._value2member_map_:
+        return State(int(key))
+    names = ", ".join(State.__members__)
+    raise argparse.ArgumentTypeError(f"unknown state {text!r} (one of {names})")
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=None, sort_keys=False))
+    else:
+        print(human)
+
+
+def _add_caps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--caps", type=_caps_arg, default=VFIO_USER_CAPS,
+        help="capability set, e.g. stop_copy,pre_copy (default, vfio-user), stop_copy, "
+             "stop_copy,p2p, all",
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Draw the FSM (PNG/SVG/PDF via matplotlib) or print it as Mermaid or DOT text."""
+    from vfio_user_mig.model import render
+
+    fmt = args.format
+    if fmt is None:
+        fmt = Path(args.output).suffix.lstrip(".").lower() if args.output else "png"
+    if fmt in ("mermaid", "dot"):
+        text = render.to_mermaid(args.caps) if fmt == "mermaid" else render.to_dot(args.caps)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+        _emit(args, {"format": fmt, "text": text, "output": args.output}, text)
+        return 0
+    from vfio_user_mig.model.plot import save_graph
+
+    out = Path(args.output or f"fsm.{fmt}")
+    if out.suffix.lstrip(".").lower() != fmt:
+        out = out.with_suffix(f".{fmt}")
+    save_graph(args.caps, out)
+    summary = graph_summary(args.caps)
+    _emit(args, {"format": fmt, "output": str(out), **summary},
+          f"wrote {out} ({len(summary['states'])} states, {len(summary['arcs'])} direct arcs, "
+          f"caps {summary['caps']})")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """Print the cur x target matrix of complex transitions."""
+    from vfio_user_mig.model import render
+
+    caps_list = list(_all_caps()) if args.all else [args.caps]
+    if args.json:
+        print(json.dumps({"tables": [render.path_matrix(c) for c in caps_list]}))
+    else:
+        print("\n\n".join(render.format_matrix(c) for c in caps_list))
+    return 0
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    """Print one complex transition with the Mealy action of each arc (exit 1 if refused)."""
+    from vfio_user_mig.model import render
+
+    info = render.describe_path(args.cur, args.target, args.caps)
+    _emit(args, info, render.format_path(args.cur, args.target, args.caps))
+    return 0 if info["ok"] else 1
+
+
+def _all_caps() -> tuple[MigrationCaps, ...]:
+    from vfio_user_mig.model import ALL_CAPS
+
+    return ALL_CAPS
+
+
+COMMANDS: dict[str, tuple[Handler, str, Callable[[argparse.ArgumentParser], None]]] = {}
+
+
+def command(name: str, help_text: str) -> Callable[
+    [Callable[[argparse.ArgumentParser], None]], Callable[[argparse.ArgumentParser], None]
+]:
+    """Register a sub-command: decorate the function that adds its arguments; the handler is
+    set with ``parser.set_defaults(handler=...)`` inside it."""
+
+    def register(
+        configure: Callable[[argparse.ArgumentParser], None],
+    ) -> Callable[[argparse.ArgumentParser], None]:
+        COMMANDS[name] = (_no_handler, help_text, configure)
+        return configure
+
+    return register
+
+
+def _no_handler(args: argparse.Namespace) -> int:  # pragma: no cover - set_defaults overrides
+    return 2
+
+
+@command("graph", "draw the migration FSM (png/svg/pdf) or print it as mermaid/dot")
+def _configure_graph(p: argparse.ArgumentParser) -> None:
+    _add_caps(p)
+    p.add_argument("-o", "--output", help="output file (default fsm.png); suffix picks format")
+    p.add_argument("--format", choices=["png", "svg", "pdf", "mermaid", "dot"])
+    _add_json(p)
+    p.set_defaults(handler=cmd_graph)
+
+
+@command("table", "print the matrix of complex transitions (cur x target)")
+def _configure_table(p: argparse.ArgumentParser) -> None:
+    _add_caps(p)
+    p.add_argument("--all", action="store_true", help="all four capability sets")
+    _add_json(p)
+    p.set_defaults(handler=cmd_table)
+
+
+@command("path", "print one complex transition with the action of each arc")
+def _configure_path(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cur", type=_state_arg, help="current state, e.g. RUNNING")
+    p.add_argument("target", type=_state_arg, help="requested state, e.g. STOP_COPY")
+    _add_caps(p)
+    _add_json(p)
+    p.set_defaults(handler=cmd_path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered command."""
+    parser = argparse.ArgumentParser(
+        prog="vfio-user-mig",
+        description="The executable model of vfio-user live migration (migration v2).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_handler, help_text, configure) in COMMANDS.items():
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vfio-user-mig`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except InvalidTransition as exc:
+        print(f"vfio-user-mig: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+__all__ = ["COMMANDS", "build_parser", "caps_label", "command", "main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The device-side executor: a ``transitions.Machine`` generated from the FSM graph.
+
+One trigger per direct arc of :func:`~vfio_user_mig.model.graph.transition_graph` (named by
+:func:`~vfio_user_mig.model.graph.trigger_name`), ``auto_transitions=False`` so no other
+state change exists, and the arc's Mealy action in ``before``: if the action raises, the
+machine's state is unchanged. A ``reset`` trigger (DEVICE_RESET) goes from any state to
+RUNNING.
+
+:class:`DeviceFSM` is the typed facade: :meth:`DeviceFSM.set_state` validates a request with
+the model (nothing happens on a refused request), then walks the generated path arc by arc.
+When an action fails with :class:`ArcActionError` the walk stops at the last completed state,
+or the device is put in ERROR when the error says it is ``broken`` (PROTOCOL.md section 5).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from transitions import Machine, MachineError
+
+from vfio_user_mig.model.errors import ArcActionError
+from vfio_user_mig.model.graph import RESET_TARGET, normalize_caps, transition_graph
+from vfio_user_mig.model.paths import Path, transition_path
+from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
+
+
+class ArcActions(Protocol):
+    """What a device provides: the Mealy action of each arc, and its reset."""
+
+    def on_arc(self, src: State, dst: State) -> None:
+        """Carry out the arc ``src -> dst``; raise :class:`ArcActionError` on failure."""
+
+    def on_reset(self) -> None:
+        """DEVICE_RESET: return the device to its initial running condition."""
+
+
+class NoActions:
+    """Actions that do nothing (a pure FSM, for tests and proofs)."""
+
+    def on_arc(self, src: State, dst: State) -> None:
+        """Accept every arc."""
+
+    def on_reset(self) -> None:
+        """Nothing to reset."""
+
+
+@dataclass
+class WalkResult:
+    """What :meth:`DeviceFSM.set_state` did: the arcs completed and how it ended."""
+
+    requested: State
+    path: Path
+    completed: list[tuple[State, State]] = field(default_factory=list)
+    error: ArcActionError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the target was reached."""
+        return self.error is None
+
+
+class _Model:
+    """The object ``transitions`` attaches its state and triggers to."""
+
+    state: str
+
+    def __init__(self, run_action: Callable[[State, State], None]) -> None:
+        self._run_action = run_action
+
+    def _before(self, event: Any) -> None:
+        src = State[event.transition.source]
+        dst = State[event.transition.dest]
+        self._run_action(src, dst)
+
+
+def build_machine(
+    caps: MigrationCaps | int, model: object, initial: State = State.RUNNING
+) -> Machine:
+    """A ``transitions.Machine`` with exactly the graph's arcs as triggers (plus ``reset``)."""
+    graph = transition_graph(caps)
+    machine = Machine(
+        model=model,
+        states=[s.name for s in graph.nodes],
+        initial=initial.name,
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+    )
+    for src, dst, data in graph.edges(data=True):
+        machine.add_transition(data["trigger"], src.name, dst.name, before="_before")
+    machine.add_transition("reset", "*", RESET_TARGET.name)
+    return machine
+
+
+class DeviceFSM:
+    """The migration state of one device, driven only along the model's arcs.
+
+    ``actions`` receives one :meth:`ArcActions.on_arc` call per direct arc walked, in order.
+    """
+
+    def __init__(
+        self,
+        caps: MigrationCaps | int = VFIO_USER_CAPS,
+        actions: ArcActions | None = None,
+        initial: State = State.RUNNING,
+    ) -> None:
+        self.caps = normalize_caps(caps)
+        self.actions: ArcActions = actions if actions is not None else NoActions()
+        self._model = _Model(self.actions.on_arc)
+        self.machine = build_machine(self.caps, self._model, initial)
+
+    @property
+    def state(self) -> State:
+        """The current migration state."""
+        return State[self._model.state]
+
+    def step(self, dst: State) -> None:
+        """Walk one direct arc; raises ``MachineError`` if it is not an arc of the graph and
+        :class:`ArcActionError` (state unchanged) if the action fails."""
+        graph = transition_graph(self.caps)
+        src = self.state
+        if not graph.has_edge(src, dst):
+            raise MachineError(f"{src.name} -> {dst.name} is not a direct arc")
+        self._model.trigger(graph.edges[src, dst]["trigger"])  # type: ignore[attr-defined]
+
+    def set_state(self, target: State | int) -> WalkResult:
+        """Walk the complex transition to ``target``.
+
+        Raises :class:`~vfio_user_mig.model.errors.InvalidTransition` (nothing done) for a
+        refused request. Otherwise returns a :class:`WalkResult`; on an action failure it
+        carries the error, and :attr:`state` is the last completed state, or ERROR when the
+        error was ``broken``.
+        """
+        path = transition_path(self.state, target, self.caps)
+        result = WalkResult(State(target), path)
+        for src, dst in itertools.pairwise(path):
+            try:
+                self.step(dst)
+            except ArcActionError as exc:
+                result.error = exc
+                if exc.broken:
+                    self.machine.set_state(State.ERROR.name, model=self._model)
+                break
+            result.completed.append((src, dst))
+        return result
+
+    def reset(self) -> None:
+        """DEVICE_RESET: run the device's reset and return to RUNNING from any state."""
+        self.actions.on_reset()
+        self._model.trigger("reset")  # type: ignore[attr-defined]
+
+    def force_error(self) -> None:
+        """Put the device in ERROR (a device-internal failure outside any request)."""
+        self.machine.set_state(State.ERROR.name, model=self._model)
+
+
+def arc_failed(message: str, errno: int = _errno.EIO, *, broken: bool = False) -> ArcActionError:
+    """Convenience constructor for device actions."""
+    return ArcActionError(message, errno, broken=broken)
+
+
+__all__ = ["ArcActions", "DeviceFSM", "NoActions", "WalkResult", "arc_failed", "build_machine"]
