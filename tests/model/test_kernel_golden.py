@@ -6,8 +6,8 @@ import errno
 
 import pytest
 
-from tests.model import kernel_reference as kernel
 from vfio_user_mig.model import ALL_CAPS, InvalidTransition, State, next_state, transition_path
+from vfio_user_mig.proofs import kernel_reference as kernel
 
 CASES = [(caps, cur, tgt) for caps in ALL_CAPS for cur in State for tgt in State]
 

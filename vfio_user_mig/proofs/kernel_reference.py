@@ -6,8 +6,8 @@ Transcribed (facts only) from ``drivers/vfio/vfio_main.c``: ``vfio_from_fsm_tabl
 spinning). ``kernel_next_state(..., fixed=False)`` reproduces the unfixed loop, bounded so the
 test can observe that it would not terminate.
 
-This file is the independent oracle the generated paths are compared with; it must never be
-imported by the package.
+This module is the independent oracle the generated paths are compared with (by the model tests
+and by the proofs); the model must never import it.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _supported(state: int, flags: int) -> bool:
     return STATE_FLAGS[state] & flags == STATE_FLAGS[state]
 
 
-def kernel_next_state(flags: int, cur: int, new: int, *, fixed: bool = True) -> int:
+def kernel_next_state(flags: int, cur: int, new: int, *, fixed: bool = True) -> int | None:
     """Return the next state, EINVAL (-22), or ``None`` if the unfixed loop would spin."""
     if cur >= NUM_STATES or not _supported(cur, flags):
         return EINVAL
@@ -84,11 +84,11 @@ def kernel_next_state(flags: int, cur: int, new: int, *, fixed: bool = True) -> 
         nxt = FROM_FSM_TABLE[nxt][new]
         steps += 1
         if steps > LOOP_BOUND:
-            return None  # type: ignore[return-value]
+            return None
     return nxt if nxt != ERROR else EINVAL
 
 
-def kernel_path(flags: int, cur: int, new: int) -> tuple[int, ...] | int:
+def kernel_path(flags: int, cur: int, new: int) -> tuple[int, ...] | int | None:
     """Iterate the (fixed) kernel function: the state path, or EINVAL.
 
     The request is validated by one call even when ``cur == new`` (the kernel function
@@ -99,8 +99,8 @@ def kernel_path(flags: int, cur: int, new: int) -> tuple[int, ...] | int:
     path = [cur]
     while path[-1] != new:
         nxt = kernel_next_state(flags, path[-1], new)
-        if nxt == EINVAL:
-            return EINVAL
+        if nxt is None or nxt == EINVAL:
+            return nxt
         path.append(nxt)
         assert len(path) <= NUM_STATES, "kernel path longer than the state count"
     return tuple(path)

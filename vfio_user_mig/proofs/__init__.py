@@ -1,0 +1,1 @@
+"""Exhaustive, machine-checked properties of the migration FSM and protocol."""
