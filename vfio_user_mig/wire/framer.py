@@ -1,0 +1,193 @@
+"""Sans-IO message framing for a vfio-user byte stream (PROTOCOL.md section 1: ``msg_size``
+delimits messages; file descriptors travel as SCM_RIGHTS ancillary data).
+
+Contract of :class:`Framer`:
+
+* Input: bytes in arbitrary pieces, either copied in with :meth:`Framer.feed` or received in
+  place with :meth:`Framer.recv_buffer` + :meth:`Framer.commit` (``sock.recv_into(buf)``: no
+  copy at all, each message gets its own buffer). File descriptors received with a piece are
+  attached to the message that the piece's first byte belongs to (the message in progress,
+  or the next one when the piece starts at a message boundary), which is where ``sendmsg``
+  puts them: with the first byte of the message.
+* Output: :meth:`Framer.next_message` returns ``(message, fds)`` for each whole message in
+  order, or ``None`` when none is complete. Data fields of the messages are memoryviews into a
+  buffer the framer never touches again.
+* Limits: ``msg_size`` is checked as soon as the 16 header bytes are in, before any payload
+  is buffered: below 16 -> WireError EINVAL, above ``max_size`` -> WireError E2BIG. Such a
+  framing error desynchronizes the stream: it is raised by ``next_message`` after the messages
+  before it, and every later ``feed``/``commit``/``next_message`` raises it again.
+* A message that frames correctly but does not decode raises its :class:`WireError` from
+  ``next_message`` (with ``.header`` and ``.fds`` set; the caller owns those fds); the stream
+  stays usable and the next call continues with the following message.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+from vfio_user_mig.wire.codec import check_header, decode
+from vfio_user_mig.wire.constants import DEFAULT_MAX_MSG_SIZE, HEADER_SIZE
+from vfio_user_mig.wire.errors import WireError
+from vfio_user_mig.wire.header import Header
+from vfio_user_mig.wire.msg_base import Buffer, Message
+
+_Item = tuple[bytearray | WireError, list[int]]
+
+
+class Framer:
+    """Reassemble whole messages (and their fds) from a received byte stream.
+
+    ``max_size`` bounds ``msg_size``; ``expect_reply`` is passed to :func:`decode` (``False``
+    on a server's command socket, ``True`` for a client reading replies, ``None`` for both).
+    """
+
+    __slots__ = (
+        "_body",
+        "_broken",
+        "_fds",
+        "_fill",
+        "_hdr",
+        "_hdr_fill",
+        "_ready",
+        "expect_reply",
+        "max_size",
+    )
+
+    def __init__(
+        self, *, max_size: int = DEFAULT_MAX_MSG_SIZE, expect_reply: bool | None = None
+    ) -> None:
+        self.max_size = max_size
+        self.expect_reply = expect_reply
+        self._hdr = bytearray(HEADER_SIZE)
+        self._hdr_fill = 0
+        self._body: bytearray | None = None
+        self._fill = 0
+        self._fds: list[int] = []
+        self._ready: deque[_Item] = deque()
+        self._broken: WireError | None = None
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, data: Buffer, fds: Sequence[int] = ()) -> None:
+        """Append received bytes (any size, possibly spanning messages) and their fds."""
+        self._check_broken()
+        self._fds.extend(fds)
+        mv = data if isinstance(data, memoryview) else memoryview(data)
+        if mv.format != "B":
+            mv = mv.cast("B")
+        pos, n = 0, len(mv)
+        while pos < n and self._broken is None:
+            buf = self.recv_buffer(n - pos)
+            k = len(buf)
+            buf[:] = mv[pos : pos + k]
+            self._advance(k)
+            pos += k
+
+    def recv_buffer(self, n: int) -> memoryview:
+        """A writable view of at most ``n`` bytes where the next stream bytes belong.
+
+        Receive into it (``sock.recv_into(view)`` / ``recvmsg_into``), then call
+        :meth:`commit` with the byte count. The view never spans two messages: it covers the
+        rest of the header, or the rest of the current message's payload (so a large message
+        is received straight into its own buffer, without copies).
+        """
+        self._check_broken()
+        if self._body is None:
+            return memoryview(self._hdr)[self._hdr_fill : self._hdr_fill + n]
+        return memoryview(self._body)[self._fill : self._fill + n]
+
+    def commit(self, n: int, fds: Sequence[int] = ()) -> None:
+        """Account for ``n`` bytes written into the last :meth:`recv_buffer` view."""
+        self._check_broken()
+        self._fds.extend(fds)
+        if n < 0 or n > self.needed:
+            raise ValueError(f"commit({n}) outside 0..{self.needed}")
+        self._advance(n)
+
+    def _advance(self, n: int) -> None:
+        if self._body is None:
+            self._hdr_fill += n
+            if self._hdr_fill == HEADER_SIZE:
+                self._start_message()
+            return
+        self._fill += n
+        if self._fill == len(self._body):
+            self._finish()
+
+    def _start_message(self) -> None:
+        header = Header.unpack(self._hdr)
+        size = header.msg_size
+        self._hdr_fill = 0
+        try:
+            if size < HEADER_SIZE or size > self.max_size:
+                check_header(
+                    header.msg_id, header.command, size, header.flags, header.error,
+                    max_size=self.max_size,
+                )
+        except WireError as exc:
+            exc.header = header
+            exc.fds, self._fds = self._fds, []
+            self._broken = exc
+            self._ready.append((exc, exc.fds))
+            return
+        body = bytearray(size)
+        body[:HEADER_SIZE] = self._hdr
+        self._body = body
+        self._fill = HEADER_SIZE
+        if size == HEADER_SIZE:
+            self._finish()
+
+    def _finish(self) -> None:
+        assert self._body is not None
+        self._ready.append((self._body, self._fds))
+        self._body = None
+        self._fill = 0
+        self._fds = []
+
+    def _check_broken(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+
+    # ------------------------------------------------------------------ output
+
+    def next_message(self) -> tuple[Message, list[int]] | None:
+        """The next whole message and its fds, or ``None``. Raises WireError (see module)."""
+        if not self._ready:
+            if self._broken is not None:
+                raise self._broken
+            return None
+        item, fds = self._ready.popleft()
+        if isinstance(item, WireError):
+            self._ready.appendleft((item, fds))
+            raise item
+        try:
+            msg = decode(memoryview(item), max_size=self.max_size, expect_reply=self.expect_reply)
+        except WireError as exc:
+            exc.fds = fds
+            raise
+        return msg, fds
+
+    def messages(self) -> Iterator[tuple[Message, list[int]]]:
+        """Iterate :meth:`next_message` until no whole message is left."""
+        while (item := self.next_message()) is not None:
+            yield item
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def needed(self) -> int:
+        """Bytes still missing from the header or message in progress."""
+        if self._body is None:
+            return HEADER_SIZE - self._hdr_fill
+        return len(self._body) - self._fill
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no partial message is buffered (a clean place for EOF)."""
+        return self._body is None and self._hdr_fill == 0
+
+    @property
+    def pending(self) -> int:
+        """Whole messages (or a framing error) waiting in :meth:`next_message`."""
+        return len(self._ready)
