@@ -1,0 +1,1 @@
+"""Simulated vfio-user peers: emulated devices and their migration streams (sans-IO)."""

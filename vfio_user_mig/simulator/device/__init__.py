@@ -1,0 +1,95 @@
+"""Emulated vfio-user devices (sans-IO) and the registry the CLI picks them from.
+
+Public names: the :class:`Device` interface and its tables (:mod:`.base`), DMA jobs and the
+client's DMA space (:mod:`.dma`), dirty logging (:mod:`.dirtylog`), the migration stream
+(:mod:`.stream`) and the ``migdev`` device (:mod:`.migdev`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from vfio_user_mig.simulator.device.base import (
+    PCI_NUM_REGIONS,
+    Device,
+    DeviceError,
+    IrqFlag,
+    IrqIndex,
+    IrqSink,
+    IrqSpec,
+    NullIrqSink,
+    PciRegion,
+    RegionFlag,
+    RegionSpec,
+)
+from vfio_user_mig.simulator.device.dirtylog import DirtyLog
+from vfio_user_mig.simulator.device.dma import (
+    DmaFault,
+    DmaJob,
+    DmaKind,
+    DmaMapError,
+    DmaMapping,
+    DmaMode,
+    DmaOp,
+    DmaResolver,
+    DmaSpace,
+    Route,
+    run_job,
+)
+from vfio_user_mig.simulator.device.migdev import DEFAULT_MEM_SIZE, MigDev
+from vfio_user_mig.simulator.device.stream import (
+    RecordType,
+    StreamDecoder,
+    StreamEncoder,
+    StreamError,
+    StreamGeometry,
+)
+
+
+class DeviceFactory(Protocol):
+    """Builds a device; ``mem_size`` is the device memory size in bytes."""
+
+    def __call__(self, *, mem_size: int, irq_sink: IrqSink) -> Device: ...
+
+
+def _migdev(*, mem_size: int = DEFAULT_MEM_SIZE, irq_sink: IrqSink) -> Device:
+    return MigDev(mem_size=mem_size, irq_sink=irq_sink)
+
+
+#: Device profiles by name (the CLI's ``--device``).
+DEVICES: dict[str, DeviceFactory] = {"migdev": _migdev}
+
+__all__ = [
+    "DEFAULT_MEM_SIZE",
+    "DEVICES",
+    "PCI_NUM_REGIONS",
+    "Device",
+    "DeviceError",
+    "DeviceFactory",
+    "DirtyLog",
+    "DmaFault",
+    "DmaJob",
+    "DmaKind",
+    "DmaMapError",
+    "DmaMapping",
+    "DmaMode",
+    "DmaOp",
+    "DmaResolver",
+    "DmaSpace",
+    "IrqFlag",
+    "IrqIndex",
+    "IrqSink",
+    "IrqSpec",
+    "MigDev",
+    "NullIrqSink",
+    "PciRegion",
+    "RecordType",
+    "RegionFlag",
+    "RegionSpec",
+    "Route",
+    "StreamDecoder",
+    "StreamEncoder",
+    "StreamError",
+    "StreamGeometry",
+    "run_job",
+]
