@@ -1,0 +1,79 @@
+"""Fixtures: a migdev served by a ServerCore over a real socketpair, and a client."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from vfio_user_mig.simulator.client import Client, GuestMemory
+from vfio_user_mig.simulator.device import MigDev
+from vfio_user_mig.simulator.irqs import EventfdTable
+from vfio_user_mig.simulator.server_core import ServerConfig, ServerCore
+from vfio_user_mig.simulator.server_io import serve_socketpair
+
+
+class ForwardSink:
+    """IrqSink forwarding to the server's eventfd table (set after the device exists)."""
+
+    def __init__(self) -> None:
+        self.target: EventfdTable | None = None
+
+    def trigger(self, index: int, subindex: int) -> None:
+        if self.target is not None:
+            self.target.trigger(index, subindex)
+
+
+@dataclass
+class Session:
+    device: MigDev
+    core: ServerCore
+    client: Client
+    memory: GuestMemory
+    server_sock: socket.socket
+
+    def reconnect(self, **client_kwargs: object) -> Client:
+        """Drop the connection and connect a new client to the same server core."""
+        self.client.close()
+        self._thread.join(5)
+        self.server_sock.close()
+        a, b = socket.socketpair()
+        self.server_sock = a
+        self._thread, self._stop = serve_socketpair(self.core, a)
+        self.client = Client(b, memory=self.memory, timeout=5.0, **client_kwargs)  # type: ignore[arg-type]
+        return self.client
+
+
+def make_session(mem_size: int = 1 << 20, guest: int = 1 << 20, **client_kwargs: object) -> Session:
+    sink = ForwardSink()
+    device = MigDev(mem_size=mem_size, irq_sink=sink)
+    irqs = EventfdTable(device.irqs)
+    sink.target = irqs
+    core = ServerCore(device, ServerConfig(), irqs)
+    a, b = socket.socketpair()
+    thread, stop = serve_socketpair(core, a)
+    memory = GuestMemory(guest)
+    client = Client(b, memory=memory, timeout=5.0, **client_kwargs)  # type: ignore[arg-type]
+    session = Session(device, core, client, memory, a)
+    session._thread, session._stop = thread, stop  # type: ignore[attr-defined]
+    return session
+
+
+def close_session(s: Session) -> None:
+    s.client.close()
+    s._stop.set()  # type: ignore[attr-defined]
+    s._thread.join(5)  # type: ignore[attr-defined]
+    s.server_sock.close()
+    s.core.close()
+    s.device.close()
+    s.memory.close()
+
+
+@pytest.fixture
+def session() -> Iterator[Session]:
+    s = make_session()
+    s.client.negotiate()
+    yield s
+    close_session(s)

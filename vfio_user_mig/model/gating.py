@@ -1,0 +1,78 @@
+"""Which commands a vfio-user server accepts in each migration state (PROTOCOL.md sections 2
+and 4), derived from the FSM graph plus two declared facts of the reference server.
+
+* A stopped device (STOP) accepts only region access, DEVICE_FEATURE and MIG_DATA_READ; a
+  device in STOP_COPY only DEVICE_FEATURE and MIG_DATA_READ (libvfio-user's
+  ``should_exec_command``). Every other command gets EINVAL in those states, except VERSION,
+  which is negotiated per connection before any command (so a client can reconnect to a
+  stopped device).
+* MIG_DATA_READ is valid only in the saving group (graph attribute ``saving``), MIG_DATA_WRITE
+  only in RESUMING; otherwise EINVAL (PROTOCOL.md section 4).
+
+All other (state, command) cells are accepted by the gate (the command may still fail for its
+own reasons, e.g. a bad region index). The server consults :func:`gate`; the proofs check the
+whole :func:`legality_table` against a live server.
+
+This module is not imported by ``vfio_user_mig.model`` (it depends on the wire constants).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+from vfio_user_mig.model.graph import transition_graph
+from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
+from vfio_user_mig.wire.constants import Command
+
+#: States in which the reference server restricts the commands it executes, and what it allows.
+RESTRICTED: dict[State, frozenset[Command]] = {
+    State.STOP: frozenset({Command.REGION_READ, Command.REGION_WRITE, Command.DEVICE_FEATURE,
+                           Command.MIG_DATA_READ}),
+    State.STOP_COPY: frozenset({Command.DEVICE_FEATURE, Command.MIG_DATA_READ}),
+}
+
+#: The only state in which migration data may be written.
+WRITABLE_STATES = frozenset({State.RESUMING})
+
+#: Commands a client sends (DMA_READ/DMA_WRITE go server -> client and are never accepted).
+CLIENT_COMMANDS: tuple[Command, ...] = tuple(
+    c for c in Command if c not in (Command.DMA_READ, Command.DMA_WRITE)
+)
+
+
+def readable_states(caps: MigrationCaps | int = VFIO_USER_CAPS) -> frozenset[State]:
+    """States in which MIG_DATA_READ is valid: the saving group of the graph."""
+    graph = transition_graph(caps)
+    return frozenset(s for s, d in graph.nodes(data=True) if d["saving"])
+
+
+def gate(state: State, command: Command | int,
+         caps: MigrationCaps | int = VFIO_USER_CAPS) -> int | None:
+    """``None`` when the server may execute ``command`` in ``state``, else the errno to reply.
+
+    Server-to-client commands (DMA_READ, DMA_WRITE) sent by a client get EINVAL in every state.
+    """
+    if command in (Command.DMA_READ, Command.DMA_WRITE):
+        return _errno.EINVAL
+    if command == Command.VERSION:
+        return None  # connection-level: negotiated before any state applies (reconnects)
+    allowed = RESTRICTED.get(state)
+    if allowed is not None and command not in allowed:
+        return _errno.EINVAL
+    if command == Command.MIG_DATA_READ and state not in readable_states(caps):
+        return _errno.EINVAL
+    if command == Command.MIG_DATA_WRITE and state not in WRITABLE_STATES:
+        return _errno.EINVAL
+    return None
+
+
+def legality_table(
+    caps: MigrationCaps | int = VFIO_USER_CAPS,
+) -> dict[tuple[State, Command], int | None]:
+    """The total table (supported state or ERROR) x client command -> None or errno."""
+    graph = transition_graph(caps)
+    return {(s, c): gate(s, c, caps) for s in graph.nodes for c in CLIENT_COMMANDS}
+
+
+__all__ = ["CLIENT_COMMANDS", "RESTRICTED", "WRITABLE_STATES", "gate", "legality_table",
+           "readable_states"]

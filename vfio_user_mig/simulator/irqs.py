@@ -1,0 +1,84 @@
+"""Interrupt delivery: the eventfds a client configures with SET_IRQS (vfio-user.rst
+"VFIO_USER_DEVICE_SET_IRQS"), signalled when the device triggers a vector.
+
+The table owns the fds it holds: replacing, disabling or clearing closes them, so a
+disconnect never leaks a descriptor.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from vfio_user_mig.simulator.device.base import DeviceError, IrqSpec
+
+_ONE = (1).to_bytes(8, "little")
+
+
+class EventfdTable:
+    """``(irq index, subindex) -> eventfd`` with the device's IRQ table as bounds.
+
+    Implements the device's ``IrqSink``: :meth:`trigger` writes 1 to the eventfd (an
+    unconfigured vector is dropped, as on hardware). ``fired`` counts delivered interrupts.
+    """
+
+    def __init__(self, irqs: tuple[IrqSpec, ...]) -> None:
+        self._irqs = irqs
+        self._fds: dict[tuple[int, int], int] = {}
+        self.fired: dict[tuple[int, int], int] = {}
+
+    def _check(self, index: int, start: int, count: int) -> None:
+        if not 0 <= index < len(self._irqs):
+            raise DeviceError(f"SET_IRQS index {index}: no such interrupt index", _errno.EINVAL)
+        limit = self._irqs[index].count
+        if start + count > limit:
+            raise DeviceError(
+                f"SET_IRQS index {index}: vectors {start}..{start + count - 1} exceed the "
+                f"{limit} it has",
+                _errno.EINVAL,
+            )
+
+    def set_eventfds(self, index: int, start: int, fds: list[int]) -> None:
+        """Install ``fds`` for vectors ``start..``; a negative fd disables that vector.
+        On error nothing changes and the caller still owns ``fds``."""
+        self._check(index, start, len(fds))
+        for i, fd in enumerate(fds):
+            self._replace((index, start + i), fd if fd >= 0 else None)
+
+    def disable(self, index: int, start: int, count: int) -> None:
+        """DATA_NONE with count 0 on ACTION_TRIGGER: disable (start, count) or the whole index."""
+        self._check(index, start, count)
+        subs = range(start, start + count) if count else range(self._irqs[index].count)
+        for sub in subs:
+            self._replace((index, sub), None)
+
+    def _replace(self, key: tuple[int, int], fd: int | None) -> None:
+        old = self._fds.pop(key, None)
+        if old is not None and old != fd:
+            os.close(old)
+        if fd is not None:
+            self._fds[key] = fd
+
+    def trigger(self, index: int, subindex: int) -> None:
+        """Signal vector (index, subindex) if it has an eventfd."""
+        fd = self._fds.get((index, subindex))
+        if fd is None:
+            return
+        try:
+            os.write(fd, _ONE)
+        except OSError:
+            return
+        self.fired[(index, subindex)] = self.fired.get((index, subindex), 0) + 1
+
+    def configured(self) -> dict[tuple[int, int], int]:
+        """A copy of the current table."""
+        return dict(self._fds)
+
+    def clear(self) -> None:
+        """Close every eventfd (disconnect or reset)."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+__all__ = ["EventfdTable"]

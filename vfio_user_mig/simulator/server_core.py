@@ -1,0 +1,683 @@
+"""The vfio-user server as a sans-IO protocol core (no sockets, time passed in).
+
+Use: ``core.receive_data(bytes, fds)``, then call ``core.next_event(now)`` until it returns
+``None``; send what ``core.data_to_send()`` returns (parts for ``sendmsg`` with their fds).
+``core.connection_lost()`` on disconnect: client memory is unmapped and every fd the client
+gave is closed, while the device and its migration state are kept for a reconnect
+(vfio-user.rst "Connection drop").
+
+Every request gets exactly one reply (unless it set no-reply), an error reply carrying the
+errno when it is malformed, illegal in the current migration state (:mod:`model.gating`), or
+refused by the device; the core keeps serving after any of them. Migration state changes walk
+the model's generated path on :class:`~vfio_user_mig.model.DeviceFSM`, one device action per
+arc. Device-initiated DMA jobs run here: ops on fd-backed mappings directly, others as
+DMA_READ/DMA_WRITE requests to the client, interleaved with the client's requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import logging
+import mmap
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vfio_user_mig import wire
+from vfio_user_mig.model import DeviceFSM, InvalidTransition, State
+from vfio_user_mig.model.gating import gate
+from vfio_user_mig.simulator.device.base import Device, DeviceError, RegionFlag
+from vfio_user_mig.simulator.device.dma import (
+    DmaFault,
+    DmaJob,
+    DmaKind,
+    DmaMapError,
+    DmaOp,
+    DmaSpace,
+    Route,
+)
+from vfio_user_mig.simulator.irqs import EventfdTable
+from vfio_user_mig.simulator.transport import close_fds
+from vfio_user_mig.wire.constants import (
+    Command,
+    DeviceInfoFlag,
+    DmaMapFlag,
+    DmaUnmapFlag,
+    FeatureIndex,
+    FeatureOp,
+    IrqSetFlag,
+    RegionInfoFlag,
+)
+from vfio_user_mig.wire.layouts import DEVICE_INFO, REGION_INFO
+
+Parts = list[bytes | memoryview]
+log = logging.getLogger("vfio_user_mig.server")
+
+#: Highest protocol minor version spoken (libvfio-user speaks 0.2).
+SERVER_MINOR = 2
+
+
+@dataclass
+class ServerConfig:
+    """Limits and behaviour switches; defaults follow libvfio-user (PROTOCOL.md section 2)."""
+
+    max_data_xfer_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE
+    max_msg_fds: int = 8
+    max_dma_maps: int = 65535
+    migration_pgsize: int = 4096
+    strict_spec: bool = False
+    keep_mig_state_on_reset: bool = False
+
+    @property
+    def max_msg_size(self) -> int:
+        """Largest message accepted: the data limit plus the largest fixed part."""
+        return self.max_data_xfer_size + wire.HEADER_SIZE + 16
+
+
+@dataclass(frozen=True)
+class Handled:
+    """One processed message: what it was and how it ended (``errno`` None = success)."""
+
+    command: int
+    msg_id: int
+    is_reply: bool
+    errno: int | None
+    detail: str = ""
+
+
+class _Failure(Exception):
+    """Internal: reply with ``errno``; ``echo`` the request payload when set."""
+
+    def __init__(self, errno: int, detail: str, echo: bool = False) -> None:
+        super().__init__(detail)
+        self.errno = errno
+        self.echo = echo
+
+
+@dataclass
+class _PendingOp:
+    """A DMA op carried out by messages: the chunk requests still unanswered."""
+
+    op: DmaOp
+    waiting: dict[int, tuple[int, int]] = field(default_factory=dict)  # msg_id -> (off, len)
+    buffer: bytearray = field(default_factory=bytearray)
+    fault: DmaFault | None = None
+
+
+class _DeviceActions:
+    """Adapts a :class:`Device` to the executor's ``ArcActions``."""
+
+    def __init__(self, device: Device, keep_mig_state: bool) -> None:
+        self.device = device
+        self.keep_mig_state = keep_mig_state
+
+    def on_arc(self, src: State, dst: State) -> None:
+        self.device.on_arc(src, dst)
+
+    def on_reset(self) -> None:
+        self.device.reset(keep_mig_state=self.keep_mig_state)
+
+
+class ServerCore:
+    """Protocol state of one server hosting one device (see module docstring)."""
+
+    def __init__(
+        self, device: Device, config: ServerConfig | None = None, irqs: EventfdTable | None = None
+    ) -> None:
+        self.device = device
+        self.config = config or ServerConfig()
+        self.irqs = irqs if irqs is not None else EventfdTable(device.irqs)
+        self.fsm = DeviceFSM(
+            device.migration_caps,
+            _DeviceActions(device, self.config.keep_mig_state_on_reset),
+            initial=device.mig_state,
+        )
+        self.framer = wire.Framer(max_size=self.config.max_msg_size)
+        self.dma = DmaSpace()
+        self._maps: dict[int, mmap.mmap] = {}
+        self._out: list[tuple[Parts, list[int]]] = []
+        self.client_caps: wire.Capabilities | None = None
+        self.negotiated = False
+        self._job: DmaJob | None = None
+        self._pending: _PendingOp | None = None
+        self._next_id = 0x8000
+        self._framing_error: wire.WireError | None = None
+        self._now = 0.0
+        self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dma_messages": 0}
+        self._handlers: dict[Command, Callable[[Any, list[int]], Any]] = {
+            Command.VERSION: self._version,
+            Command.DMA_MAP: self._dma_map,
+            Command.DMA_UNMAP: self._dma_unmap,
+            Command.DEVICE_GET_INFO: self._device_info,
+            Command.DEVICE_GET_REGION_INFO: self._region_info,
+            Command.DEVICE_GET_REGION_IO_FDS: self._region_io_fds,
+            Command.DEVICE_GET_IRQ_INFO: self._irq_info,
+            Command.DEVICE_SET_IRQS: self._set_irqs,
+            Command.REGION_READ: self._region_read,
+            Command.REGION_WRITE: self._region_write,
+            Command.DEVICE_RESET: self._reset,
+            Command.REGION_WRITE_MULTI: self._region_write_multi,
+            Command.DEVICE_FEATURE: self._feature,
+            Command.MIG_DATA_READ: self._mig_data_read,
+            Command.MIG_DATA_WRITE: self._mig_data_write,
+        }
+
+    # ----- sans-IO surface ------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        """The device's migration state."""
+        return self.fsm.state
+
+    def receive_data(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Feed received bytes (and the fds that came with them)."""
+        self.framer.feed(data, fds)
+
+    def data_to_send(self) -> list[tuple[Parts, list[int]]]:
+        """Take the messages to send, in order, each as (parts, fds)."""
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self, now: float = 0.0) -> Handled | None:
+        """Process one whole received message, if any; ``None`` when more bytes are needed."""
+        try:
+            item = self.framer.next_message()
+        except wire.WireError as exc:
+            if exc is self._framing_error:
+                # msg_size was impossible: the stream cannot be resynchronised.
+                raise ConnectionError(f"unrecoverable framing error: {exc}") from exc
+            self._framing_error = exc
+            close_fds(getattr(exc, "fds", None) or [])
+            header = exc.header
+            if header is None or header.is_reply:
+                return Handled(
+                    header.command if header else 0,
+                    header.msg_id if header else 0,
+                    True,
+                    exc.errno,
+                    str(exc),
+                )
+            self._send_error(header, exc.errno, None, header.no_reply)
+            return Handled(header.command, header.msg_id, False, exc.errno, str(exc))
+        self._framing_error = None
+        if item is None:
+            self._tick(now)
+            return None
+        msg, fds = item
+        if msg.is_reply:
+            close_fds(fds)
+            return self._client_reply(msg)
+        result = self._dispatch(msg, fds, now)
+        self._tick(now)
+        return result
+
+    def connection_lost(self) -> None:
+        """Client gone: abort its DMA, unmap its memory, close its fds; keep the device."""
+        self._job = None
+        self._pending = None
+        for mapping in self.dma.unmap_all():
+            self._release(mapping.iova)
+        self.irqs.clear()
+        self.framer = wire.Framer(max_size=self.config.max_msg_size)
+        self.negotiated = False
+        self.client_caps = None
+        self._out.clear()
+
+    def close(self) -> None:
+        """Release everything (the device itself is closed by its owner)."""
+        self.connection_lost()
+
+    # ----- dispatch ------------------------------------------------------------------------
+    def _dispatch(self, msg: Any, fds: list[int], now: float) -> Handled:
+        self.stats["requests"] += 1
+        command = msg.command
+        try:
+            if not self.negotiated and command != Command.VERSION:
+                raise _Failure(_errno.EINVAL, "VERSION must be negotiated first")
+            if command in (Command.DMA_READ, Command.DMA_WRITE):
+                raise _Failure(_errno.EINVAL, f"{command.name} is a server-to-client command")
+            refused = gate(self.state, command, self.device.migration_caps)
+            if refused is not None:
+                raise _Failure(refused, f"{command.name} not allowed in {self.state.name}")
+            if fds and command not in (Command.DMA_MAP, Command.DEVICE_SET_IRQS):
+                raise _Failure(_errno.EINVAL, f"{command.name} takes no file descriptors")
+            self._now = now
+            try:
+                reply, reply_fds = self._handlers[command](msg, fds)
+            except (_Failure, wire.WireError):
+                raise
+            except Exception as exc:  # a bug must cost one request, never the server
+                log.exception("internal error handling %s", command.name)
+                raise _Failure(_errno.EIO, f"internal error: {exc!r}") from exc
+        except wire.WireError as exc:
+            close_fds(fds)
+            self._send_error(msg, exc.errno, None, msg.no_reply)
+            return Handled(command, msg.msg_id, False, exc.errno, str(exc))
+        except _Failure as failure:
+            close_fds(fds)
+            echo = self._echo_payload(msg) if failure.echo else None
+            self._send_error(msg, failure.errno, echo, msg.no_reply)
+            return Handled(command, msg.msg_id, False, failure.errno, str(failure))
+        if not msg.no_reply:
+            self._out.append(
+                (wire.encode_parts(reply, strict_spec=self.config.strict_spec), reply_fds)
+            )
+        return Handled(command, msg.msg_id, False, None)
+
+    def _send_error(self, request: Any, errno: int, echo: bytes | None, no_reply: bool) -> None:
+        self.stats["errors"] += 1
+        if no_reply:
+            return
+        if int(request.command) not in wire.Command._value2member_map_:
+            # Unknown or reserved command: answer with a bare error header echoing it.
+            flags = int(wire.MsgType.REPLY | wire.HeaderFlag.ERROR)
+            head = wire.Header(request.msg_id, int(request.command), wire.HEADER_SIZE, flags, errno)
+            self._out.append(([head.pack()], []))
+            return
+        reply = wire.error_reply(request, errno, echo)
+        self._out.append((wire.encode_parts(reply, strict_spec=self.config.strict_spec), []))
+
+    def _echo_payload(self, msg: Any) -> bytes:
+        parts = wire.encode_parts(msg)
+        return b"".join(bytes(p) for p in parts)[wire.HEADER_SIZE :]
+
+    # ----- handlers: setup -------------------------------------------------------------------
+    def _version(self, msg: wire.Version, fds: list[int]) -> tuple[Any, list[int]]:
+        if self.negotiated:
+            raise _Failure(_errno.EINVAL, "VERSION already negotiated")
+        if msg.major != 0:
+            raise _Failure(_errno.ENOTSUP, f"major version {msg.major} unsupported (0 only)")
+        self.client_caps = msg.capabilities or wire.Capabilities.make()
+        self.negotiated = True
+        caps = wire.Capabilities.make(
+            max_msg_fds=self.config.max_msg_fds,
+            max_data_xfer_size=self.config.max_data_xfer_size,
+            migration_pgsize=self.config.migration_pgsize,
+        )
+        return wire.VersionReply(
+            major=0, minor=min(msg.minor, SERVER_MINOR), capabilities=caps, msg_id=msg.msg_id
+        ), []
+
+    def _dma_map(self, msg: wire.DmaMap, fds: list[int]) -> tuple[Any, list[int]]:
+        if len(fds) > 1:
+            raise _Failure(_errno.EINVAL, f"DMA_MAP carries {len(fds)} fds, at most 1")
+        if len(self.dma.mappings) >= self.config.max_dma_maps:
+            raise _Failure(_errno.ENOSPC, f"more than {self.config.max_dma_maps} DMA regions")
+        readable = bool(msg.flags & DmaMapFlag.READ)
+        writable = bool(msg.flags & DmaMapFlag.WRITE)
+        view: memoryview | None = None
+        mm: mmap.mmap | None = None
+        if fds:
+            fd = fds[0]
+            try:
+                prot = (mmap.PROT_READ if readable else 0) | (mmap.PROT_WRITE if writable else 0)
+                if msg.offset % mmap.ALLOCATIONGRANULARITY:
+                    raise _Failure(_errno.EINVAL, f"DMA_MAP offset {msg.offset:#x} not aligned")
+                mm = mmap.mmap(
+                    fd, msg.size, mmap.MAP_SHARED, prot or mmap.PROT_READ, offset=msg.offset
+                )
+            except (OSError, ValueError, OverflowError) as exc:
+                raise _Failure(_errno.EINVAL, f"DMA_MAP cannot map the fd: {exc}") from None
+            finally:
+                os.close(fd)
+            view = memoryview(mm)
+            if not writable:
+                view = view.toreadonly()
+        try:
+            self.dma.map(msg.addr, msg.size, view=view, readable=readable, writable=writable)
+        except DmaMapError as exc:
+            if view is not None:
+                view.release()
+            if mm is not None:
+                mm.close()
+            raise _Failure(exc.errno, str(exc)) from None
+        if mm is not None:
+            self._maps[msg.addr] = mm
+        return wire.DmaMapReply(msg_id=msg.msg_id), []
+
+    def _release(self, iova: int) -> None:
+        mm = self._maps.pop(iova, None)
+        if mm is not None:
+            with contextlib.suppress(BufferError):  # a view still exported: GC unmaps it
+                mm.close()
+
+    def _dma_unmap(self, msg: wire.DmaUnmap, fds: list[int]) -> tuple[Any, list[int]]:
+        if msg.flags & ~int(DmaUnmapFlag.ALL):
+            raise _Failure(_errno.EINVAL, f"DMA_UNMAP flags {msg.flags:#x} unsupported")
+        if msg.flags & DmaUnmapFlag.ALL:
+            if msg.addr or msg.size:
+                raise _Failure(_errno.EINVAL, "DMA_UNMAP ALL with a non-zero range")
+            removed = self.dma.unmap_all()
+        else:
+            try:
+                removed = (self.dma.unmap(msg.addr, msg.size),)
+            except DmaMapError as exc:
+                raise _Failure(exc.errno, str(exc)) from None
+        for mapping in removed:
+            if mapping.view is not None:
+                mapping.view.release()
+            self._release(mapping.iova)
+        return wire.DmaUnmapReply(
+            addr=msg.addr, size=msg.size, flags=msg.flags, argsz=msg.argsz, msg_id=msg.msg_id
+        ), []
+
+    def _device_info(self, msg: wire.DeviceGetInfo, fds: list[int]) -> tuple[Any, list[int]]:
+        if msg.argsz < DEVICE_INFO.size:
+            raise _Failure(_errno.EINVAL, f"DEVICE_GET_INFO argsz {msg.argsz} too small")
+        return wire.DeviceGetInfoReply(
+            flags=int(DeviceInfoFlag.RESET | DeviceInfoFlag.PCI),
+            num_regions=len(self.device.regions),
+            num_irqs=len(self.device.irqs),
+            msg_id=msg.msg_id,
+        ), []
+
+    def _region(self, index: int) -> Any:
+        if not 0 <= index < len(self.device.regions):
+            raise _Failure(_errno.EINVAL, f"region {index} does not exist")
+        return self.device.regions[index]
+
+    def _region_info(self, msg: wire.RegionInfo, fds: list[int]) -> tuple[Any, list[int]]:
+        spec = self._region(msg.index)
+        if msg.argsz < REGION_INFO.size:
+            raise _Failure(_errno.EINVAL, f"GET_REGION_INFO argsz {msg.argsz} too small")
+        caps: list[Any] = []
+        if spec.sparse_mmap:
+            caps.append(
+                wire.SparseMmapCap(tuple(wire.SparseArea(o, s) for o, s in spec.sparse_mmap))
+            )
+        if spec.type_subtype is not None:
+            caps.append(wire.TypeCap(*spec.type_subtype))
+        reply = wire.RegionInfoReply(
+            index=spec.index, flags=int(spec.flags), size=spec.size, offset=0,
+            msg_id=msg.msg_id,
+        )
+        if caps:
+            full = wire.RegionInfoReply(
+                index=spec.index, flags=int(spec.flags | RegionInfoFlag.CAPS), size=spec.size,
+                offset=0, caps=tuple(caps), msg_id=msg.msg_id,
+            )
+            full_size = full.argsz or 0
+            if msg.argsz >= full_size:
+                reply = full
+            else:  # too small for the chain: the needed argsz, no caps, min(argsz, full) bytes
+                reply = wire.RegionInfoReply(
+                    index=spec.index, flags=int(spec.flags), size=spec.size, offset=0,
+                    argsz=full_size, truncated_to=msg.argsz, msg_id=msg.msg_id,
+                )
+        fds_out = [spec.fd] if spec.fd is not None and spec.flags & RegionFlag.MMAP else []
+        return reply, fds_out
+
+    def _region_io_fds(self, msg: wire.RegionIoFds, fds: list[int]) -> tuple[Any, list[int]]:
+        self._region(msg.index)
+        return wire.RegionIoFdsReply(index=msg.index, msg_id=msg.msg_id), []
+
+    def _irq_info(self, msg: wire.IrqInfo, fds: list[int]) -> tuple[Any, list[int]]:
+        if not 0 <= msg.index < len(self.device.irqs):
+            raise _Failure(_errno.EINVAL, f"irq index {msg.index} does not exist")
+        spec = self.device.irqs[msg.index]
+        return wire.IrqInfoReply(
+            index=spec.index, flags=int(spec.flags), count=spec.count, msg_id=msg.msg_id
+        ), []
+
+    def _set_irqs(self, msg: wire.IrqSet, fds: list[int]) -> tuple[Any, list[int]]:
+        flags = IrqSetFlag(msg.flags)
+        try:
+            if flags & IrqSetFlag.DATA_EVENTFD:
+                if len(fds) != msg.count:
+                    raise _Failure(_errno.EINVAL, f"SET_IRQS count {msg.count} but {len(fds)} fds")
+                self.irqs.set_eventfds(msg.index, msg.start, list(fds))
+                fds.clear()
+            elif flags & IrqSetFlag.DATA_NONE and flags & IrqSetFlag.ACTION_TRIGGER:
+                self.irqs.disable(msg.index, msg.start, msg.count)
+            elif flags & IrqSetFlag.DATA_NONE or flags & IrqSetFlag.DATA_BOOL:
+                pass  # mask/unmask and bool triggers are accepted and have no effect here
+            else:
+                raise _Failure(_errno.EINVAL, f"SET_IRQS flags {msg.flags:#x} unsupported")
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc)) from None
+        return wire.IrqSetReply(msg_id=msg.msg_id), []
+
+    def _reset(self, msg: wire.DeviceReset, fds: list[int]) -> tuple[Any, list[int]]:
+        self._job = None
+        self._pending = None
+        self.fsm.reset()
+        return wire.DeviceResetReply(msg_id=msg.msg_id), []
+
+    # ----- handlers: region access -----------------------------------------------------------
+    def _check_count(self, count: int, what: str) -> None:
+        if count > self.config.max_data_xfer_size:
+            raise _Failure(
+                _errno.EINVAL,
+                f"{what} count {count} > max_data_xfer_size {self.config.max_data_xfer_size}",
+            )
+
+    def _region_read(self, msg: wire.RegionRead, fds: list[int]) -> tuple[Any, list[int]]:
+        self._check_count(msg.count, "REGION_READ")
+        try:
+            data = self.device.region_read(msg.region, msg.offset, msg.count, self._now)
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc)) from None
+        return wire.RegionReadReply(
+            offset=msg.offset, region=msg.region, count=msg.count, data=data, msg_id=msg.msg_id
+        ), []
+
+    def _region_write(self, msg: wire.RegionWrite, fds: list[int]) -> tuple[Any, list[int]]:
+        self._check_count(msg.count, "REGION_WRITE")
+        try:
+            self.device.region_write(msg.region, msg.offset, bytes(msg.data), self._now)
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc)) from None
+        return wire.RegionWriteReply(
+            offset=msg.offset, region=msg.region, count=msg.count, msg_id=msg.msg_id
+        ), []
+
+    def _region_write_multi(
+        self, msg: wire.RegionWriteMulti, fds: list[int]
+    ) -> tuple[Any, list[int]]:
+        done = 0
+        for item in msg.writes:
+            try:
+                self.device.region_write(item.region, item.offset, item.value, self._now)
+            except DeviceError as exc:
+                raise _Failure(exc.errno, f"write {done}: {exc}") from None
+            done += 1
+        return wire.RegionWriteMultiReply(wr_cnt=done, msg_id=msg.msg_id), []
+
+    # ----- handlers: DEVICE_FEATURE ------------------------------------------------------------
+    def _feature(self, msg: wire.DeviceFeature, fds: list[int]) -> tuple[Any, list[int]]:
+        ops = FeatureOp(int(msg.ops))
+        feature = int(msg.feature)
+        allowed_ops: dict[int, FeatureOp] = {
+            FeatureIndex.MIGRATION: FeatureOp.GET,
+            FeatureIndex.MIG_DEVICE_STATE: FeatureOp.GET | FeatureOp.SET,
+            FeatureIndex.DMA_LOGGING_START: FeatureOp.SET,
+            FeatureIndex.DMA_LOGGING_STOP: FeatureOp.SET,
+            FeatureIndex.DMA_LOGGING_REPORT: FeatureOp.GET,
+        }
+        allowed = allowed_ops.get(feature)
+        if allowed is None:
+            raise _Failure(_errno.ENOTSUP, f"device feature {feature} unsupported")
+        asked = ops & (FeatureOp.GET | FeatureOp.SET)
+        if asked & ~allowed:
+            raise _Failure(_errno.EINVAL, f"feature {feature}: operation not supported")
+        if ops & FeatureOp.PROBE:
+            return wire.DeviceFeatureReply(
+                feature=msg.feature, ops=msg.ops, data=None, argsz=msg.argsz, msg_id=msg.msg_id
+            ), []
+        handler = {
+            FeatureIndex.MIGRATION: self._feat_migration,
+            FeatureIndex.MIG_DEVICE_STATE: self._feat_state,
+            FeatureIndex.DMA_LOGGING_START: self._feat_log_start,
+            FeatureIndex.DMA_LOGGING_STOP: self._feat_log_stop,
+            FeatureIndex.DMA_LOGGING_REPORT: self._feat_log_report,
+        }[FeatureIndex(feature)]
+        data = handler(msg)
+        return wire.DeviceFeatureReply(
+            feature=msg.feature, ops=msg.ops, data=data, msg_id=msg.msg_id
+        ), []
+
+    def _feat_migration(self, msg: wire.DeviceFeature) -> Any:
+        return wire.MigrationInfo(self.device.migration_caps)
+
+    def _feat_state(self, msg: wire.DeviceFeature) -> Any:
+        if msg.ops & FeatureOp.GET:
+            return wire.MigDeviceState(self.state, 0)
+        data = msg.data
+        if not isinstance(data, wire.MigDeviceState):
+            raise _Failure(_errno.EINVAL, "MIG_DEVICE_STATE SET without a state", echo=True)
+        try:
+            result = self.fsm.set_state(int(data.device_state))
+        except InvalidTransition as exc:
+            raise _Failure(exc.errno, str(exc), echo=True) from None
+        if result.error is not None:
+            raise _Failure(result.error.errno, str(result.error), echo=True)
+        return data
+
+    def _feat_log_start(self, msg: wire.DeviceFeature) -> Any:
+        data = msg.data
+        if not isinstance(data, wire.DmaLoggingControl):
+            raise _Failure(_errno.EINVAL, "DMA_LOGGING_START without control data", echo=True)
+        try:
+            self.device.dirty_log.start(data.page_size, [(r.iova, r.length) for r in data.ranges])
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc), echo=True) from None
+        return data
+
+    def _feat_log_stop(self, msg: wire.DeviceFeature) -> Any:
+        try:
+            self.device.dirty_log.stop()
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc), echo=True) from None
+        return msg.data
+
+    def _feat_log_report(self, msg: wire.DeviceFeature) -> Any:
+        data = msg.data
+        if not isinstance(data, wire.DmaLoggingReport):
+            raise _Failure(_errno.EINVAL, "DMA_LOGGING_REPORT without a range")
+        try:
+            pages = self.device.dirty_log.report(data.iova, data.length, data.page_size)
+            bitmap = wire.DirtyBitmap.from_pages(data.iova, data.length, data.page_size, pages)
+        except (DeviceError, ValueError) as exc:
+            raise _Failure(getattr(exc, "errno", _errno.EINVAL), str(exc)) from None
+        return wire.DmaLoggingReportData(data.iova, data.length, data.page_size, bitmap.to_bytes())
+
+    # ----- handlers: migration data ------------------------------------------------------------
+    def _mig_data_read(self, msg: wire.MigDataRead, fds: list[int]) -> tuple[Any, list[int]]:
+        limit = self.config.max_data_xfer_size
+        if msg.size > limit:
+            raise _Failure(_errno.EINVAL, f"MIG_DATA_READ size {msg.size} > {limit}")
+        try:
+            data = self.device.mig_data_read(msg.size)
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc)) from None
+        return wire.MigDataReadReply(data, msg.size, msg_id=msg.msg_id), []
+
+    def _mig_data_write(self, msg: wire.MigDataWrite, fds: list[int]) -> tuple[Any, list[int]]:
+        limit = self.config.max_data_xfer_size
+        if len(msg.data) > limit:
+            raise _Failure(_errno.EINVAL, f"MIG_DATA_WRITE size {len(msg.data)} > {limit}")
+        try:
+            self.device.mig_data_write(bytes(msg.data))
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc)) from None
+        return wire.MigDataWriteReply(msg_id=msg.msg_id), []
+
+    # ----- device-initiated DMA ----------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        self.device.tick(now)
+        if self._job is None:
+            job = self.device.take_dma_job()
+            if job is not None:
+                self._job = job
+                self._advance(None, first=True)
+
+    def _advance(self, result: bytes | DmaFault | None, first: bool = False) -> None:
+        """Resume the job with ``result`` and run ops until one must wait for the client."""
+        job = self._job
+        while job is not None:
+            try:
+                if first:
+                    op = next(job)
+                    first = False
+                elif isinstance(result, DmaFault):
+                    op = job.throw(result)
+                else:
+                    op = job.send(result)
+            except StopIteration:
+                self._job = None
+                return
+            try:
+                route = self.dma.route(op)
+                if op.kind in (DmaKind.CHECK_READ, DmaKind.CHECK_WRITE):
+                    result = None
+                    continue
+                if route is Route.DIRECT:
+                    result = self.dma.resolve(op)
+                    if op.kind is DmaKind.WRITE:
+                        self.device.dirty_log.mark(op.iova, op.length)
+                    continue
+            except DmaFault as fault:
+                result = fault
+                continue
+            self._send_dma_messages(op)
+            return
+
+    def _client_limit(self) -> int:
+        caps = self.client_caps
+        return caps.max_data_xfer_size if caps is not None else wire.DEFAULT_MAX_DATA_XFER_SIZE
+
+    def _send_dma_messages(self, op: DmaOp) -> None:
+        pending = _PendingOp(op)
+        if op.kind is DmaKind.READ:
+            pending.buffer = bytearray(op.length)
+        limit = max(1, self._client_limit())
+        for off in range(0, op.length, limit):
+            size = min(limit, op.length - off)
+            msg_id = self._next_id
+            self._next_id = 0x8000 + ((self._next_id + 1) & 0x7FFF)
+            pending.waiting[msg_id] = (off, size)
+            msg: Any
+            if op.kind is DmaKind.READ:
+                msg = wire.DmaRead(addr=op.iova + off, count=size, msg_id=msg_id)
+            else:
+                assert op.data is not None
+                msg = wire.DmaWrite(
+                    addr=op.iova + off,
+                    count=size,
+                    data=memoryview(op.data)[off : off + size],
+                    msg_id=msg_id,
+                )
+            self._out.append((wire.encode_parts(msg, strict_spec=self.config.strict_spec), []))
+            self.stats["dma_messages"] += 1
+        self._pending = pending
+
+    def _client_reply(self, msg: Any) -> Handled:
+        pending = self._pending
+        if pending is None or msg.msg_id not in pending.waiting:
+            return Handled(msg.command, msg.msg_id, True, _errno.EINVAL, "unexpected reply")
+        off, size = pending.waiting.pop(msg.msg_id)
+        if isinstance(msg, wire.ErrorReply):
+            pending.fault = DmaFault(
+                f"client refused DMA (errno {msg.errno})", pending.op.iova + off, size
+            )
+        elif pending.op.kind is DmaKind.READ:
+            data = getattr(msg, "data", b"")
+            if len(data) != size:
+                pending.fault = DmaFault("short DMA_READ reply", pending.op.iova + off, size)
+            else:
+                pending.buffer[off : off + size] = data
+        if pending.waiting:
+            return Handled(msg.command, msg.msg_id, True, None)
+        self._pending = None
+        if pending.fault is not None:
+            self._advance(pending.fault)
+        elif pending.op.kind is DmaKind.READ:
+            self._advance(bytes(pending.buffer))
+        else:
+            self.device.dirty_log.mark(pending.op.iova, pending.op.length)
+            self._advance(None)
+        return Handled(msg.command, msg.msg_id, True, None)
+
+
+__all__ = ["Handled", "ServerConfig", "ServerCore"]

@@ -1,0 +1,107 @@
+"""The thin IO layer: move bytes and file descriptors between a UNIX socket and a sans-IO core.
+
+Nothing here knows the protocol. Receiving uses ``recvmsg_into`` a buffer the caller reuses
+(no per-message allocation of payloads); sending uses ``sendmsg`` scatter-gather over the parts
+a codec produced (header, fixed part, data buffer: never concatenated), with SCM_RIGHTS for
+file descriptors (vfio-user.rst "Socket": fds travel with the message they belong to).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import os
+import socket
+from collections.abc import Sequence
+
+#: Upper bound on fds accepted with one recvmsg (the ancillary buffer size is derived from it).
+MAX_FDS_PER_RECV = 64
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_RECV * array.array("i").itemsize)
+
+
+class PeerClosed(ConnectionError):
+    """The peer closed the connection (EOF)."""
+
+
+def recv_into(sock: socket.socket, buf: memoryview) -> tuple[int, list[int]]:
+    """Receive into ``buf``; return (bytes received, fds received). Raises :class:`PeerClosed`
+    on EOF. Received fds are always returned (the caller owns and must close them), even when
+    they exceed what the protocol allows, so none leak."""
+    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], _ANC_SIZE)
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    if msg_flags & socket.MSG_CTRUNC:
+        close_fds(fds)
+        raise ConnectionError("file descriptors were truncated (more than the receive limit)")
+    if nbytes == 0 and not fds:
+        raise PeerClosed("peer closed the connection")
+    return nbytes, fds
+
+
+def send_parts(
+    sock: socket.socket, parts: Sequence[bytes | memoryview], fds: Sequence[int] = ()
+) -> None:
+    """Send all of ``parts`` as one byte stream segment, with ``fds`` attached to its first
+    byte. Partial sends are completed without copying the large parts."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    total = sum(len(p) for p in parts)
+    sent = sock.sendmsg(list(parts), anc)
+    if sent == total:
+        return
+    # Rare: finish the remainder (fds already went with the first byte).
+    for part in parts:
+        size = len(part)
+        if sent >= size:
+            sent -= size
+            continue
+        sock.sendall(memoryview(part)[sent:])
+        sent = 0
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    """Close every fd, ignoring ones already closed."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def listen_unix(path: str, *, backlog: int = 1) -> socket.socket:
+    """A listening AF_UNIX stream socket at ``path`` with mode 0600 (owner only).
+
+    The socket is created under a restrictive umask so no other user can ever connect, even
+    for an instant before a chmod."""
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(backlog)
+    return sock
+
+
+def connect_unix(path: str, timeout: float | None = None) -> socket.socket:
+    """Connect to a vfio-user server listening at ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    sock.settimeout(None)
+    return sock
+
+
+__all__ = [
+    "MAX_FDS_PER_RECV",
+    "PeerClosed",
+    "close_fds",
+    "connect_unix",
+    "listen_unix",
+    "recv_into",
+    "send_parts",
+]
