@@ -103,6 +103,42 @@ def cmd_path(args: argparse.Namespace) -> int:
     return 0 if info["ok"] else 1
 
 
+def cmd_prove(args: argparse.Namespace) -> int:
+    """Check the proof suite; exit 1 when an outcome differs from its expectation."""
+    from vfio_user_mig.model import ALL_CAPS
+    from vfio_user_mig.proofs import mutants, report, suite
+    from vfio_user_mig.proofs.fsm_theorems import MODEL
+
+    if args.matrix:
+        matrix = suite.mutation_matrix()
+        if args.json:
+            print(json.dumps({"matrix": matrix}))
+        else:
+            print(report.render_matrix(matrix))
+        return 0
+    caps_list = list(ALL_CAPS) if args.caps is None else [args.caps]
+    name = args.mutant or "model"
+    known = [*mutants.FSM_IMPLEMENTATIONS, *mutants.SESSION_MUTANTS]
+    if args.mutant is not None and args.mutant not in known:
+        print(f"vfio-user-mig prove: unknown mutant {args.mutant!r} (one of {', '.join(known)})",
+              file=sys.stderr)
+        return 2
+    fut = mutants.FSM_IMPLEMENTATIONS.get(name, MODEL)
+    session = mutants.SESSION_MUTANTS.get(name)
+    theorems = suite.default_suite(caps_list, fut, session=session,
+                                   protocol=not args.fsm_only)
+    result = suite.run_suite(suite.select(theorems, args.only or []), name)
+    if args.markdown:
+        Path(args.markdown).write_text(report.render_markdown(result) + "\n")
+    if args.json:
+        print(report.render_json(result))
+    else:
+        print(report.render_text(result))
+        if args.markdown:
+            print(f"wrote {args.markdown}")
+    return 0 if result.ok else 1
+
+
 def _all_caps() -> tuple[MigrationCaps, ...]:
     from vfio_user_mig.model import ALL_CAPS
 
@@ -155,6 +191,98 @@ def _configure_path(p: argparse.ArgumentParser) -> None:
     _add_caps(p)
     _add_json(p)
     p.set_defaults(handler=cmd_path)
+
+
+def _size_arg(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t, 0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 16M, 4096)") from exc
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run a vfio-user server on a UNIX socket until interrupted."""
+    import logging
+
+    from vfio_user_mig.simulator.device import MigDev
+    from vfio_user_mig.simulator.irqs import EventfdTable
+    from vfio_user_mig.simulator.server_core import ServerConfig, ServerCore
+    from vfio_user_mig.simulator.server_io import UnixServer
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
+    sink = _ForwardSink()
+    device = MigDev(mem_size=args.device_mem, irq_sink=sink, caps=args.caps)
+    irqs = EventfdTable(device.irqs)
+    sink.target = irqs
+    core = ServerCore(device, ServerConfig(strict_spec=args.strict_spec), irqs)
+    server = UnixServer(core, args.socket, verbose=args.verbose,
+                        max_connections=args.max_connections)
+    print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
+          f"{caps_label(args.caps)}) on {args.socket}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        core.close()
+        device.close()
+    summary = {"socket": args.socket, "connections": server.connections, **core.stats,
+               "final_state": core.state.name}
+    _emit(args, summary, f"served {server.connections} connection(s); "
+          f"{core.stats['requests']} requests, {core.stats['errors']} errors; "
+          f"final state {core.state.name}")
+    return 0
+
+
+class _ForwardSink:
+    """An IrqSink whose target (the server's eventfd table) is set after the device exists."""
+
+    target: object | None = None
+
+    def trigger(self, index: int, subindex: int) -> None:
+        if self.target is not None:
+            self.target.trigger(index, subindex)  # type: ignore[attr-defined]
+
+
+@command("serve", "run a vfio-user server with an emulated device on a UNIX socket")
+def _configure_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", required=True, help="socket path (created with mode 0600)")
+    p.add_argument("--device", choices=["migdev"], default="migdev")
+    p.add_argument("--device-mem", type=_size_arg, default=16 << 20,
+                   help="device memory (BAR2) size, a power of two (default 16M)")
+    _add_caps(p)
+    p.add_argument("--strict-spec", action="store_true",
+                   help="send what the spec text says where libvfio-user differs")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="exit after serving this many connections")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    _add_json(p)
+    p.set_defaults(handler=cmd_serve)
+
+
+@command("prove", "check the theorems of the FSM and the protocol exhaustively")
+def _configure_prove(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--caps", type=_caps_arg, default=None,
+        help="check the FSM theorems for this capability set only (default: all four)",
+    )
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown report to FILE")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="only theorems whose name matches (glob or substring; repeatable)")
+    p.add_argument("--fsm-only", action="store_true", help="skip the protocol theorems")
+    p.add_argument("--mutant", metavar="NAME",
+                   help="check a seeded mutant instead of the model: kernel-unfixed, "
+                        "missing-blocked-arc, p2p-as-non-p2p, wrong-tie-break, off-by-one-bound, "
+                        "no-dirty-resend, leaky-save-session (or the correct kernel-fixed)")
+    p.add_argument("--matrix", action="store_true",
+                   help="print which theorems each seeded mutant breaks")
+    _add_json(p)
+    p.set_defaults(handler=cmd_prove)
 
 
 def build_parser() -> argparse.ArgumentParser:
