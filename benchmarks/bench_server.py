@@ -1,0 +1,199 @@
+"""Benchmarks of the vfio-user server over a socketpair, client and server in two processes.
+
+* ``region_read_roundtrip``: REGION_READ of 4 bytes of device memory, round trips per second
+  (client codec + socket + ``server_io.pump`` + core + device). ``baseline`` is a raw 20-byte
+  echo between two Python processes over a socketpair (``recv_into``/``send``); goal ratio
+  >= 0.8.
+* ``mig_data_stream``: MIG_DATA_READ at 1 MiB chunks draining a PRE_COPY pass then STOP_COPY of
+  a ``MigDev`` (64 MiB, 8 MiB with ``quick``), bytes/s. ``baseline`` is the same number of
+  request/response exchanges of the same chunk size with raw ``sendall``/``recv_into`` between
+  two processes; goal ratio >= 0.9.
+
+Processes come from the ``fork`` context; every figure is the best of a few repeats.
+``run(quick)`` returns ``{name: {"value", "unit", "baseline", "ratio", ...}}``; run this file
+directly to print the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from vfio_user_mig.model import State
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.device import MigDev
+from vfio_user_mig.simulator.server_core import ServerCore
+from vfio_user_mig.simulator.server_io import pump
+
+CHUNK = 1 << 20
+BAR2 = 2
+_CTX = mp.get_context("fork")
+
+
+# ----- child processes ---------------------------------------------------------------------
+def _serve(sock: socket.socket, peer: socket.socket, mem_size: int) -> None:
+    peer.close()
+    device = MigDev(mem_size=mem_size)
+    core = ServerCore(device)
+    try:
+        pump(core, sock)
+    finally:
+        core.close()
+        device.close()
+        sock.close()
+
+
+def _echo(sock: socket.socket, peer: socket.socket) -> None:
+    peer.close()
+    buf = memoryview(bytearray(4096))
+    while True:
+        n = sock.recv_into(buf)
+        if n == 0:
+            break
+        sock.send(buf[:n])
+    sock.close()
+
+
+def _bulk(sock: socket.socket, peer: socket.socket, chunk: int) -> None:
+    """For every request byte received, send one chunk."""
+    peer.close()
+    data = bytes(chunk)
+    buf = memoryview(bytearray(64))
+    while True:
+        n = sock.recv_into(buf)
+        if n == 0:
+            break
+        for _ in range(n):
+            sock.sendall(data)
+    sock.close()
+
+
+def _with_child(
+    target: Callable[..., None], args: tuple[object, ...], body: Callable[[socket.socket], float]
+) -> float:
+    """Run ``target(child_sock, parent_sock, *args)`` in a forked process; time ``body``."""
+    parent, child = socket.socketpair()
+    proc = _CTX.Process(target=target, args=(child, parent, *args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        return body(parent)
+    finally:
+        parent.close()
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(5)
+
+
+# ----- region_read_roundtrip -----------------------------------------------------------------
+def _region_reads(n: int) -> Callable[[socket.socket], float]:
+    def body(sock: socket.socket) -> float:
+        client = Client(sock, timeout=10.0)
+        client.negotiate()
+        client.region_write(BAR2, 0, b"\xfe\xca\xbe\xba")
+        for _ in range(200):  # warm-up
+            client.region_read(BAR2, 0, 4)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.region_read(BAR2, 0, 4)
+        elapsed = time.perf_counter() - t0
+        assert client.region_read(BAR2, 0, 4) == b"\xfe\xca\xbe\xba"
+        return n / elapsed
+
+    return body
+
+
+def _raw_echo(n: int) -> Callable[[socket.socket], float]:
+    def body(sock: socket.socket) -> float:
+        msg = bytes(20)
+        buf = memoryview(bytearray(4096))
+
+        def one() -> None:
+            sock.send(msg)
+            got = 0
+            while got < 20:
+                got += sock.recv_into(buf[got:])
+
+        for _ in range(200):
+            one()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            one()
+        return n / (time.perf_counter() - t0)
+
+    return body
+
+
+# ----- mig_data_stream -----------------------------------------------------------------------
+def _mig_stream(sock: socket.socket) -> float:
+    client = Client(sock, timeout=30.0)
+    client.negotiate()
+    total = 0
+    t0 = time.perf_counter()
+    client.set_state(State.PRE_COPY)
+    for phase in (State.PRE_COPY, State.STOP_COPY):
+        if phase is State.STOP_COPY:
+            client.set_state(State.STOP_COPY)
+        while True:
+            data = client.mig_data_read(CHUNK)
+            total += len(data)
+            if len(data) < CHUNK:
+                break
+    elapsed = time.perf_counter() - t0
+    client.set_state(State.STOP)
+    _mig_stream.last_total = total  # type: ignore[attr-defined]
+    return total / elapsed
+
+
+def _raw_bulk(chunks: int) -> Callable[[socket.socket], float]:
+    def body(sock: socket.socket) -> float:
+        buf = memoryview(bytearray(CHUNK))
+        t0 = time.perf_counter()
+        for _ in range(chunks):
+            sock.send(b"r")
+            got = 0
+            while got < CHUNK:
+                got += sock.recv_into(buf[got:])
+        return chunks * CHUNK / (time.perf_counter() - t0)
+
+    return body
+
+
+def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
+    n, repeat = (2_000, 2) if quick else (20_000, 3)
+    mem_size = (8 << 20) if quick else (64 << 20)
+    rr = max(_with_child(_serve, (1 << 16,), _region_reads(n)) for _ in range(repeat))
+    echo = max(_with_child(_echo, (), _raw_echo(n)) for _ in range(repeat))
+
+    stream = max(_with_child(_serve, (mem_size,), _mig_stream) for _ in range(repeat))
+    total = _mig_stream.last_total  # type: ignore[attr-defined]
+    chunks = -(-total // CHUNK)
+    raw = max(_with_child(_bulk, (CHUNK,), _raw_bulk(chunks)) for _ in range(repeat))
+    return {
+        "region_read_roundtrip": {
+            "value": round(rr, 1),
+            "unit": "round trips/s",
+            "baseline": round(echo, 1),
+            "ratio": round(rr / echo, 4),
+            "note": "REGION_READ 4 B, two processes; baseline raw 20-byte socketpair echo",
+        },
+        "mig_data_stream": {
+            "value": round(stream, 1),
+            "unit": "bytes/s",
+            "baseline": round(raw, 1),
+            "ratio": round(stream / raw, 4),
+            "stream_bytes": total,
+            "mem_size": mem_size,
+            "note": "MIG_DATA_READ 1 MiB chunks, PRE_COPY + STOP_COPY; baseline raw request/"
+                    "sendall 1 MiB/recv_into, same chunk count",
+        },
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(quick="--quick" in sys.argv[1:]), indent=2))
