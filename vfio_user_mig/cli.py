@@ -8,6 +8,7 @@ Every command that reports prints human text by default and one JSON object on s
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -208,18 +209,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run a vfio-user server on a UNIX socket until interrupted."""
     import logging
 
-    from vfio_user_mig.simulator.device import MigDev
-    from vfio_user_mig.simulator.irqs import EventfdTable
-    from vfio_user_mig.simulator.server_core import ServerConfig, ServerCore
+    from vfio_user_mig.simulator.hosting import host_device
+    from vfio_user_mig.simulator.server_core import ServerConfig
     from vfio_user_mig.simulator.server_io import UnixServer
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    sink = _ForwardSink()
-    device = MigDev(mem_size=args.device_mem, irq_sink=sink, caps=args.caps)
-    irqs = EventfdTable(device.irqs)
-    sink.target = irqs
-    core = ServerCore(device, ServerConfig(strict_spec=args.strict_spec), irqs)
+    hosted = host_device(args.device, mem_size=args.device_mem, caps=args.caps,
+                         config=ServerConfig(strict_spec=args.strict_spec))
+    core = hosted.core
     server = UnixServer(core, args.socket, verbose=args.verbose,
                         max_connections=args.max_connections)
     print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
@@ -229,8 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        core.close()
-        device.close()
+        hosted.close()
     summary = {"socket": args.socket, "connections": server.connections, **core.stats,
                "final_state": core.state.name}
     _emit(args, summary, f"served {server.connections} connection(s); "
@@ -239,20 +236,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ForwardSink:
-    """An IrqSink whose target (the server's eventfd table) is set after the device exists."""
+def _device_names() -> list[str]:
+    from vfio_user_mig.simulator.device import DEVICES
 
-    target: object | None = None
-
-    def trigger(self, index: int, subindex: int) -> None:
-        if self.target is not None:
-            self.target.trigger(index, subindex)  # type: ignore[attr-defined]
+    return sorted(DEVICES)
 
 
 @command("serve", "run a vfio-user server with an emulated device on a UNIX socket")
 def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, help="socket path (created with mode 0600)")
-    p.add_argument("--device", choices=["migdev"], default="migdev")
+    p.add_argument("--device", choices=_device_names(), default="migdev")
     p.add_argument("--device-mem", type=_size_arg, default=16 << 20,
                    help="device memory (BAR2) size, a power of two (default 16M)")
     _add_caps(p)
@@ -285,6 +278,10 @@ def _configure_prove(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_prove)
 
 
+#: Modules that register further sub-commands with :func:`command` when imported.
+COMMAND_MODULES: tuple[str, ...] = ("vfio_user_mig.simulator.migration.commands",)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered command."""
     parser = argparse.ArgumentParser(
@@ -292,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The executable model of vfio-user live migration (migration v2).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     for name, (_handler, help_text, configure) in COMMANDS.items():
         configure(sub.add_parser(name, help=help_text, description=help_text))
     return parser

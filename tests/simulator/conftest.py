@@ -10,20 +10,9 @@ import pytest
 
 from vfio_user_mig.simulator.client import Client, GuestMemory
 from vfio_user_mig.simulator.device import MigDev
-from vfio_user_mig.simulator.irqs import EventfdTable
-from vfio_user_mig.simulator.server_core import ServerConfig, ServerCore
+from vfio_user_mig.simulator.hosting import host_device
+from vfio_user_mig.simulator.server_core import ServerCore
 from vfio_user_mig.simulator.server_io import serve_socketpair
-
-
-class ForwardSink:
-    """IrqSink forwarding to the server's eventfd table (set after the device exists)."""
-
-    def __init__(self) -> None:
-        self.target: EventfdTable | None = None
-
-    def trigger(self, index: int, subindex: int) -> None:
-        if self.target is not None:
-            self.target.trigger(index, subindex)
 
 
 @dataclass
@@ -47,11 +36,8 @@ class Session:
 
 
 def make_session(mem_size: int = 1 << 20, guest: int = 1 << 20, **client_kwargs: object) -> Session:
-    sink = ForwardSink()
-    device = MigDev(mem_size=mem_size, irq_sink=sink)
-    irqs = EventfdTable(device.irqs)
-    sink.target = irqs
-    core = ServerCore(device, ServerConfig(), irqs)
+    hosted = host_device("migdev", mem_size=mem_size)
+    device, core = hosted.device, hosted.core
     a, b = socket.socketpair()
     thread, stop = serve_socketpair(core, a)
     memory = GuestMemory(guest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
     Device,
@@ -47,13 +48,18 @@ from vfio_user_mig.simulator.device.stream import (
 
 
 class DeviceFactory(Protocol):
-    """Builds a device; ``mem_size`` is the device memory size in bytes."""
+    """Builds a device; ``mem_size`` is the device memory size in bytes, ``caps`` the
+    migration capabilities it reports (a profile may ignore either when fixed)."""
 
-    def __call__(self, *, mem_size: int, irq_sink: IrqSink) -> Device: ...
+    def __call__(
+        self, *, mem_size: int, irq_sink: IrqSink, caps: MigrationCaps = VFIO_USER_CAPS
+    ) -> Device: ...
 
 
-def _migdev(*, mem_size: int = DEFAULT_MEM_SIZE, irq_sink: IrqSink) -> Device:
-    return MigDev(mem_size=mem_size, irq_sink=irq_sink)
+def _migdev(
+    *, mem_size: int = DEFAULT_MEM_SIZE, irq_sink: IrqSink, caps: MigrationCaps = VFIO_USER_CAPS
+) -> Device:
+    return MigDev(mem_size=mem_size, irq_sink=irq_sink, caps=caps)
 
 
 #: Device profiles by name (the CLI's ``--device``).

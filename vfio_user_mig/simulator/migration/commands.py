@@ -1,0 +1,1 @@
+"""CLI sub-commands of the migration layer (``migrate``, ``simulate``), registered on import."""
