@@ -218,3 +218,66 @@ def fast_factory(cls: type[Message]) -> Callable[..., Message]:
 
         return make6
     raise AssertionError(f"{cls.__name__}: no fast factory for {len(setters)} fields")
+
+
+def wire_name(cls: type[Message]) -> str:
+    """The name errors use for a message class: ``COMMAND`` or ``COMMAND.reply``."""
+    return cls.COMMAND.name + (".reply" if cls.IS_REPLY else "")
+
+
+class EmptyPayload:
+    """Mixin for messages that are a header only: encodes the header, refuses any payload.
+
+    Put it first in the bases (``class X(EmptyPayload, Reply)``).
+    """
+
+    __slots__ = ()
+
+    def _encode(self: Any, strict: bool) -> Parts:
+        return header_only(self)
+
+    @classmethod
+    def _decode(cls: Any, msg_id: int, flags: int, payload: memoryview) -> Message:
+        if len(payload):
+            raise invalid(f"{wire_name(cls)}.payload", f"{len(payload)} bytes, expected none")
+        if cls.IS_REPLY:
+            return cls(msg_id=msg_id)  # type: ignore[no-any-return]
+        return cls(msg_id=msg_id, no_reply=bool(flags & NO_REPLY))  # type: ignore[no-any-return]
+
+
+class FixedLayout:
+    """Mixin for messages whose payload is exactly one :class:`Layout` and whose dataclass
+    fields carry the layout's field names: encode and decode are derived from the table.
+
+    Set ``LAYOUT``; requests with an ``argsz`` field refuse ``argsz`` smaller than the layout
+    (the caller's buffer must hold the struct). Put the mixin first in the bases.
+    """
+
+    __slots__ = ()
+    LAYOUT: ClassVar[Layout]
+    _HSTRUCT: ClassVar[struct.Struct]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "LAYOUT" in cls.__dict__:
+            cls._HSTRUCT = hstruct(cls.LAYOUT)
+
+    def _encode(self: Any, strict: bool) -> Parts:
+        layout = self.LAYOUT
+        values = [getattr(self, name) for name in layout.names]
+        size = HEADER_SIZE + layout.size
+        return [self._HSTRUCT.pack(self.msg_id, self.COMMAND, size, self._flags(), 0, *values)]
+
+    @classmethod
+    def _decode(cls: Any, msg_id: int, flags: int, payload: memoryview) -> Message:
+        layout = cls.LAYOUT
+        name = wire_name(cls)
+        expect_len(name, payload, layout.size)
+        values = dict(zip(layout.names, layout.unpack_from(payload), strict=True))
+        if cls.IS_REPLY:
+            return cls(**values, msg_id=msg_id)  # type: ignore[no-any-return]
+        argsz = values.get("argsz")
+        if argsz is not None and argsz < layout.size:
+            raise invalid(f"{name}.argsz", f"{argsz} < {layout.size}")
+        return cls(**values, msg_id=msg_id,  # type: ignore[no-any-return]
+                   no_reply=bool(flags & NO_REPLY))

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from vfio_user_mig.wire.constants import (
     HEADER_SIZE,
@@ -14,18 +15,18 @@ from vfio_user_mig.wire.constants import (
     IrqSetFlag,
 )
 from vfio_user_mig.wire.errors import invalid
+from vfio_user_mig.wire.layout import Layout
 from vfio_user_mig.wire.layouts import IRQ_INFO, IRQ_SET
 from vfio_user_mig.wire.msg_base import (
     NO_REPLY,
     Data,
+    EmptyPayload,
+    FixedLayout,
     Message,
     Parts,
     Reply,
     Request,
-    empty_payload,
-    expect_len,
     expect_min,
-    header_only,
     hstruct,
     register,
 )
@@ -39,54 +40,28 @@ _H_IRQ_SET = hstruct(IRQ_SET)
 
 @register(Command.DEVICE_GET_IRQ_INFO)
 @dataclass(frozen=True, slots=True)
-class IrqInfo(Request):
+class IrqInfo(FixedLayout, Request):
     """DEVICE_GET_IRQ_INFO request ``struct vfio_irq_info`` with ``index`` set."""
+
+    LAYOUT: ClassVar[Layout] = IRQ_INFO
 
     index: int
     argsz: int = IRQ_INFO.size
     flags: int = 0
     count: int = 0
 
-    def _encode(self, strict: bool) -> Parts:
-        return [
-            _H_IRQ_INFO.pack(
-                self.msg_id, self.COMMAND, HEADER_SIZE + IRQ_INFO.size, self._flags(), 0,
-                self.argsz, self.flags, self.index, self.count,
-            )
-        ]
-
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        expect_len("DEVICE_GET_IRQ_INFO", payload, IRQ_INFO.size)
-        argsz, iflags, index, count = IRQ_INFO.unpack_from(payload)
-        if argsz < IRQ_INFO.size:
-            raise invalid("DEVICE_GET_IRQ_INFO.argsz", f"{argsz} < {IRQ_INFO.size}")
-        return cls(index, argsz, iflags, count, msg_id=msg_id, no_reply=bool(flags & NO_REPLY))
-
 
 @register(Command.DEVICE_GET_IRQ_INFO)
 @dataclass(frozen=True, slots=True)
-class IrqInfoReply(Reply):
+class IrqInfoReply(FixedLayout, Reply):
     """DEVICE_GET_IRQ_INFO reply (16 bytes)."""
+
+    LAYOUT: ClassVar[Layout] = IRQ_INFO
 
     index: int
     flags: int
     count: int
     argsz: int = IRQ_INFO.size
-
-    def _encode(self, strict: bool) -> Parts:
-        return [
-            _H_IRQ_INFO.pack(
-                self.msg_id, self.COMMAND, HEADER_SIZE + IRQ_INFO.size, self._flags(), 0,
-                self.argsz, self.flags, self.index, self.count,
-            )
-        ]
-
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        expect_len("DEVICE_GET_IRQ_INFO.reply", payload, IRQ_INFO.size)
-        argsz, iflags, index, count = IRQ_INFO.unpack_from(payload)
-        return cls(index, iflags, count, argsz, msg_id=msg_id)
 
 
 # --------------------------------------------------------------------------- SET_IRQS (8)
@@ -149,16 +124,7 @@ class IrqSet(Request):
 
 @register(Command.DEVICE_SET_IRQS)
 @dataclass(frozen=True, slots=True)
-class IrqSetReply(Reply):
+class IrqSetReply(EmptyPayload, Reply):
     """DEVICE_SET_IRQS reply: no payload."""
 
-    def _encode(self, strict: bool) -> Parts:
-        return header_only(self)
 
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        _check_empty_irq_set(payload)
-        return cls(msg_id=msg_id)
-
-
-_check_empty_irq_set = empty_payload("DEVICE_SET_IRQS.reply")

@@ -18,14 +18,13 @@ from vfio_user_mig.wire.layouts import MIG_DATA
 from vfio_user_mig.wire.msg_base import (
     NO_REPLY,
     Data,
+    EmptyPayload,
     Message,
     Parts,
     Reply,
     Request,
-    empty_payload,
     expect_len,
     expect_min,
-    header_only,
     hstruct,
     register,
 )
@@ -164,16 +163,7 @@ class MigDataWrite(Request):
 
 @register(Command.MIG_DATA_WRITE)
 @dataclass(frozen=True, slots=True)
-class MigDataWriteReply(Reply):
+class MigDataWriteReply(EmptyPayload, Reply):
     """MIG_DATA_WRITE reply: no payload."""
 
-    def _encode(self, strict: bool) -> Parts:
-        return header_only(self)
 
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        _check_empty(payload)
-        return cls(msg_id=msg_id)
-
-
-_check_empty = empty_payload("MIG_DATA_WRITE.reply")

@@ -10,6 +10,7 @@ part, the ``argsz``/``count`` fields and the variable tail.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from vfio_user_mig.wire.capabilities import Capabilities
 from vfio_user_mig.wire.constants import (
@@ -19,6 +20,7 @@ from vfio_user_mig.wire.constants import (
     DmaUnmapFlag,
 )
 from vfio_user_mig.wire.errors import invalid
+from vfio_user_mig.wire.layout import Layout
 from vfio_user_mig.wire.layouts import (
     DEVICE_INFO,
     DMA_MAP,
@@ -33,14 +35,14 @@ from vfio_user_mig.wire.layouts import (
 from vfio_user_mig.wire.msg_base import (
     NO_REPLY,
     Data,
+    EmptyPayload,
+    FixedLayout,
     Message,
     Parts,
     Reply,
     Request,
-    empty_payload,
     expect_len,
     expect_min,
-    header_only,
     hstruct,
     register,
 )
@@ -146,19 +148,10 @@ class DmaMap(Request):
 
 @register(Command.DMA_MAP)
 @dataclass(frozen=True, slots=True)
-class DmaMapReply(Reply):
+class DmaMapReply(EmptyPayload, Reply):
     """DMA_MAP reply: no payload."""
 
-    def _encode(self, strict: bool) -> Parts:
-        return header_only(self)
 
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        _check_empty_dma_map(payload)
-        return cls(msg_id=msg_id)
-
-
-_check_empty_dma_map = empty_payload("DMA_MAP.reply")
 
 
 # --------------------------------------------------------------------------- DMA_UNMAP (3)
@@ -255,54 +248,28 @@ class DmaUnmapReply(Reply):
 
 @register(Command.DEVICE_GET_INFO)
 @dataclass(frozen=True, slots=True)
-class DeviceGetInfo(Request):
+class DeviceGetInfo(FixedLayout, Request):
     """DEVICE_GET_INFO request: ``argsz`` = max reply size; other fields should be zero."""
+
+    LAYOUT: ClassVar[Layout] = DEVICE_INFO
 
     argsz: int = DEVICE_INFO.size
     flags: int = 0
     num_regions: int = 0
     num_irqs: int = 0
 
-    def _encode(self, strict: bool) -> Parts:
-        return [
-            _H_DEVICE_INFO.pack(
-                self.msg_id, self.COMMAND, HEADER_SIZE + DEVICE_INFO.size, self._flags(), 0,
-                self.argsz, self.flags, self.num_regions, self.num_irqs,
-            )
-        ]
-
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        expect_len("DEVICE_GET_INFO", payload, DEVICE_INFO.size)
-        argsz, dflags, nreg, nirq = DEVICE_INFO.unpack_from(payload)
-        if argsz < DEVICE_INFO.size:
-            raise invalid("DEVICE_GET_INFO.argsz", f"{argsz} < {DEVICE_INFO.size}")
-        return cls(argsz, dflags, nreg, nirq, msg_id=msg_id, no_reply=bool(flags & NO_REPLY))
-
 
 @register(Command.DEVICE_GET_INFO)
 @dataclass(frozen=True, slots=True)
-class DeviceGetInfoReply(Reply):
+class DeviceGetInfoReply(FixedLayout, Reply):
     """DEVICE_GET_INFO reply ``struct vfio_device_info`` (16 bytes; libvfio-user sends 16)."""
+
+    LAYOUT: ClassVar[Layout] = DEVICE_INFO
 
     flags: int
     num_regions: int
     num_irqs: int
     argsz: int = DEVICE_INFO.size
-
-    def _encode(self, strict: bool) -> Parts:
-        return [
-            _H_DEVICE_INFO.pack(
-                self.msg_id, self.COMMAND, HEADER_SIZE + DEVICE_INFO.size, self._flags(), 0,
-                self.argsz, self.flags, self.num_regions, self.num_irqs,
-            )
-        ]
-
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        expect_len("DEVICE_GET_INFO.reply", payload, DEVICE_INFO.size)
-        argsz, dflags, nreg, nirq = DEVICE_INFO.unpack_from(payload)
-        return cls(dflags, nreg, nirq, argsz, msg_id=msg_id)
 
 
 # --------------------------------------------------------------------------- DEVICE_RESET (13)
@@ -310,30 +277,13 @@ class DeviceGetInfoReply(Reply):
 
 @register(Command.DEVICE_RESET)
 @dataclass(frozen=True, slots=True)
-class DeviceReset(Request):
+class DeviceReset(EmptyPayload, Request):
     """DEVICE_RESET: neither request nor reply has a payload."""
-
-    def _encode(self, strict: bool) -> Parts:
-        return header_only(self)
-
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        _check_empty_reset(payload)
-        return cls(msg_id=msg_id, no_reply=bool(flags & NO_REPLY))
 
 
 @register(Command.DEVICE_RESET)
 @dataclass(frozen=True, slots=True)
-class DeviceResetReply(Reply):
+class DeviceResetReply(EmptyPayload, Reply):
     """DEVICE_RESET reply: no payload."""
 
-    def _encode(self, strict: bool) -> Parts:
-        return header_only(self)
 
-    @classmethod
-    def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        _check_empty_reset(payload)
-        return cls(msg_id=msg_id)
-
-
-_check_empty_reset = empty_payload("DEVICE_RESET")
