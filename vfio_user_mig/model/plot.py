@@ -34,7 +34,8 @@ ABSENT_COLOR = "#eeeeee"
 def _pyplot() -> Any:
     import matplotlib
 
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+    interactive = ("agg", "inline", "module://matplotlib_inline.backend_inline")
+    if matplotlib.get_backend().lower() not in interactive:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
@@ -121,13 +122,17 @@ def draw_matrix(caps: MigrationCaps | int, ax: Axes | None = None) -> Figure:
     for i, cur in enumerate(states):
         for j, target in enumerate(states):
             ax.text(j, i, path_cell(cur, target, value).replace(">", ">\n"), ha="center",
-                    va="center", fontsize=7)
+                    va="center", fontsize=8)
     ax.set_xticks(range(len(states)), [short_name(s) for s in states])
     ax.set_yticks(range(len(states)), [short_name(s) for s in states])
     ax.set_xlabel("target state")
     ax.set_ylabel("current state")
     ax.set_title(f"Complex transitions [{caps_label(value)}]: arcs walked (red = EINVAL)")
+    from matplotlib.patches import Patch
+
     fig.colorbar(image, ax=ax, label="number of direct arcs")
+    ax.legend(handles=[Patch(facecolor=ERROR_COLOR, label="refused (EINVAL)")],
+              loc="upper left", bbox_to_anchor=(1.25, 1.0), fontsize=8, frameon=False)
     return cast("Figure", fig)
 
 
