@@ -12,6 +12,7 @@ from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.layouts import IO_FDS, REGION_INFO, SUB_REGION_LIBVFIO, SUB_REGION_SPEC
 from vfio_user_mig.wire.msg_base import (
     NO_REPLY,
+    Data,
     Message,
     Parts,
     Reply,
@@ -33,7 +34,12 @@ _H_IO_FDS = hstruct(IO_FDS)
 @register(Command.DEVICE_GET_REGION_INFO)
 @dataclass(frozen=True, slots=True)
 class RegionInfo(Request):
-    """DEVICE_GET_REGION_INFO request: ``index`` and ``argsz`` (max reply size) matter."""
+    """DEVICE_GET_REGION_INFO request: ``index`` and ``argsz`` (max reply size) matter.
+
+    libvfio-user's client sends its whole argsz-sized buffer, so bytes after the 32-byte
+    struct are accepted and kept verbatim in ``tail`` (decode -> encode stays byte-identical);
+    the spec's 32-byte request has an empty ``tail``.
+    """
 
     index: int
     argsz: int = REGION_INFO.size
@@ -41,23 +47,28 @@ class RegionInfo(Request):
     cap_offset: int = 0
     size: int = 0
     offset: int = 0
+    tail: Data = b""
 
     def _encode(self, strict: bool) -> Parts:
-        return [
-            _H_REGION_INFO.pack(
-                self.msg_id, self.COMMAND, HEADER_SIZE + REGION_INFO.size, self._flags(), 0,
-                self.argsz, self.flags, self.index, self.cap_offset, self.size, self.offset,
-            )
-        ]
+        head = _H_REGION_INFO.pack(
+            self.msg_id, self.COMMAND, HEADER_SIZE + REGION_INFO.size + len(self.tail),
+            self._flags(), 0,
+            self.argsz, self.flags, self.index, self.cap_offset, self.size, self.offset,
+        )
+        return [head, self.tail] if self.tail else [head]
 
     @classmethod
     def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        expect_len("DEVICE_GET_REGION_INFO", payload, REGION_INFO.size)
+        expect_min("DEVICE_GET_REGION_INFO", payload, REGION_INFO.size)
         argsz, rflags, index, cap_offset, size, offset = REGION_INFO.unpack_from(payload)
         if argsz < REGION_INFO.size:
             raise invalid("DEVICE_GET_REGION_INFO.argsz", f"{argsz} < {REGION_INFO.size}")
+        if len(payload) > argsz:
+            raise invalid("DEVICE_GET_REGION_INFO.payload",
+                          f"{len(payload)} bytes > argsz {argsz}")
+        tail = payload[REGION_INFO.size:]
         return cls(
-            index, argsz, rflags, cap_offset, size, offset,
+            index, argsz, rflags, cap_offset, size, offset, tail if len(tail) else b"",
             msg_id=msg_id, no_reply=bool(flags & NO_REPLY),
         )
 

@@ -37,6 +37,7 @@ from vfio_user_mig.simulator.device.dma import (
     Route,
     run_job,
 )
+from vfio_user_mig.simulator.device.lvu_sample import LvuSample, make_lvu_sample
 from vfio_user_mig.simulator.device.migdev import DEFAULT_MEM_SIZE, MigDev
 from vfio_user_mig.simulator.device.stream import (
     RecordType,
@@ -64,6 +65,7 @@ def _migdev(
 
 #: Device profiles by name (the CLI's ``--device``).
 DEVICES: dict[str, DeviceFactory] = {"migdev": _migdev}
+DEVICES["lvu-sample"] = make_lvu_sample
 
 __all__ = [
     "DEFAULT_MEM_SIZE",
@@ -86,6 +88,7 @@ __all__ = [
     "IrqIndex",
     "IrqSink",
     "IrqSpec",
+    "LvuSample",
     "MigDev",
     "NullIrqSink",
     "PciRegion",
