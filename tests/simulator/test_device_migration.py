@@ -267,9 +267,24 @@ def test_mig_data_in_wrong_states_is_einval(pair: tuple[MigDev, MigDev]) -> None
         with pytest.raises(DeviceError) as exc:
             dev.mig_data_write(b"MGDV")
         assert exc.value.errno == errno.EINVAL
-    with pytest.raises(DeviceError):
-        run(dev, S.STOP, S.STOP_COPY)
-        dev.mig_data_read(0)
+    run(dev, S.STOP, S.STOP_COPY)
+    with pytest.raises(DeviceError) as exc:
+        dev.mig_data_read(-1)
+    assert exc.value.errno == errno.EINVAL
+
+
+def test_zero_length_mig_data_read_reads_nothing_and_keeps_the_stream(
+    pair: tuple[MigDev, MigDev],
+) -> None:
+    src, _ = pair
+    run(src, S.RUNNING, S.PRE_COPY)
+    assert src.mig_data_read(0) == b""  # not "caught up", not the end: nothing was read
+    first = src.mig_data_read(4)
+    assert first == b"MGDV"
+    run(src, S.PRE_COPY, S.STOP_COPY)
+    assert src.mig_data_read(0) == b""
+    rest = src.mig_data_read(1 << 26)
+    assert rest and src.mig_data_read(0) == b"" and src.mig_data_read(16) == b""
 
 
 def test_arc_checks_and_injected_failures(pair: tuple[MigDev, MigDev]) -> None:

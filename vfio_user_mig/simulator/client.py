@@ -6,6 +6,17 @@ DMA_MAP, or reached by the server with DMA_READ/DMA_WRITE messages when mapped w
 DMA_READ/DMA_WRITE requests at any time: a client that waits for a reply without serving the
 server deadlocks whenever the server needs DMA to finish the request
 (``serve_dma_while_waiting=False`` reproduces that, bounded by ``timeout``).
+
+Receiving: on a socket in blocking mode the client bounds each receive with SO_RCVTIMEO set to
+``timeout`` (one system call per receive, no ``select`` first; the option stays set on the
+socket); a socket with its own Python timeout is polled with ``select``. Small messages are
+received into a reused buffer, the rest of a large one straight into its own buffer. A
+MIG_DATA_READ reply of at least :data:`BULK_REPLY` bytes is received header and fixed part
+first, then its data with one ``MSG_WAITALL`` receive into the ``bytes`` returned or the
+caller's buffer (:meth:`Client.mig_data_read_into`): no copy; anything unexpected
+in its header (an error, another message first, padding) goes through the framer as usual.
+Likewise a small REGION_READ reply that arrives whole, alone, is taken from the receive buffer
+without the framer.
 """
 
 from __future__ import annotations
@@ -15,15 +26,34 @@ import mmap
 import os
 import select
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.transport import close_fds, recv_into, send_parts
+from vfio_user_mig.simulator.transport import (
+    PeerClosed,
+    close_fds,
+    recv_into,
+    send_parts,
+    set_recv_timeout,
+)
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
 
 T = TypeVar("T")
+
+#: A message still missing at least this many bytes is received straight into its buffer;
+#: MIG_DATA_READ replies this large take the zero-copy path (see module docstring).
+BULK_REPLY = 64 * 1024
+_MIG_REPLY = struct.Struct("<HHIIIII")  # header, then argsz, size of MIG_DATA_READ's reply
+_MIG_DATA_SIZE = 8
+_REPLY_FLAGS = int(wire.MsgType.REPLY)
+_MIG_DATA_READ = int(wire.Command.MIG_DATA_READ)
+#: REGION_READs of at most this many bytes take the one-receive path (see ``region_read``).
+_SMALL_READ = 4096
+_RR_REPLY = struct.Struct("<HHIIIQII")  # header, offset, region, count
+_REGION_READ = int(wire.Command.REGION_READ)
 
 
 class VfioUserError(OSError):
@@ -84,6 +114,8 @@ class Client:
         self.sock = sock
         self.memory = memory
         self.serve_dma_while_waiting = serve_dma_while_waiting
+        self._timeout: float | None = None
+        self._kernel_timeout = False
         self.timeout = timeout
         self.max_data_xfer_size = max_data_xfer_size
         self.max_msg_fds = max_msg_fds
@@ -91,10 +123,23 @@ class Client:
         self.framer = wire.Framer(max_size=max_data_xfer_size + wire.HEADER_SIZE + 64)
         self._buf = bytearray(256 * 1024)
         self._view = memoryview(self._buf)
+        self._head = memoryview(bytearray(_MIG_REPLY.size))
         self._next_id = 0
         self._early: dict[int, tuple[Any, list[int]]] = {}
         self.deferred_requests: list[Any] = []
         self.dma_served = 0
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds to wait for a message from the server (``None``: forever)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._timeout = value
+        self._kernel_timeout = self.sock.gettimeout() is None and set_recv_timeout(
+            self.sock, value
+        )
 
     # ----- plumbing -------------------------------------------------------------------------
     def _new_id(self) -> int:
@@ -105,13 +150,25 @@ class Client:
         """Send one message (no waiting)."""
         send_parts(self.sock, wire.encode_parts(msg), fds)
 
+    def _timed_out(self) -> TimeoutError:
+        return TimeoutError(f"no message from the server within {self._timeout} s")
+
     def _receive(self) -> None:
-        if self.timeout is not None:
-            ready, _, _ = select.select([self.sock], [], [], self.timeout)
-            if not ready:
-                raise TimeoutError(f"no message from the server within {self.timeout} s")
-        n, fds = recv_into(self.sock, self._view)
-        self.framer.feed(self._view[:n], fds)
+        framer = self.framer
+        try:
+            if not self._kernel_timeout and self._timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], self._timeout)
+                if not ready:
+                    raise self._timed_out()
+            needed = framer.needed
+            if needed >= BULK_REPLY and not framer.at_boundary:
+                n, fds = recv_into(self.sock, framer.recv_buffer(needed))
+                framer.commit(n, fds)
+            else:
+                n, fds = recv_into(self.sock, self._view)
+                framer.feed(self._view[:n], fds)
+        except BlockingIOError:
+            raise self._timed_out() from None
 
     def _messages(self) -> list[tuple[Any, list[int]]]:
         out: list[tuple[Any, list[int]]] = []
@@ -124,22 +181,83 @@ class Client:
     def request(self, msg: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send ``msg`` and wait for its reply (answering server DMA meanwhile); returns
         (reply, fds received with it). Raises :class:`VfioUserError` on an error reply."""
-        msg_id = msg.msg_id
         self.send(msg, fds)
-        while msg_id not in self._early:
-            self._receive()
-            for incoming, in_fds in self._messages():
+        return self._wait_reply(msg.msg_id)
+
+    def _wait_reply(self, msg_id: int) -> tuple[Any, list[int]]:
+        early = self._early
+        framer = self.framer
+        while msg_id not in early:
+            if not framer.pending:
+                self._receive()
+            while (item := framer.next_message()) is not None:
+                incoming, in_fds = item
                 if incoming.is_reply:
-                    self._early[incoming.msg_id] = (incoming, in_fds)
+                    early[incoming.msg_id] = item
                 elif self.serve_dma_while_waiting:
                     self.serve(incoming, in_fds)
                 else:
-                    self.deferred_requests.append((incoming, in_fds))
-        reply, reply_fds = self._early.pop(msg_id)
+                    self.deferred_requests.append(item)
+        reply, reply_fds = early.pop(msg_id)
         if isinstance(reply, wire.ErrorReply):
             close_fds(reply_fds)
             raise VfioUserError(int(reply.cmd), reply.errno, bytes(reply.payload))
         return reply, reply_fds
+
+    def _bulk_mig_data(self, msg_id: int, size: int) -> int | None:
+        """The data size of the MIG_DATA_READ reply ``msg_id`` after its header and fixed
+        part were received (the data is next on the socket); or None when the next message
+        is anything else (its bytes are then in the framer).
+
+        One receive of at most 24 bytes: the server writes header and fixed part with one
+        ``sendmsg``, so they arrive together; anything shorter takes the generic path."""
+        head = self._head
+        try:
+            n, fds = recv_into(self.sock, head)
+        except BlockingIOError:
+            raise self._timed_out() from None
+        if n == len(head) and not fds:
+            rid, cmd, msg_size, flags, err, argsz, dsize = _MIG_REPLY.unpack_from(head)
+            if (
+                rid == msg_id
+                and cmd == _MIG_DATA_READ
+                and flags == _REPLY_FLAGS
+                and not err
+                and argsz == _MIG_DATA_SIZE + dsize
+                and msg_size == n + dsize
+                and BULK_REPLY <= dsize <= size
+                and msg_size <= self.framer.max_size
+            ):
+                return int(dsize)
+        self.framer.feed(head[:n], fds)  # not the expected reply: the generic path decodes it
+        return None
+
+    def _recv_data(self, size: int) -> bytes:
+        pieces: list[bytes] = []
+        got = 0
+        try:
+            while got < size:
+                piece = self.sock.recv(size - got, socket.MSG_WAITALL)
+                if not piece:
+                    raise PeerClosed("peer closed the connection")
+                if len(piece) == size:
+                    return piece
+                pieces.append(piece)
+                got += len(piece)
+        except BlockingIOError:
+            raise TimeoutError(f"MIG_DATA_READ data stalled for {self._timeout} s") from None
+        return b"".join(pieces)
+
+    def _recv_data_into(self, view: memoryview) -> None:
+        got, size = 0, len(view)
+        try:
+            while got < size:
+                k = self.sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
+                if not k:
+                    raise PeerClosed("peer closed the connection")
+                got += k
+        except BlockingIOError:
+            raise TimeoutError(f"MIG_DATA_READ data stalled for {self._timeout} s") from None
 
     def serve(self, msg: Any, fds: Sequence[int] = ()) -> None:
         """Answer one server request (DMA_READ/DMA_WRITE) from guest memory."""
@@ -227,10 +345,46 @@ class Client:
         )
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
-        reply, _ = self.request(
-            wire.RegionRead(offset=offset, region=region, count=count, msg_id=self._new_id())
-        )
+        msg = wire.RegionRead(offset=offset, region=region, count=count, msg_id=self._new_id())
+        framer = self.framer
+        if (
+            count <= _SMALL_READ
+            and self._kernel_timeout
+            and framer.at_boundary
+            and not framer.pending
+            and not self._early
+        ):
+            self.send(msg)
+            data = self._small_region_reply(msg.msg_id, count)
+            if data is not None:
+                return data
+            reply, _ = self._wait_reply(msg.msg_id)
+        else:
+            reply, _ = self.request(msg)
         return bytes(reply.data)
+
+    def _small_region_reply(self, msg_id: int, count: int) -> bytes | None:
+        """The data of REGION_READ reply ``msg_id`` when the next receive is exactly that
+        whole, plain reply (the common case): no framer, no decode. Otherwise None, and the
+        bytes received are in the framer for the generic path."""
+        view = self._view
+        try:
+            n, fds = recv_into(self.sock, view)
+        except BlockingIOError:
+            raise self._timed_out() from None
+        if n == _RR_REPLY.size + count and not fds:
+            rid, cmd, size, flags, err, _off, _region, rcount = _RR_REPLY.unpack_from(view)
+            if (
+                rid == msg_id
+                and cmd == _REGION_READ
+                and size == n
+                and flags == _REPLY_FLAGS
+                and not err
+                and rcount == count
+            ):
+                return bytes(view[_RR_REPLY.size : n])
+        self.framer.feed(view[:n], fds)
+        return None
 
     def region_write(self, region: int, offset: int, data: bytes) -> None:
         self.request(
@@ -280,9 +434,47 @@ class Client:
     def set_state(self, state: State | int) -> None:
         self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET, wire.MigDeviceState(state, 0))
 
+    def _bulk_ok(self, size: int) -> bool:
+        framer = self.framer
+        return (
+            size >= BULK_REPLY
+            and self._kernel_timeout
+            and framer.at_boundary
+            and not framer.pending
+            and not self._early
+        )
+
     def mig_data_read(self, size: int) -> bytes:
-        reply, _ = self.request(wire.MigDataRead(size=size, msg_id=self._new_id()))
+        msg = wire.MigDataRead(size=size, msg_id=self._new_id())
+        self.send(msg)
+        if self._bulk_ok(size):
+            dsize = self._bulk_mig_data(msg.msg_id, size)
+            if dsize is not None:
+                return self._recv_data(dsize)
+        reply, fds = self._wait_reply(msg.msg_id)
+        close_fds(fds)
         return bytes(reply.data)
+
+    def mig_data_read_into(self, buf: memoryview | bytearray) -> int:
+        """MIG_DATA_READ of up to ``len(buf)`` bytes, received straight into ``buf`` (no
+        allocation, no copy on the bulk path); returns the byte count (short: see
+        :meth:`mig_data_read`)."""
+        view = buf if isinstance(buf, memoryview) else memoryview(buf)
+        size = len(view)
+        msg = wire.MigDataRead(size=size, msg_id=self._new_id())
+        self.send(msg)
+        if self._bulk_ok(size):
+            dsize = self._bulk_mig_data(msg.msg_id, size)
+            if dsize is not None:
+                self._recv_data_into(view[:dsize])
+                return dsize
+        reply, fds = self._wait_reply(msg.msg_id)
+        close_fds(fds)
+        n = len(reply.data)
+        if n > size:
+            raise VfioUserError(int(wire.Command.MIG_DATA_READ), _errno.EINVAL)
+        view[:n] = reply.data
+        return n
 
     def mig_data_write(self, data: bytes | memoryview) -> None:
         self.request(wire.MigDataWrite(data=data, msg_id=self._new_id()))

@@ -1,13 +1,15 @@
 """Run a :class:`ServerCore` over a real socket: the thin IO pump, and a UNIX-path listener.
 
-The pump reads with ``recv_into`` a reused buffer, feeds the core, processes every whole
-message, and writes replies with ``sendmsg`` scatter-gather. Device timers run between
+The pump reads small messages with ``recvmsg_into`` a reused buffer and large ones straight
+into their own buffer, feeds the core, processes every whole message, and writes the replies
+with ``sendmsg`` scatter-gather (one call per batch). Device timers run between
 messages (the pump wakes at least every ``tick`` seconds). On disconnect the core unmaps the
 client's memory and closes its fds; the device keeps its state for the next connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -22,12 +24,18 @@ from vfio_user_mig.simulator.transport import (
     listen_unix,
     recv_into,
     send_parts,
+    set_recv_timeout,
 )
 
 log = logging.getLogger("vfio_user_mig.server")
 
 #: Size of the reused receive buffer (one recv may carry several small messages).
 RECV_BUFFER = 256 * 1024
+#: A message still missing at least this many bytes is received straight into its own
+#: buffer (``Framer.recv_buffer``/``commit``): no copy out of the reused buffer.
+DIRECT_RECV = 64 * 1024
+#: Most parts gathered into one ``sendmsg`` (well below IOV_MAX).
+MAX_IOV = 512
 
 
 def pump(
@@ -42,26 +50,45 @@ def pump(
     """Serve one connection until the peer closes it or ``stop`` is set.
 
     Returns why it ended: ``"closed"``, ``"stopped"`` or ``"error: ..."``.
+
+    A blocking socket is read with one ``recvmsg_into`` per wake-up, bounded by ``tick``
+    with SO_RCVTIMEO (no ``select`` first); a socket with a Python timeout is polled with
+    ``select`` as before. Whole messages are processed, then all replies go out together
+    (one ``sendmsg`` per run of fd-less messages). When no message was processed (idle
+    ``tick``, or only part of a message arrived), the core still gets a ``next_event`` call
+    so device timers and DMA jobs run.
     """
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
     reason = "closed"
+    blocking = set_recv_timeout(sock, tick)
     try:
         while stop is None or not stop.is_set():
-            ready, _, _ = select.select([sock], [], [], tick)
-            if ready:
-                try:
+            try:
+                if not blocking and not select.select([sock], [], [], tick)[0]:
+                    raise BlockingIOError
+                framer = core.framer
+                needed = framer.needed
+                if needed >= DIRECT_RECV and not framer.at_boundary:
+                    n, fds = recv_into(sock, framer.recv_buffer(needed))
+                    framer.commit(n, fds)
+                else:
                     n, fds = recv_into(sock, view)
-                except PeerClosed:
-                    break
-                core.receive_data(view[:n], fds)
-            while True:
+                    core.receive_data(view[:n], fds)
+            except PeerClosed:
+                break
+            except BlockingIOError:  # tick expired (SO_RCVTIMEO / select): timers only
+                pass
+            processed = False
+            while core.framer.pending:
                 event = core.next_event(clock())
                 if event is None:
                     break
+                processed = True
                 if on_event is not None:
                     on_event(event)
-                _flush(core, sock)
+            if not processed:
+                core.next_event(clock())
             _flush(core, sock)
         else:
             reason = "stopped"
@@ -72,12 +99,31 @@ def pump(
         reason = f"internal error: {exc!r}"
     finally:
         core.connection_lost()
+        if blocking:
+            with contextlib.suppress(OSError):
+                set_recv_timeout(sock, None)
     return reason
 
 
 def _flush(core: ServerCore, sock: socket.socket) -> None:
-    for parts, fds in core.data_to_send():
-        send_parts(sock, parts, fds)
+    """Send every queued message: fd-less ones gathered into one ``sendmsg``; a message with
+    fds starts a new ``sendmsg`` so its fds ride on its first byte."""
+    out = core.data_to_send()
+    if not out:
+        return
+    if len(out) == 1:
+        send_parts(sock, *out[0])
+        return
+    batch: list[bytes | memoryview] = []
+    batch_fds: list[int] = []
+    for parts, fds in out:
+        if batch and (fds or len(batch) + len(parts) > MAX_IOV):
+            send_parts(sock, batch, batch_fds)
+            batch, batch_fds = [], []
+        if fds:
+            batch_fds = fds
+        batch.extend(parts)
+    send_parts(sock, batch, batch_fds)
 
 
 class UnixServer:

@@ -12,22 +12,30 @@ import array
 import contextlib
 import os
 import socket
+import struct
 from collections.abc import Sequence
 
 #: Upper bound on fds accepted with one recvmsg (the ancillary buffer size is derived from it).
 MAX_FDS_PER_RECV = 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_RECV * array.array("i").itemsize)
+#: A fd-less (fixed part, data) pair is joined and sent with ``send`` up to this data size
+#: (copying a few hundred bytes is cheaper than building a ``sendmsg`` iovec).
+_JOIN_SMALL = 512
 
 
 class PeerClosed(ConnectionError):
     """The peer closed the connection (EOF)."""
 
 
-def recv_into(sock: socket.socket, buf: memoryview) -> tuple[int, list[int]]:
+def recv_into(sock: socket.socket, buf: memoryview, flags: int = 0) -> tuple[int, list[int]]:
     """Receive into ``buf``; return (bytes received, fds received). Raises :class:`PeerClosed`
     on EOF. Received fds are always returned (the caller owns and must close them), even when
     they exceed what the protocol allows, so none leak."""
-    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], _ANC_SIZE)
+    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], _ANC_SIZE, flags)
+    if not ancdata and not msg_flags:  # the common case: bytes only
+        if nbytes == 0:
+            raise PeerClosed("peer closed the connection")
+        return nbytes, []
     fds: list[int] = []
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -46,10 +54,20 @@ def send_parts(
     sock: socket.socket, parts: Sequence[bytes | memoryview], fds: Sequence[int] = ()
 ) -> None:
     """Send all of ``parts`` as one byte stream segment, with ``fds`` attached to its first
-    byte. Partial sends are completed without copying the large parts."""
+    byte. Partial sends are completed without copying the large parts. A single fd-less part
+    goes out with ``sendall`` (no iovec to build)."""
+    if not fds:
+        if len(parts) == 1:
+            sock.sendall(parts[0])
+            return
+        if len(parts) == 2 and len(parts[1]) <= _JOIN_SMALL:  # e.g. header + 4 data bytes
+            sock.sendall(b"".join(parts))
+            return
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    total = sum(len(p) for p in parts)
-    sent = sock.sendmsg(list(parts), anc)
+    sent = sock.sendmsg(parts, anc)
+    total = 0
+    for part in parts:
+        total += len(part)
     if sent == total:
         return
     # Rare: finish the remainder (fds already went with the first byte).
@@ -60,6 +78,21 @@ def send_parts(
             continue
         sock.sendall(memoryview(part)[sent:])
         sent = 0
+
+
+def set_recv_timeout(sock: socket.socket, timeout: float | None) -> bool:
+    """Make blocking receives on ``sock`` give up after ``timeout`` seconds (SO_RCVTIMEO, so a
+    receive is one system call, with no select/poll before it); ``None`` = wait forever.
+
+    Only for a socket in blocking mode (``gettimeout() is None``): returns False and does
+    nothing otherwise. An expired receive raises ``BlockingIOError``/``TimeoutError``
+    (EAGAIN), or returns what arrived so far."""
+    if sock.gettimeout() is not None:
+        return False
+    usec = 0 if timeout is None else max(1, round(timeout * 1_000_000))
+    timeval = struct.pack("@ll", usec // 1_000_000, usec % 1_000_000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    return True
 
 
 def close_fds(fds: Sequence[int]) -> None:
@@ -104,4 +137,5 @@ __all__ = [
     "listen_unix",
     "recv_into",
     "send_parts",
+    "set_recv_timeout",
 ]

@@ -23,6 +23,7 @@ Contract of :class:`Framer`:
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Iterator, Sequence
 
@@ -33,6 +34,7 @@ from vfio_user_mig.wire.header import Header
 from vfio_user_mig.wire.msg_base import Buffer, Message
 
 _Item = tuple[bytearray | WireError, list[int]]
+_MSG_SIZE = struct.Struct("<I")  # header.msg_size, at offset 4
 
 
 class Framer:
@@ -77,7 +79,16 @@ class Framer:
         if mv.format != "B":
             mv = mv.cast("B")
         pos, n = 0, len(mv)
+        max_size = self.max_size
         while pos < n and self._broken is None:
+            if self._body is None and self._hdr_fill == 0 and n - pos >= HEADER_SIZE:
+                # Fast path: a whole, well-sized message at a boundary is copied in one go.
+                size = _MSG_SIZE.unpack_from(mv, pos + 4)[0]
+                if HEADER_SIZE <= size <= max_size and size <= n - pos:
+                    self._ready.append((bytearray(mv[pos : pos + size]), self._fds))
+                    self._fds = []
+                    pos += size
+                    continue
             buf = self.recv_buffer(n - pos)
             k = len(buf)
             buf[:] = mv[pos : pos + k]

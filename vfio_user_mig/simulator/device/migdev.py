@@ -33,6 +33,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from vfio_user_mig.model.errors import ArcActionError
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
@@ -112,6 +113,16 @@ _NO_STATUS = Status(0)
 _DIGEST_HEAD = struct.Struct("<QI")
 
 
+class SaveStream(Protocol):
+    """What the device reads its save stream from (a :class:`SaveSession`)."""
+
+    def read(self, max_size: int) -> bytes:
+        """The next bytes of the stream (short: caught up for now, or ended)."""
+
+    def stop_copy(self) -> None:
+        """PRE_COPY -> STOP_COPY."""
+
+
 @dataclass
 class _Injected:
     errno: int
@@ -175,7 +186,7 @@ class MigDev(Device):
         self._config = ConfigSpace(BAR0_SIZE, mem_size)
         self._regs: dict[Reg, int] = {d.reg: d.reset for d in REGISTERS}
         self._state = State.RUNNING
-        self._save: SaveSession | None = None
+        self._save: SaveStream | None = None
         self._restore: StreamDecoder | None = None
         self._dirty = DirtyLog()
         self._job_seq = 0
@@ -244,7 +255,14 @@ class MigDev(Device):
     @property
     def save_session(self) -> SaveSession | None:
         """The save session in progress, if any (for inspection)."""
-        return self._save
+        return self._save if isinstance(self._save, SaveSession) else None
+
+    def _new_save(self, *, precopy: bool) -> SaveStream:
+        """The save stream of a session entering the saving group (a subclass may serve
+        another source, e.g. :mod:`.memstream`)."""
+        return SaveSession(
+            self._mm, self._geo, self._regs_snapshot, self._digest_of, precopy=precopy
+        )
 
     @property
     def restore_decoder(self) -> StreamDecoder | None:
@@ -433,15 +451,17 @@ class MigDev(Device):
             self._config.snapshot()
         )
 
-    def _digest_of(self, memory: memoryview | mmap.mmap, regs: bytes) -> bytes:
+    def _digest_of(self, memory_sha256: bytes, regs: bytes) -> bytes:
+        """The state digest: SHA-256 of the profile, geometry, REGS payload and the SHA-256 of
+        device memory (nested, so the save side can hash memory as it sends it)."""
         h = hashlib.sha256(PROFILE.encode())
         h.update(_DIGEST_HEAD.pack(self._mem_size, PAGE_SIZE))
         h.update(regs)
-        h.update(memory)
+        h.update(memory_sha256)
         return h.digest()
 
     def _digest_bytes(self) -> bytes:
-        return self._digest_of(self._mm, self._regs_snapshot())
+        return self._digest_of(hashlib.sha256(self._mm).digest(), self._regs_snapshot())
 
     def digest(self) -> str:
         if self._closed:
@@ -522,13 +542,7 @@ class MigDev(Device):
         if src in RUNNING_STATES and dst not in RUNNING_STATES:
             self._abort_job()
         if dst in SAVING_STATES and src not in SAVING_STATES:
-            self._save = SaveSession(
-                self._mm,
-                self._geo,
-                self._regs_snapshot,
-                self._digest_of,
-                precopy=dst in PRECOPY_STATES,
-            )
+            self._save = self._new_save(precopy=dst in PRECOPY_STATES)
         elif src in PRECOPY_STATES and dst is State.STOP_COPY and self._save is not None:
             self._save.stop_copy()
         elif src in SAVING_STATES and dst not in SAVING_STATES:
@@ -558,8 +572,10 @@ class MigDev(Device):
             raise DeviceError("MIG_DATA_READ: device is closed", _errno.EBADF)
         if self._state not in SAVING_STATES or self._save is None:
             raise DeviceError(f"MIG_DATA_READ in {self._state.name}: not a saving state")
-        if max_size < 1:
-            raise DeviceError(f"MIG_DATA_READ: size {max_size} must be at least 1")
+        if max_size < 0:
+            raise DeviceError(f"MIG_DATA_READ: size {max_size} is negative")
+        if max_size == 0:
+            return b""  # POSIX-like: a zero-length read neither reads nor ends the stream
         return self._save.read(max_size)
 
     def mig_data_write(self, data: bytes) -> None:

@@ -6,6 +6,11 @@ finds nothing pauses the stream (the read is short: caught up for now) and the n
 a new pass. STOP_COPY source: HEADER if not sent yet, one last pass, REGS, END whose digest is
 computed over the shadow (exactly the memory content sent) and the REGS payload, so it is the
 digest of the state the destination will restore.
+
+PAGES payloads are (prefix, view of the shadow) parts: the pages are copied once from device
+memory into the shadow and once from the shadow into the bytes a read returns. Each pass
+starts with a BARRIER: a read that spans a pass boundary first copies what it gathered, since
+the new pass may re-take (rewrite in the shadow) pages that read still references.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 from vfio_user_mig.simulator.device.shadow import ShadowTracker
 from vfio_user_mig.simulator.device.stream import (
+    BARRIER,
     END_PAYLOAD,
     MAX_RUN_PAGES,
     RecordItem,
@@ -22,11 +28,11 @@ from vfio_user_mig.simulator.device.stream import (
     StreamEncoder,
     StreamGeometry,
     header_payload,
-    pages_payload,
+    pages_parts,
 )
 
-#: Digest of a state given its memory content and its REGS payload.
-DigestFn = Callable[[memoryview, bytes], bytes]
+#: Digest of a state given the SHA-256 of its memory content and its REGS payload.
+DigestFn = Callable[[bytes, bytes], bytes]
 
 
 class SaveSession:
@@ -62,16 +68,18 @@ class SaveSession:
             yield RecordType.HEADER, header_payload(self._geo)
 
     def _pass(self) -> Iterator[RecordItem]:
+        # A pass may re-take pages whose shadow views the read in progress still holds.
+        yield BARRIER
         ps = self._geo.page_size
         for first, data in self.tracker.runs(MAX_RUN_PAGES):
-            yield RecordType.PAGES, pages_payload(first, data, ps)
+            yield RecordType.PAGES, pages_parts(first, data, ps)
 
     def _precopy(self) -> Iterator[RecordItem]:
         yield from self._header()
         while True:
             found = False
             for item in self._pass():
-                found = True
+                found = found or item is not BARRIER
                 yield item
             if not found:
                 yield None
@@ -81,4 +89,4 @@ class SaveSession:
         yield from self._pass()
         regs = self._regs()
         yield RecordType.REGS, regs
-        yield RecordType.END, END_PAYLOAD.pack(self._digest(self.tracker.shadow, regs))
+        yield RecordType.END, END_PAYLOAD.pack(self._digest(self.tracker.memory_digest(), regs))

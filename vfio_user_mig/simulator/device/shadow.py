@@ -7,17 +7,24 @@ when it was never sent or differs from its shadow. This is sound for every write
 writes and whenever, because the snapshot that is sent is the snapshot that is shadowed.
 
 Cost: one extra copy of device memory (``mem_size`` bytes) for the duration of a save session,
-and a scan reading ``2 * mem_size`` bytes per pass (blocks of :data:`BLOCK_PAGES` pages are
-compared at once; only differing blocks are compared page by page). For 16 MiB that is a few
-milliseconds per pass.
+and a scan reading ``2 * mem_size`` bytes per pass, done in C without copies (``memcmp`` via
+``bytearray.startswith(view, offset)``): blocks of :data:`BLOCK_PAGES` pages are compared at
+once, a differing block is split into :data:`SUB_PAGES`-page parts and only differing parts
+are compared page by page. A block never sent is taken whole, without comparing. A sent run
+is copied once from device memory into the shadow, and handed out as a read-only view of the
+shadow (the encoder copies it once more, into the read's bytes). The SHA-256 of the shadow
+(for END) is computed as pages are taken, in order, while they are in cache; a page taken a
+second time makes :meth:`ShadowTracker.memory_digest` hash the whole shadow instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 from collections.abc import Iterator
 
 BLOCK_PAGES = 64
+SUB_PAGES = 8
 
 
 class ShadowTracker:
@@ -28,52 +35,99 @@ class ShadowTracker:
         self._ps = page_size
         self._n = len(memory) // page_size
         self._shadow = bytearray(len(memory))
+        self._view = memoryview(self._shadow).toreadonly()
         self._unsent = bytearray(b"\x01") * self._n
         self._n_unsent = self._n
+        # SHA-256 of shadow[0:_hashed], fed by take() while the pages are in cache; None once
+        # a hashed page was taken again (memory_digest then hashes the whole shadow).
+        self._hash: hashlib._Hash | None = hashlib.sha256()
+        self._hashed = 0
 
     @property
     def shadow(self) -> memoryview:
         """Read-only view of the content as last sent (all pages, once everything was sent)."""
-        return memoryview(self._shadow).toreadonly()
+        return self._view
 
     @property
     def all_sent(self) -> bool:
         """True once every page was sent at least once."""
         return self._n_unsent == 0
 
+    def _differs(self, mem: memoryview, first: int, end: int) -> bool:
+        """Pages [first, end) were never all sent, or differ from the shadow (memcmp)."""
+        if self._n_unsent and self._unsent.find(1, first, end) >= 0:
+            return True
+        lo, hi = first * self._ps, end * self._ps
+        return not self._shadow.startswith(mem[lo:hi], lo)
+
+    def _dirty(self, base: int, end: int) -> list[int] | range:
+        """The pages of block [base, end) to send, in order."""
+        if self._n_unsent and self._unsent.count(1, base, end) == end - base:
+            return range(base, end)  # never sent: no comparison needed
+        with memoryview(self._mem) as mem:
+            if not self._differs(mem, base, end):
+                return range(base, base)
+            pages: list[int] = []
+            for sub in range(base, end, SUB_PAGES):
+                sub_end = min(sub + SUB_PAGES, end)
+                if self._differs(mem, sub, sub_end):
+                    pages.extend(p for p in range(sub, sub_end) if self._differs(mem, p, p + 1))
+            return pages
+
     def changed(self) -> Iterator[int]:
         """Lazily yield, in order, the pages to send (never sent, or differing from shadow)."""
-        ps, mem, shadow = self._ps, self._mem, self._shadow
         for base in range(0, self._n, BLOCK_PAGES):
-            lo, hi = base * ps, min((base + BLOCK_PAGES) * ps, len(shadow))
-            unsent = 1 in self._unsent[base : base + BLOCK_PAGES]
-            if not unsent and mem[lo:hi] == shadow[lo:hi]:
-                continue
-            for page in range(base, min(base + BLOCK_PAGES, self._n)):
-                a = page * ps
-                if self._unsent[page] or mem[a : a + ps] != shadow[a : a + ps]:
-                    yield page
+            yield from self._dirty(base, min(base + BLOCK_PAGES, self._n))
 
-    def take(self, first: int, count: int) -> bytes:
-        """Snapshot pages [first, first+count) for sending; they become the shadow."""
+    def take(self, first: int, count: int) -> memoryview:
+        """Snapshot pages [first, first+count) for sending; they become the shadow. Returns a
+        read-only view of the shadow (valid until these pages are taken again)."""
         a, b = first * self._ps, (first + count) * self._ps
-        data = self._mem[a:b]
-        self._shadow[a:b] = data
-        for page in range(first, first + count):
-            if self._unsent[page]:
-                self._unsent[page] = 0
-                self._n_unsent -= 1
-        return data
+        with memoryview(self._mem) as mem:
+            self._shadow[a:b] = mem[a:b]
+        if self._n_unsent:
+            k = self._unsent.count(1, first, first + count)
+            if k:
+                self._unsent[first : first + count] = bytes(count)
+                self._n_unsent -= k
+        if self._hash is not None:
+            if a == self._hashed:
+                self._hash.update(self._view[a:b])
+                self._hashed = b
+            elif a < self._hashed:
+                self._hash = None
+        return self._view[a:b]
 
-    def runs(self, max_run: int) -> Iterator[tuple[int, bytes]]:
-        """One pass: lazily yield (first_page, data) runs of at most ``max_run`` pages."""
+    def memory_digest(self) -> bytes:
+        """SHA-256 of the shadow (what was sent): the running hash of the prefix taken in
+        order, completed with the rest; the whole shadow when pages were taken again."""
+        if self._hash is None:
+            return hashlib.sha256(self._view).digest()
+        h = self._hash.copy()
+        h.update(self._view[self._hashed :])
+        return h.digest()
+
+    def runs(self, max_run: int) -> Iterator[tuple[int, memoryview]]:
+        """One pass: lazily yield (first_page, data) runs of at most ``max_run`` pages; data
+        is a read-only view of the shadow, valid until the next item is asked for."""
         first = count = 0
-        for page in self.changed():
-            if count and (page != first + count or count == max_run):
-                yield first, self.take(first, count)
-                count = 0
-            if not count:
-                first = page
-            count += 1
+        for base in range(0, self._n, BLOCK_PAGES):
+            end = min(base + BLOCK_PAGES, self._n)
+            pages = self._dirty(base, end)
+            if not count and isinstance(pages, range):  # clean, or never sent: no per-page work
+                for start in range(pages.start, pages.stop, max_run):
+                    n = min(max_run, pages.stop - start)
+                    if n < max_run:  # a partial run may continue into the next block
+                        first, count = start, n
+                        break
+                    yield start, self.take(start, n)
+                continue
+            for page in pages:
+                if count and (page != first + count or count == max_run):
+                    yield first, self.take(first, count)
+                    count = 0
+                if not count:
+                    first = page
+                count += 1
         if count:
             yield first, self.take(first, count)

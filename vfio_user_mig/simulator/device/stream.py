@@ -33,7 +33,8 @@ import enum
 import errno as _errno
 import struct
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,10 @@ HEADER_PAYLOAD = struct.Struct("<HIQIH")
 PAGES_PREFIX = struct.Struct("<II")
 END_PAYLOAD = struct.Struct(f"<{DIGEST_SIZE}s")
 _CRC_SPAN = RECORD_HEADER.size - 4
+_HEAD_NO_CRC = struct.Struct("<4sHHII")
+_CRC = struct.Struct("<I")
+#: One buffer of a record (header, payload or a part of the payload).
+Chunk = bytes | bytearray | memoryview
 
 
 class RecordType(enum.IntEnum):
@@ -97,9 +102,21 @@ def max_payload(rtype: RecordType, geometry: StreamGeometry) -> int:
 
 def frame(rtype: RecordType, seq: int, payload: bytes) -> bytes:
     """One record: header (with CRC) + payload."""
-    head = RECORD_HEADER.pack(MAGIC, FORMAT_VERSION, rtype, seq, len(payload), 0)[:_CRC_SPAN]
-    crc = zlib.crc32(payload, zlib.crc32(head))
-    return head + struct.pack("<I", crc) + payload
+    head, body = frame_parts(rtype, seq, (payload,))
+    return b"".join((head, *body))
+
+
+def frame_parts(
+    rtype: RecordType, seq: int, payload: Sequence[Chunk]
+) -> tuple[bytes, Sequence[Chunk]]:
+    """One record as (header with CRC, payload parts): the payload is never copied; the CRC
+    is chained over the parts (``zlib.crc32`` reads any buffer in place)."""
+    length = sum(len(p) for p in payload)
+    head = _HEAD_NO_CRC.pack(MAGIC, FORMAT_VERSION, rtype, seq, length)
+    crc = zlib.crc32(head)
+    for part in payload:
+        crc = zlib.crc32(part, crc)
+    return head + _CRC.pack(crc), payload
 
 
 def header_payload(geometry: StreamGeometry) -> bytes:
@@ -120,36 +137,57 @@ def pages_payload(first_page: int, data: bytes, page_size: int) -> bytes:
     return PAGES_PREFIX.pack(first_page, len(data) // page_size) + data
 
 
-#: What a record source yields: a record to send, or None for "caught up for now".
-RecordItem = tuple[RecordType, bytes] | None
+def pages_parts(first_page: int, data: memoryview, page_size: int) -> tuple[bytes, memoryview]:
+    """The PAGES payload of :func:`pages_payload` as parts (prefix, data): no copy of data."""
+    return PAGES_PREFIX.pack(first_page, len(data) // page_size), data
+
+
+#: A payload: one buffer, or a tuple of buffers sent back to back (never concatenated).
+Payload = bytes | memoryview | tuple[Chunk, ...]
+
+
+class Barrier:
+    """Yielded by a record source before it changes a buffer that parts of earlier records
+    may still reference (e.g. a new shadow pass re-taking pages): the encoder then copies the
+    bytes it gathered so far before going on."""
+
+
+#: The one :class:`Barrier` a source yields.
+BARRIER = Barrier()
+#: What a record source yields: a record to send, None for "caught up for now", or BARRIER.
+RecordItem = tuple[RecordType, Payload] | Barrier | None
 
 
 class StreamEncoder:
     """Cuts records from a lazy source into reads of any size, numbering them.
 
-    Only the record being sent is buffered (``buffered`` bytes, high-water mark ``peak``);
-    the source builds the next one on demand. A source yielding None pauses the stream (the
-    read returns short); a source that is exhausted ends it (every later read returns b"").
-    :meth:`switch` replaces the source (PRE_COPY -> STOP_COPY) without losing the record in
-    flight or the numbering.
+    Only the record being sent is referenced (``buffered`` bytes, high-water mark ``peak``);
+    the source builds the next one on demand. A payload may be given as parts (e.g. a prefix
+    and a view of the pages); they are CRC'd in place and copied exactly once, into the bytes
+    a read returns. A part must not change until the read that returns it ends, unless the
+    source yields :data:`BARRIER` first (the shadow tracker only rewrites a page it already
+    handed out in a later pass, and a pass starts with a barrier). A source yielding None
+    pauses the stream (the read returns short); a source that is exhausted ends it (every
+    later read returns b""). :meth:`switch` replaces the source (PRE_COPY -> STOP_COPY)
+    without losing the record in flight or the numbering.
     """
 
     def __init__(self, source: Iterator[RecordItem]) -> None:
         self._source: Iterator[RecordItem] | None = source
-        self._pending = b""
-        self._offset = 0
+        self._parts: deque[Chunk] = deque()
+        self._left = 0
         self._seq = 0
         self.peak = 0
 
     @property
     def buffered(self) -> int:
         """Bytes of the current record not yet read."""
-        return len(self._pending) - self._offset
+        return self._left
 
     @property
     def ended(self) -> bool:
         """True once the source is exhausted and everything was read."""
-        return self._source is None and self.buffered == 0
+        return self._source is None and self._left == 0
 
     @property
     def records(self) -> int:
@@ -162,24 +200,46 @@ class StreamEncoder:
 
     def read(self, max_size: int) -> bytes:
         """Up to ``max_size`` bytes; short when the source pauses or ends."""
-        out = bytearray()
-        while len(out) < max_size:
-            if self._offset == len(self._pending):
+        out: list[Chunk] = []
+        room = max_size
+        parts = self._parts
+        while room > 0:
+            if not parts:
                 item = self._next_record()
                 if item is None:
                     break
-                self._pending = frame(item[0], self._seq, item[1])
-                self._offset = 0
+                if isinstance(item, Barrier):
+                    if any(isinstance(p, memoryview) for p in out):
+                        out = [b"".join(out)]
+                    continue
+                payload = item[1]
+                head, body = frame_parts(
+                    item[0], self._seq, payload if isinstance(payload, tuple) else (payload,)
+                )
+                parts.append(head)
+                parts.extend(body)
                 self._seq += 1
-                self.peak = max(self.peak, len(self._pending))
-            take = min(max_size - len(out), len(self._pending) - self._offset)
-            out += self._pending[self._offset : self._offset + take]
-            self._offset += take
-        if self._offset == len(self._pending):
-            self._pending, self._offset = b"", 0
-        return bytes(out)
+                size = len(head) + sum(len(p) for p in body)
+                self._left = size
+                if size > self.peak:
+                    self.peak = size
+            part = parts[0]
+            n = len(part)
+            if n <= room:
+                parts.popleft()
+                out.append(part)
+            else:
+                view = part if isinstance(part, memoryview) else memoryview(part)
+                out.append(view[:room])
+                parts[0] = view[room:]
+                n = room
+            room -= n
+            self._left -= n
+        if len(out) == 1 and type(out[0]) is bytes:
+            return out[0]
+        return b"".join(out)
 
-    def _next_record(self) -> tuple[RecordType, bytes] | None:
+    def _next_record(self) -> tuple[RecordType, Payload] | Barrier | None:
         if self._source is None:
             return None
         try:
