@@ -331,11 +331,6 @@ def test_stop_copy_from_stop_and_precopy_cancel(dev: LvuSample) -> None:
 
 
 # ----- what samples/client needs from files other than this profile ------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="server_core sends BAR1's fd with the truncated GET_REGION_INFO reply; "
-    "samples/client's first (argsz 32) request has no room for SCM_RIGHTS: EFAULT",
-)
 def test_truncated_region_info_carries_no_fd(memory: GuestMemory) -> None:
     s = serve(memory)
     try:

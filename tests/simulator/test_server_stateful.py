@@ -97,8 +97,8 @@ class ServerMachine(RuleBasedStateMachine):
             assert exc.errno == want == errno.EINVAL
         else:
             assert want is None, f"SET {cur.name}->{wanted} accepted, expected errno {want}"
-        if new is State.ERROR or (new is State.RESUMING and cur is not State.RESUMING):
-            self._power_on()
+        if new is not cur and new in (State.ERROR, State.RESUMING):
+            self._power_on()  # entering ERROR (device cleared) or a restore session
         self.state = new
 
     @rule(offset=OFFSETS, count=st.integers(1, 256))

@@ -19,6 +19,7 @@ This module is not imported by ``vfio_user_mig.model`` (it depends on the wire c
 from __future__ import annotations
 
 import errno as _errno
+import functools
 
 from vfio_user_mig.model.graph import transition_graph
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
@@ -40,10 +41,15 @@ CLIENT_COMMANDS: tuple[Command, ...] = tuple(
 )
 
 
-def readable_states(caps: MigrationCaps | int = VFIO_USER_CAPS) -> frozenset[State]:
-    """States in which MIG_DATA_READ is valid: the saving group of the graph."""
+@functools.cache
+def _readable(caps: int) -> frozenset[State]:
     graph = transition_graph(caps)
     return frozenset(s for s, d in graph.nodes(data=True) if d["saving"])
+
+
+def readable_states(caps: MigrationCaps | int = VFIO_USER_CAPS) -> frozenset[State]:
+    """States in which MIG_DATA_READ is valid: the saving group of the graph (cached)."""
+    return _readable(int(caps))
 
 
 def gate(state: State, command: Command | int,
@@ -70,9 +76,27 @@ def legality_table(
     caps: MigrationCaps | int = VFIO_USER_CAPS,
 ) -> dict[tuple[State, Command], int | None]:
     """The total table (supported state or ERROR) x client command -> None or errno."""
+    return dict(_legality(int(caps)))
+
+
+@functools.cache
+def _legality(caps: int) -> tuple[tuple[tuple[State, Command], int | None], ...]:
     graph = transition_graph(caps)
-    return {(s, c): gate(s, c, caps) for s in graph.nodes for c in CLIENT_COMMANDS}
+    return tuple(((s, c), gate(s, c, caps)) for s in graph.nodes for c in CLIENT_COMMANDS)
 
 
-__all__ = ["CLIENT_COMMANDS", "RESTRICTED", "WRITABLE_STATES", "gate", "legality_table",
-           "readable_states"]
+def gate_table(caps: MigrationCaps | int = VFIO_USER_CAPS) -> dict[tuple[int, int], int | None]:
+    """:func:`legality_table` keyed by plain ints, for an O(1) lookup per request; commands
+    outside it (server-to-client ones) are refused with EINVAL by :func:`gate`."""
+    return {(int(s), int(c)): v for (s, c), v in _legality(int(caps))}
+
+
+__all__ = [
+    "CLIENT_COMMANDS",
+    "RESTRICTED",
+    "WRITABLE_STATES",
+    "gate",
+    "gate_table",
+    "legality_table",
+    "readable_states",
+]

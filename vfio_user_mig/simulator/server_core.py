@@ -12,23 +12,33 @@ refused by the device; the core keeps serving after any of them. Migration state
 the model's generated path on :class:`~vfio_user_mig.model.DeviceFSM`, one device action per
 arc. Device-initiated DMA jobs run here: ops on fd-backed mappings directly, others as
 DMA_READ/DMA_WRITE requests to the client, interleaved with the client's requests.
+
+Hardening (issue #8, docs/SECURITY.md): every limit of :class:`ServerConfig` is checked before
+the server buffers or allocates anything sized by the client: ``msg_size`` by the framer as soon
+as the header is in, fd counts before any fd is used (extra fds are closed, the request is
+refused), chunk/bitmap/range sizes before the device is asked. DMA_MAP ranges that are empty,
+wrap past 2**64 or overlap are refused, as are fd mappings past the end of the file or at an
+unaligned offset; region accesses past the region end are refused by the device.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
+import fcntl
 import logging
 import mmap
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import DeviceFSM, InvalidTransition, State
-from vfio_user_mig.model.gating import gate
-from vfio_user_mig.simulator.device.base import Device, DeviceError, RegionFlag
+from vfio_user_mig.model.gating import gate_table
+from vfio_user_mig.model.paths import path_table
+from vfio_user_mig.simulator.device.base import Device, DeviceError
 from vfio_user_mig.simulator.device.dma import (
     DmaFault,
     DmaJob,
@@ -58,10 +68,38 @@ log = logging.getLogger("vfio_user_mig.server")
 #: Highest protocol minor version spoken (libvfio-user speaks 0.2).
 SERVER_MINOR = 2
 
+#: The largest IOVA + 1 (DMA_MAP ranges must end at or below it).
+IOVA_LIMIT = 1 << 64
+
+#: Server-initiated DMA message ids live in 0x8000..0xFFFF; one op never uses more than half of
+#: them, so no two chunks in flight can share an id.
+MAX_DMA_CHUNKS_PER_OP = 0x4000
+
 
 @dataclass
 class ServerConfig:
-    """Limits and behaviour switches; defaults follow libvfio-user (PROTOCOL.md section 2)."""
+    """Limits and behaviour switches; defaults follow libvfio-user (PROTOCOL.md section 2).
+
+    Limits (docs/SECURITY.md has the table; each is refused one past it):
+
+    * ``max_data_xfer_size``: largest REGION_READ/WRITE count and MIG_DATA_READ/WRITE chunk
+      (EINVAL); also sets :attr:`max_msg_size` (E2BIG at framing, then the connection closes).
+    * ``max_msg_fds``: fds accepted with one message (EINVAL, all of them closed).
+    * ``max_dma_maps``: DMA regions mapped at once (ENOSPC).
+    * ``max_bitmap_size``: bytes of one DMA_LOGGING_REPORT bitmap (E2BIG); never more than
+      the client's own ``max_data_xfer_size``, so the reply always fits what it accepts.
+    * ``max_logging_ranges``: ranges in one DMA_LOGGING_START (E2BIG, the kernel's
+      ``LOG_MAX_RANGES``).
+    * ``max_region_caps``: capabilities in a region-info chain the server sends, counting each
+      sparse-mmap area (EIO: the device is misconfigured; the chain is never sent).
+    * ``max_version_json``: bytes of the client's VERSION capabilities JSON (E2BIG).
+    * ``min_client_xfer_size``: smallest ``max_data_xfer_size`` a client may announce (EINVAL),
+      so that one device DMA op never turns into thousands of DMA_READ/WRITE messages.
+    * ``require_sealed_dma_fds``: refuse (EPERM) DMA_MAP fds that the client could still
+      shrink (no ``F_SEAL_SHRINK``): a client truncating its memory after DMA_MAP makes the
+      server's next DMA through that mapping fault with SIGBUS. Off by default (libvfio-user
+      and QEMU's unsealed memory backends); QEMU's ``memory-backend-memfd`` seals by default.
+    """
 
     max_data_xfer_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE
     max_msg_fds: int = 8
@@ -69,6 +107,12 @@ class ServerConfig:
     migration_pgsize: int = 4096
     strict_spec: bool = False
     keep_mig_state_on_reset: bool = False
+    max_bitmap_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE
+    max_logging_ranges: int = 256
+    max_region_caps: int = 16
+    max_version_json: int = 4096
+    min_client_xfer_size: int = 512
+    require_sealed_dma_fds: bool = False
 
     @property
     def max_msg_size(self) -> int:
@@ -76,7 +120,7 @@ class ServerConfig:
         return self.max_data_xfer_size + wire.HEADER_SIZE + 16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Handled:
     """One processed message: what it was and how it ended (``errno`` None = success)."""
 
@@ -106,6 +150,20 @@ class _PendingOp:
     fault: DmaFault | None = None
 
 
+def _framer_fds(framer: wire.Framer) -> list[int]:
+    """Take the fds a framer still holds: those of a partial message and of queued ones."""
+    take = getattr(framer, "take_fds", None)
+    if take is not None:  # preferred public API (requested from the framer's owner)
+        return list(take())
+    held: list[int] = list(getattr(framer, "_fds", ()))
+    with contextlib.suppress(AttributeError):
+        framer._fds = []
+    for _item, fds in getattr(framer, "_ready", ()):
+        held.extend(fds)
+        fds.clear()
+    return held
+
+
 class _DeviceActions:
     """Adapts a :class:`Device` to the executor's ``ArcActions``."""
 
@@ -129,6 +187,8 @@ class ServerCore:
         self.device = device
         self.config = config or ServerConfig()
         self.irqs = irqs if irqs is not None else EventfdTable(device.irqs)
+        self._gates = gate_table(device.migration_caps)
+        path_table(device.migration_caps)  # precompute every complex path once, not on SET
         self.fsm = DeviceFSM(
             device.migration_caps,
             _DeviceActions(device, self.config.keep_mig_state_on_reset),
@@ -171,8 +231,15 @@ class ServerCore:
         return self.fsm.state
 
     def receive_data(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> None:
-        """Feed received bytes (and the fds that came with them)."""
-        self.framer.feed(data, fds)
+        """Feed received bytes (and the fds that came with them).
+
+        Raises ConnectionError (after closing ``fds``) once the stream is unrecoverable.
+        """
+        try:
+            self.framer.feed(data, fds)
+        except wire.WireError as exc:  # the framer broke earlier: these fds were not taken
+            close_fds(fds)
+            raise ConnectionError(f"unrecoverable framing error: {exc}") from exc
 
     def data_to_send(self) -> list[tuple[Parts, list[int]]]:
         """Take the messages to send, in order, each as (parts, fds)."""
@@ -185,10 +252,14 @@ class ServerCore:
             item = self.framer.next_message()
         except wire.WireError as exc:
             if exc is self._framing_error:
-                # msg_size was impossible: the stream cannot be resynchronised.
+                # msg_size was impossible: the stream cannot be resynchronised. The error reply
+                # goes out first: "no event" until the caller took it with data_to_send().
+                if self._out:
+                    return None
                 raise ConnectionError(f"unrecoverable framing error: {exc}") from exc
             self._framing_error = exc
-            close_fds(getattr(exc, "fds", None) or [])
+            close_fds(exc.fds)
+            exc.fds.clear()  # the framer may still hold this list: never close them twice
             header = exc.header
             if header is None or header.is_reply:
                 return Handled(
@@ -219,6 +290,7 @@ class ServerCore:
         for mapping in self.dma.unmap_all():
             self._release(mapping.iova)
         self.irqs.clear()
+        close_fds(_framer_fds(self.framer))
         self.framer = wire.Framer(max_size=self.config.max_msg_size)
         self.negotiated = False
         self.client_caps = None
@@ -237,14 +309,16 @@ class ServerCore:
                 raise _Failure(_errno.EINVAL, "VERSION must be negotiated first")
             if command in (Command.DMA_READ, Command.DMA_WRITE):
                 raise _Failure(_errno.EINVAL, f"{command.name} is a server-to-client command")
-            refused = gate(self.state, command, self.device.migration_caps)
+            refused = self._gates.get((self.state, command), _errno.EINVAL)
             if refused is not None:
                 raise _Failure(refused, f"{command.name} not allowed in {self.state.name}")
-            if fds and command not in (Command.DMA_MAP, Command.DEVICE_SET_IRQS):
-                raise _Failure(_errno.EINVAL, f"{command.name} takes no file descriptors")
+            if fds:
+                self._check_fds(command, len(fds))
             self._now = now
             try:
                 reply, reply_fds = self._handlers[command](msg, fds)
+                if fds:  # a handler keeps (and clears) the fds it uses: never leak the rest
+                    close_fds(fds)
             except (_Failure, wire.WireError):
                 raise
             except Exception as exc:  # a bug must cost one request, never the server
@@ -264,6 +338,13 @@ class ServerCore:
                 (wire.encode_parts(reply, strict_spec=self.config.strict_spec), reply_fds)
             )
         return Handled(command, msg.msg_id, False, None)
+
+    def _check_fds(self, command: Command, count: int) -> None:
+        if command not in (Command.DMA_MAP, Command.DEVICE_SET_IRQS):
+            raise _Failure(_errno.EINVAL, f"{command.name} takes no file descriptors")
+        if count > self.config.max_msg_fds:
+            limit = self.config.max_msg_fds
+            raise _Failure(_errno.EINVAL, f"{count} fds with one message > max_msg_fds {limit}")
 
     def _send_error(self, request: Any, errno: int, echo: bytes | None, no_reply: bool) -> None:
         self.stats["errors"] += 1
@@ -288,7 +369,19 @@ class ServerCore:
             raise _Failure(_errno.EINVAL, "VERSION already negotiated")
         if msg.major != 0:
             raise _Failure(_errno.ENOTSUP, f"major version {msg.major} unsupported (0 only)")
-        self.client_caps = msg.capabilities or wire.Capabilities.make()
+        client_caps = msg.capabilities or wire.Capabilities.make()
+        if len(client_caps.text) > self.config.max_version_json:
+            raise _Failure(
+                _errno.E2BIG,
+                f"VERSION JSON {len(client_caps.text)} bytes > {self.config.max_version_json}",
+            )
+        if client_caps.max_data_xfer_size < self.config.min_client_xfer_size:
+            raise _Failure(
+                _errno.EINVAL,
+                f"client max_data_xfer_size {client_caps.max_data_xfer_size} < "
+                f"{self.config.min_client_xfer_size}",
+            )
+        self.client_caps = client_caps
         self.negotiated = True
         caps = wire.Capabilities.make(
             max_msg_fds=self.config.max_msg_fds,
@@ -302,8 +395,13 @@ class ServerCore:
     def _dma_map(self, msg: wire.DmaMap, fds: list[int]) -> tuple[Any, list[int]]:
         if len(fds) > 1:
             raise _Failure(_errno.EINVAL, f"DMA_MAP carries {len(fds)} fds, at most 1")
-        if len(self.dma.mappings) >= self.config.max_dma_maps:
+        # DmaSpace keeps its mappings in a list: its length is O(1) (``mappings`` copies).
+        if len(self.dma) >= self.config.max_dma_maps:
             raise _Failure(_errno.ENOSPC, f"more than {self.config.max_dma_maps} DMA regions")
+        if msg.size == 0 or msg.addr + msg.size > IOVA_LIMIT:
+            raise _Failure(
+                _errno.EINVAL, f"DMA_MAP addr={msg.addr:#x} size={msg.size:#x}: empty or wraps"
+            )
         readable = bool(msg.flags & DmaMapFlag.READ)
         writable = bool(msg.flags & DmaMapFlag.WRITE)
         view: memoryview | None = None
@@ -312,8 +410,7 @@ class ServerCore:
             fd = fds[0]
             try:
                 prot = (mmap.PROT_READ if readable else 0) | (mmap.PROT_WRITE if writable else 0)
-                if msg.offset % mmap.ALLOCATIONGRANULARITY:
-                    raise _Failure(_errno.EINVAL, f"DMA_MAP offset {msg.offset:#x} not aligned")
+                self._check_map_fd(fd, msg.offset, msg.size, self.config.require_sealed_dma_fds)
                 mm = mmap.mmap(
                     fd, msg.size, mmap.MAP_SHARED, prot or mmap.PROT_READ, offset=msg.offset
                 )
@@ -321,6 +418,7 @@ class ServerCore:
                 raise _Failure(_errno.EINVAL, f"DMA_MAP cannot map the fd: {exc}") from None
             finally:
                 os.close(fd)
+                fds.clear()
             view = memoryview(mm)
             if not writable:
                 view = view.toreadonly()
@@ -335,6 +433,27 @@ class ServerCore:
         if mm is not None:
             self._maps[msg.addr] = mm
         return wire.DmaMapReply(msg_id=msg.msg_id), []
+
+    @staticmethod
+    def _check_map_fd(fd: int, offset: int, size: int, sealed: bool) -> None:
+        """The fd range [offset, offset+size) must be aligned and, for a file, inside it;
+        with ``sealed``, the file must be sealed against shrinking."""
+        if offset % mmap.ALLOCATIONGRANULARITY:
+            raise _Failure(_errno.EINVAL, f"DMA_MAP offset {offset:#x} not aligned")
+        if sealed:
+            try:
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            except OSError:
+                seals = 0
+            if not seals & fcntl.F_SEAL_SHRINK:
+                raise _Failure(_errno.EPERM, "DMA_MAP fd is not sealed against shrinking")
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and offset + size > st.st_size:
+            raise _Failure(
+                _errno.EINVAL,
+                f"DMA_MAP offset {offset:#x} + size {size:#x} past the end of the "
+                f"{st.st_size:#x}-byte file",
+            )
 
     def _release(self, iova: int) -> None:
         mm = self._maps.pop(iova, None)
@@ -383,11 +502,22 @@ class ServerCore:
             raise _Failure(_errno.EINVAL, f"GET_REGION_INFO argsz {msg.argsz} too small")
         caps: list[Any] = []
         if spec.sparse_mmap:
+            for off, size in spec.sparse_mmap:
+                if off < 0 or size <= 0 or off + size > spec.size:
+                    raise _Failure(
+                        _errno.EIO, f"region {spec.index}: sparse area {off:#x}+{size:#x} outside"
+                    )
             caps.append(
                 wire.SparseMmapCap(tuple(wire.SparseArea(o, s) for o, s in spec.sparse_mmap))
             )
         if spec.type_subtype is not None:
             caps.append(wire.TypeCap(*spec.type_subtype))
+        chain = len(caps) + max(len(spec.sparse_mmap or ()) - 1, 0)
+        if chain > self.config.max_region_caps:
+            raise _Failure(
+                _errno.EIO,
+                f"region {spec.index}: capability chain of {chain} > {self.config.max_region_caps}",
+            )
         reply = wire.RegionInfoReply(
             index=spec.index, flags=int(spec.flags), size=spec.size, offset=0,
             msg_id=msg.msg_id,
@@ -405,7 +535,9 @@ class ServerCore:
                     index=spec.index, flags=int(spec.flags), size=spec.size, offset=0,
                     argsz=full_size, truncated_to=msg.argsz, msg_id=msg.msg_id,
                 )
-        fds_out = [spec.fd] if spec.fd is not None and spec.flags & RegionFlag.MMAP else []
+        # As libvfio-user: the fd travels with the capability chain only (when it fits); a
+        # client asking with a too-small argsz may have no room for SCM_RIGHTS.
+        fds_out = [spec.fd] if spec.fd is not None and reply.flags & RegionInfoFlag.CAPS else []
         return reply, fds_out
 
     def _region_io_fds(self, msg: wire.RegionIoFds, fds: list[int]) -> tuple[Any, list[int]]:
@@ -422,6 +554,8 @@ class ServerCore:
 
     def _set_irqs(self, msg: wire.IrqSet, fds: list[int]) -> tuple[Any, list[int]]:
         flags = IrqSetFlag(msg.flags)
+        if fds and not flags & IrqSetFlag.DATA_EVENTFD:
+            raise _Failure(_errno.EINVAL, f"SET_IRQS flags {msg.flags:#x} take no fds")
         try:
             if flags & IrqSetFlag.DATA_EVENTFD:
                 if len(fds) != msg.count:
@@ -538,6 +672,12 @@ class ServerCore:
         data = msg.data
         if not isinstance(data, wire.DmaLoggingControl):
             raise _Failure(_errno.EINVAL, "DMA_LOGGING_START without control data", echo=True)
+        if len(data.ranges) > self.config.max_logging_ranges:
+            raise _Failure(
+                _errno.E2BIG,
+                f"DMA_LOGGING_START {len(data.ranges)} ranges > {self.config.max_logging_ranges}",
+                echo=True,
+            )
         try:
             self.device.dirty_log.start(data.page_size, [(r.iova, r.length) for r in data.ranges])
         except DeviceError as exc:
@@ -555,6 +695,13 @@ class ServerCore:
         data = msg.data
         if not isinstance(data, wire.DmaLoggingReport):
             raise _Failure(_errno.EINVAL, "DMA_LOGGING_REPORT without a range")
+        page_size = data.page_size
+        if page_size <= 0 or page_size & (page_size - 1):
+            raise _Failure(_errno.EINVAL, f"DMA_LOGGING_REPORT page_size {page_size:#x}")
+        size = wire.bitmap_len(data.length, page_size)
+        limit = min(self.config.max_bitmap_size, self._client_limit())
+        if size > limit:  # checked before anything is allocated or cleared
+            raise _Failure(_errno.E2BIG, f"DMA_LOGGING_REPORT bitmap {size} bytes > {limit}")
         try:
             pages = self.device.dirty_log.report(data.iova, data.length, data.page_size)
             bitmap = wire.DirtyBitmap.from_pages(data.iova, data.length, data.page_size, pages)
@@ -620,6 +767,12 @@ class ServerCore:
             except DmaFault as fault:
                 result = fault
                 continue
+            chunks = -(-op.length // max(1, self._client_limit()))
+            if chunks > MAX_DMA_CHUNKS_PER_OP:
+                result = DmaFault(
+                    f"DMA op of {op.length} bytes needs {chunks} messages", op.iova, op.length
+                )
+                continue
             self._send_dma_messages(op)
             return
 
@@ -657,14 +810,19 @@ class ServerCore:
         if pending is None or msg.msg_id not in pending.waiting:
             return Handled(msg.command, msg.msg_id, True, _errno.EINVAL, "unexpected reply")
         off, size = pending.waiting.pop(msg.msg_id)
+        is_read = pending.op.kind is DmaKind.READ
+        expected = Command.DMA_READ if is_read else Command.DMA_WRITE
+        addr = pending.op.iova + off
         if isinstance(msg, wire.ErrorReply):
+            pending.fault = DmaFault(f"client refused DMA (errno {msg.errno})", addr, size)
+        elif msg.command != expected or (msg.addr, msg.count) != (addr, size):
             pending.fault = DmaFault(
-                f"client refused DMA (errno {msg.errno})", pending.op.iova + off, size
+                f"{msg.command.name} reply does not match the {expected.name} sent", addr, size
             )
-        elif pending.op.kind is DmaKind.READ:
-            data = getattr(msg, "data", b"")
+        elif is_read:
+            data = msg.data
             if len(data) != size:
-                pending.fault = DmaFault("short DMA_READ reply", pending.op.iova + off, size)
+                pending.fault = DmaFault("short DMA_READ reply", addr, size)
             else:
                 pending.buffer[off : off + size] = data
         if pending.waiting:

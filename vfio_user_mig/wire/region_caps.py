@@ -14,11 +14,12 @@ re-encoded byte for byte.
 
 from __future__ import annotations
 
+import errno as _errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vfio_user_mig.wire.constants import RegionCapId
-from vfio_user_mig.wire.errors import invalid
+from vfio_user_mig.wire.errors import WireError, invalid
 from vfio_user_mig.wire.layouts import (
     CAP_HEADER,
     CAP_SPARSE_MMAP,
@@ -101,8 +102,17 @@ def encode_caps(caps: Sequence[RegionCap]) -> bytes:
     return b"".join(out)
 
 
+#: Most capabilities, and most sparse mmap areas, a decoded chain may hold: a client must not
+#: let a hostile server make it build unbounded lists (vfio-pci chains hold a handful).
+MAX_CAPS = 64
+MAX_SPARSE_AREAS = 64
+
+
 def decode_caps(payload: memoryview, cap_offset: int) -> tuple[RegionCap, ...]:
-    """Parse the chain starting at ``cap_offset`` of the region info ``payload``."""
+    """Parse the chain starting at ``cap_offset`` of the region info ``payload``.
+
+    At most :data:`MAX_CAPS` capabilities and :data:`MAX_SPARSE_AREAS` areas per sparse mmap
+    capability (E2BIG beyond)."""
     end = len(payload)
     if cap_offset != REGION_INFO.size:
         raise invalid(
@@ -114,6 +124,8 @@ def decode_caps(payload: memoryview, cap_offset: int) -> tuple[RegionCap, ...]:
     while True:
         if pos + CAP_HEADER.size > end:
             raise invalid(f"{_FIELD}[{len(caps)}]", f"cap header at {pos} overruns {end}")
+        if len(caps) >= MAX_CAPS:
+            raise WireError(_errno.E2BIG, _FIELD, f"more than {MAX_CAPS} capabilities")
         cid, version, nxt = CAP_HEADER.unpack_from(payload, pos)
         body_at = pos + CAP_HEADER.size
         if nxt != 0 and nxt < body_at:
@@ -126,6 +138,9 @@ def decode_caps(payload: memoryview, cap_offset: int) -> tuple[RegionCap, ...]:
             if body_at + CAP_SPARSE_MMAP.size > limit:
                 raise invalid(f"{_FIELD}[{len(caps)}]", "sparse mmap cap truncated")
             nr, reserved = CAP_SPARSE_MMAP.unpack_from(payload, body_at)
+            if nr > MAX_SPARSE_AREAS:
+                raise WireError(_errno.E2BIG, f"{_FIELD}[{len(caps)}].nr_areas",
+                                f"{nr} > {MAX_SPARSE_AREAS}")
             areas_at = body_at + CAP_SPARSE_MMAP.size
             if nr * SPARSE_AREA.size != limit - areas_at:
                 raise invalid(

@@ -153,6 +153,10 @@ class DmaSpace:
         self._starts: list[int] = []
         self._maps: list[DmaMapping] = []
 
+    def __len__(self) -> int:
+        """How many mappings there are (O(1))."""
+        return len(self._maps)
+
     @property
     def mappings(self) -> tuple[DmaMapping, ...]:
         """All mappings, by increasing IOVA."""
