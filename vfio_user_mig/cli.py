@@ -21,14 +21,14 @@ from vfio_user_mig.model.graph import caps_label, graph_summary, parse_caps
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _caps_arg(text: str) -> MigrationCaps:
+def caps_arg(text: str) -> MigrationCaps:
     try:
         return parse_caps(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _state_arg(text: str) -> State:
+def state_arg(text: str) -> State:
     key = text.strip().upper().replace("-", "_")
     if key in State.__members__:
         return State[key]
@@ -47,7 +47,7 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None
 
 def _add_caps(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--caps", type=_caps_arg, default=VFIO_USER_CAPS,
+        "--caps", type=caps_arg, default=VFIO_USER_CAPS,
         help="capability set, e.g. stop_copy,pre_copy (default, vfio-user), stop_copy, "
              "stop_copy,p2p, all",
     )
@@ -187,14 +187,14 @@ def _configure_table(p: argparse.ArgumentParser) -> None:
 
 @command("path", "print one complex transition with the action of each arc")
 def _configure_path(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cur", type=_state_arg, help="current state, e.g. RUNNING")
-    p.add_argument("target", type=_state_arg, help="requested state, e.g. STOP_COPY")
+    p.add_argument("cur", type=state_arg, help="current state, e.g. RUNNING")
+    p.add_argument("target", type=state_arg, help="requested state, e.g. STOP_COPY")
     _add_caps(p)
     _add_json(p)
     p.set_defaults(handler=cmd_path)
 
 
-def _size_arg(text: str) -> int:
+def size_arg(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
@@ -246,7 +246,7 @@ def _device_names() -> list[str]:
 def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, help="socket path (created with mode 0600)")
     p.add_argument("--device", choices=_device_names(), default="migdev")
-    p.add_argument("--device-mem", type=_size_arg, default=16 << 20,
+    p.add_argument("--device-mem", type=size_arg, default=16 << 20,
                    help="device memory (BAR2) size, a power of two (default 16M)")
     _add_caps(p)
     p.add_argument("--strict-spec", action="store_true",
@@ -261,7 +261,7 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
 @command("prove", "check the theorems of the FSM and the protocol exhaustively")
 def _configure_prove(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--caps", type=_caps_arg, default=None,
+        "--caps", type=caps_arg, default=None,
         help="check the FSM theorems for this capability set only (default: all four)",
     )
     p.add_argument("--markdown", metavar="FILE", help="also write a Markdown report to FILE")

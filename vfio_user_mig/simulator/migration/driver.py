@@ -1,0 +1,471 @@
+"""The migration driver: the VMM's migration code (QEMU's VFIO migration, over vfio-user).
+
+Source: RUNNING -> PRE_COPY (when the device offers it), pre-copy rounds while the guest keeps
+running (each round sends the dirty guest RAM, then drains the device's stream until a short
+read says "caught up for now"), the switchover policy decides after every round, then
+-> STOP_COPY, the last dirty RAM, the device stream drained to its end (a short read), -> STOP.
+Destination: -> RESUMING before the first byte, every chunk written as it arrives (one chunk in
+flight: the driver never holds the device state), -> STOP (the device validates the stream),
+-> RUNNING. Guest RAM is copied from the source guest to the destination guest; dirty pages are
+the VMM's own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's
+DMA_LOGGING_REPORT (device writes into guest RAM).
+
+Failures: until the destination runs, any failure puts the source back to RUNNING (QEMU's
+recovery: the VM keeps running where it was) and discards the destination (DEVICE_RESET).
+Every decision and every byte goes to the :class:`~.trace.Trace`; timings come from the
+:class:`~.clock.Clock` given (simulated or real), so the driver itself never reads time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
+from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.migration.clock import Clock
+from vfio_user_mig.simulator.migration.guest import GuestRam, Workload, runs
+from vfio_user_mig.simulator.migration.policies import RoundStats, SwitchoverPolicy
+from vfio_user_mig.simulator.migration.trace import Trace
+
+T = TypeVar("T")
+
+#: Called after every MIG_DEVICE_STATE SET: (side, from, requested, errno or None, reached).
+StateObserver = Callable[[str, State, int, "int | None", "State | None"], None]
+#: Transforms the n-th relayed chunk (fault injection); None drops it.
+RelayFilter = Callable[[int, bytes], "bytes | None"]
+#: Returns the device digest of one side (None when not available).
+DigestFn = Callable[[], "str | None"]
+
+
+class MigrationError(Exception):
+    """A migration step failed; ``where`` names it, ``errno`` is the server's or the OS's."""
+
+    def __init__(self, where: str, errno: int, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.errno = errno
+
+
+class NotConverged(MigrationError):
+    """The switchover policy gave up."""
+
+
+@dataclass
+class DriverConfig:
+    """Knobs of the driver."""
+
+    chunk: int = 1 << 20
+    """MIG_DATA_READ size (capped by both peers' max_data_xfer_size)."""
+    ram_run_pages: int = 256
+    """Most guest pages sent as one transfer."""
+    use_precopy: bool = True
+    """Use PRE_COPY when the device offers it."""
+    deadline: float | None = None
+    """Wall-clock seconds after which the migration is abandoned (None: no limit)."""
+    round_device_budget: int | None = None
+    """Most device bytes read in one pre-copy round (None: max(guest RAM, 64 chunks)). A
+    device dirtied as fast as it is read never says "caught up"; the round must end anyway."""
+
+
+@dataclass
+class Side:
+    """One server as the driver tracks it."""
+
+    name: str
+    client: Client
+    guest: GuestRam
+    digest: DigestFn
+    state: State | None = None
+    alive: bool = True
+
+
+@dataclass
+class MigrationResult:
+    """The outcome; ``summary`` is computed from the trace."""
+
+    ok: bool
+    outcome: str
+    summary: dict[str, Any]
+    error: MigrationError | None = None
+    committed: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    trace_events: list[dict[str, Any]] = field(default_factory=list)
+    """The trace's events kept in memory (chunk events only with ``keep_chunks``)."""
+
+
+def region_digest(client: Client, regions: tuple[int, ...] = (1, 2, 3, 4, 5),
+                  block: int = 1 << 20) -> str:
+    """Digest of readable BAR1..BAR5 content read over the wire (for servers without a back
+    door; BAR0 usually holds volatile registers and is skipped)."""
+    h = hashlib.sha256()
+    for index in regions:
+        try:
+            info, fds = client.region_info(index)
+        except VfioUserError:
+            continue
+        for fd in fds:
+            os.close(fd)
+        if not info.size or not info.flags & 1:
+            continue
+        h.update(index.to_bytes(4, "little"))
+        for off in range(0, info.size, block):
+            h.update(client.region_read(index, off, min(block, info.size - off)))
+    return h.hexdigest()
+
+
+class MigrationDriver:
+    """Drives one live migration; see the module docstring. Use :meth:`run` once."""
+
+    def __init__(
+        self,
+        src: Side,
+        dst: Side,
+        *,
+        policy: SwitchoverPolicy,
+        clock: Clock,
+        trace: Trace | None = None,
+        workload: Workload | None = None,
+        config: DriverConfig | None = None,
+        relay_filter: RelayFilter | None = None,
+        observer: StateObserver | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.policy = policy
+        self.clock = clock
+        self.trace = trace if trace is not None else Trace()
+        self.workload = workload
+        self.config = config or DriverConfig()
+        self.relay_filter = relay_filter
+        self.observer = observer
+        self.params = params or {}
+        self.caps = MigrationCaps.STOP_COPY
+        self.page_size = src.guest.page_size
+        self.logging = False
+        self._dma_dirty: set[int] = set()
+        self._chunks = 0
+        self._round = 0
+        self._chunk = self.config.chunk
+        self._wall_start = time.monotonic()
+        self._src_digest: str | None = None
+        self._dst_digest: str | None = None
+        self._last_device_bytes = 0
+
+    # ----- plumbing -------------------------------------------------------------------------
+    def _emit(self, ev: str, **fields: Any) -> None:
+        self.trace.emit(self.clock.now(), ev, **fields)
+
+    def _io(self, side: Side, where: str, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` on ``side``; errors become :class:`MigrationError`."""
+        if not side.alive:
+            raise MigrationError(f"{side.name} {where}", _errno.ENOTCONN, "connection lost")
+        try:
+            return fn(*args)
+        except VfioUserError as exc:
+            raise MigrationError(f"{side.name} {where}", exc.errno or _errno.EIO, str(exc)) from exc
+        except (OSError, ValueError) as exc:  # connection lost, timeout, framing
+            side.alive = False
+            side.state = None
+            err: int = getattr(exc, "errno", None) or _errno.ECONNRESET
+            raise MigrationError(f"{side.name} {where}", err, f"connection lost: {exc}") from exc
+
+    def _check_deadline(self) -> None:
+        limit = self.config.deadline
+        if limit is not None and time.monotonic() - self._wall_start > limit:
+            raise MigrationError("deadline", _errno.ETIMEDOUT, f"exceeded {limit} s")
+
+    def _query_state(self, side: Side) -> State | None:
+        if not side.alive:
+            return None
+        try:
+            return side.client.get_state()
+        except VfioUserError:
+            return None
+        except (OSError, ValueError):
+            side.alive = False
+            return None
+
+    def set_state(self, side: Side, target: State) -> None:
+        """One MIG_DEVICE_STATE SET, traced with the model's arcs; raises on failure."""
+        cur = side.state if side.state is not None else self._query_state(side)
+        if cur is None:
+            raise MigrationError(f"{side.name} -> {target.name}", _errno.ENOTCONN,
+                                 "state unknown (connection lost)")
+        try:
+            arcs = [s.name for s in transition_path(cur, target, self.caps)]
+        except InvalidTransition:
+            arcs = [cur.name]
+        errno: int | None = None
+        try:
+            self._io(side, f"{cur.name} -> {target.name}", side.client.set_state, target)
+            reached: State | None = target
+        except MigrationError as exc:
+            errno = exc.errno
+            reached = self._query_state(side)
+            side.state = reached
+            self._emit("state", side=side.name, **{"from": cur.name}, to=target.name, arcs=arcs,
+                       ok=False, errno=errno, reached=reached.name if reached is not None else None)
+            if self.observer is not None:
+                self.observer(side.name, cur, int(target), errno, reached)
+            raise
+        side.state = target
+        self._emit("state", side=side.name, **{"from": cur.name}, to=target.name, arcs=arcs,
+                   ok=True, errno=None, reached=target.name)
+        if self.observer is not None:
+            self.observer(side.name, cur, int(target), None, reached)
+
+    # ----- the phases -------------------------------------------------------------------------
+    def run(self) -> MigrationResult:
+        """Migrate; never raises for migration failures (they are in the result)."""
+        self._emit("start", policy=self.policy.name, clock="sim" if self.clock.simulated
+                   else "real", **self.params)
+        committed = False
+        error: MigrationError | None = None
+        outcome = "failed"
+        try:
+            self._prepare()
+            self._precopy()
+            self._stop_and_copy()
+            self._resume_destination()
+            committed = True
+            outcome = "verified" if self._verify() else "unverified"
+        except MigrationError as exc:
+            error = exc
+            if isinstance(exc, NotConverged):
+                outcome = "not_converged"
+            self._emit("error", where=exc.where, errno=exc.errno, message=str(exc))
+            if not committed:
+                self._recover()
+        if self.workload is not None:
+            self.workload.stop()
+        ok = outcome == "verified"
+        self._emit("end", outcome=outcome, ok=ok)
+        summary = self.trace.summary()
+        return MigrationResult(ok, outcome, summary, error, committed,
+                               self.workload.stats if self.workload is not None else {},
+                               self.trace.events)
+
+    def _prepare(self) -> None:
+        src, dst = self.src, self.dst
+        self.caps = self._io(src, "MIGRATION feature", src.client.migration_caps)
+        dst_caps = self._io(dst, "MIGRATION feature", dst.client.migration_caps)
+        if dst_caps != self.caps:
+            raise MigrationError("capabilities", _errno.EINVAL,
+                                 f"source {int(self.caps)} != destination {int(dst_caps)}")
+        for side in (src, dst):
+            limit = side.client.server_caps.max_data_xfer_size if side.client.server_caps else 0
+            if limit:
+                self._chunk = min(self._chunk, limit, side.client.max_data_xfer_size)
+            side.state = self._query_state(side)
+            self._io(side, "DMA_MAP", lambda s=side: s.client.dma_map(0, s.guest.size,
+                                                                       fd=s.guest.fd))
+        try:
+            src.client.dma_logging_start(self.page_size, [(0, src.guest.size)])
+            self.logging = True
+        except VfioUserError as exc:
+            self._emit("error", where="src DMA_LOGGING_START", errno=exc.errno,
+                       message=f"{exc}: all guest RAM is resent at stop-copy")
+        except (OSError, ValueError) as exc:
+            src.alive = False
+            raise MigrationError("src DMA_LOGGING_START", _errno.ECONNRESET, str(exc)) from exc
+        if src.state is not State.RUNNING:
+            self.set_state(src, State.RUNNING)
+        self.set_state(dst, State.RESUMING)
+        if self.workload is not None:
+            self._io(src, "workload", self.workload.start, self.clock.now())
+
+    def _tick(self) -> None:
+        """Let the guest run until the clock's now."""
+        if self.workload is not None:
+            self._io(self.src, "workload", self.workload.run_until, self.clock.now())
+
+    def _relay(self, data: bytes, phase: str) -> None:
+        index = self._chunks
+        self._chunks += 1
+        out: bytes | None = data
+        if self.relay_filter is not None:
+            out = self.relay_filter(index, data)
+        if out:
+            self._io(self.dst, "MIG_DATA_WRITE", self.dst.client.mig_data_write, out)
+        self.clock.transfer(len(data))
+        self._emit("chunk", phase=phase, round=self._round, bytes=len(data))
+
+    def _drain(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
+        """MIG_DATA_READ until a short read (or ``budget`` bytes); every chunk relayed at once.
+        Returns (bytes, caught up)."""
+        total = 0
+        while True:
+            if budget is not None and total >= budget:
+                return total, False
+            data = self._io(self.src, "MIG_DATA_READ", self.src.client.mig_data_read,
+                            self._chunk)
+            if data:
+                self._relay(data, phase)
+                total += len(data)
+            if phase == "precopy":
+                self._tick()
+            if len(data) < self._chunk:
+                return total, True
+            self._check_deadline()
+
+    def _collect_dirty(self) -> None:
+        """DMA_LOGGING_REPORT (read-and-clear) into the pending set."""
+        if not self.logging:
+            return
+        src = self.src
+        pages = self._io(src, "DMA_LOGGING_REPORT", src.client.dma_logging_report, 0,
+                         src.guest.size, self.page_size)
+        self._dma_dirty.update(pages)
+
+    def _send_ram(self, phase: str, everything: bool = False) -> tuple[int, int]:
+        """Send the dirty guest pages; returns (bytes, pages)."""
+        guest = self.src.guest
+        self._collect_dirty()
+        vcpu = guest.take_dirty()
+        dma = len(self._dma_dirty)
+        pages = set(vcpu)
+        pages |= self._dma_dirty
+        self._dma_dirty = set()
+        if everything:
+            pages = set(range(guest.n_pages))
+        self._emit("dirty", round=self._round, guest=len(vcpu), dma=dma)
+        total = 0
+        for first, count in runs(sorted(pages), self.config.ram_run_pages):
+            self.dst.guest.store_pages(first, guest.pages(first, count))
+            nbytes = count * self.page_size
+            self.clock.transfer(nbytes)
+            total += nbytes
+            self._emit("ram", phase=phase, round=self._round, pages=count, bytes=nbytes)
+            if phase == "precopy":
+                self._tick()
+        return total, len(pages)
+
+    def _precopy(self) -> None:
+        device_precopy = bool(self.caps & MigrationCaps.PRE_COPY) and self.config.use_precopy
+        if device_precopy:
+            self.set_state(self.src, State.PRE_COPY)
+        self.src.guest.mark_all_dirty()
+        start = self.clock.now()
+        while True:
+            self._round += 1
+            t0 = self.clock.now()
+            ram_bytes, _ = self._send_ram("precopy")
+            budget = self.config.round_device_budget or max(self.src.guest.size,
+                                                            64 * self._chunk)
+            device_bytes, caught_up = (self._drain("precopy", budget) if device_precopy
+                                       else (0, True))
+            t1 = self.clock.now()
+            seconds = t1 - t0
+            self._collect_dirty()
+            dirty_pages = self.src.guest.dirty_count + len(self._dma_dirty)
+            pending_ram = dirty_pages * self.page_size
+            if self._round == 1 and caught_up:
+                # Unknown over vfio-user (no PRECOPY_INFO): assume the device dirties like RAM.
+                frac = dirty_pages / max(self.src.guest.n_pages, 1)
+                pending_dev = int(device_bytes * min(frac, 1.0))
+            else:
+                pending_dev = device_bytes
+            pending = pending_ram + pending_dev
+            total = ram_bytes + device_bytes
+            bandwidth = total / seconds if seconds > 0 else float("inf")
+            dirty_rate = pending / seconds if seconds > 0 else 0.0
+            stats = RoundStats(self._round, total, seconds, pending, bandwidth, dirty_rate,
+                               t1 - start)
+            decision = self.policy.decide(stats)
+            self._emit("round", round=self._round, bytes=total, device_bytes=device_bytes,
+                       ram_bytes=ram_bytes, seconds=round(seconds, 9), pending=pending,
+                       bandwidth=bandwidth if seconds > 0 else None,
+                       dirty_rate=round(dirty_rate, 3), decision=decision.action,
+                       reason=decision.reason)
+            if decision.switch:
+                self._emit("switchover", reason=decision.reason, round=self._round)
+                return
+            if decision.action == "give_up":
+                raise NotConverged("switchover policy", _errno.ETIMEDOUT, decision.reason)
+            self._check_deadline()
+
+    def _stop_and_copy(self) -> None:
+        self._downtime_start = self.clock.now()
+        if self.workload is not None:
+            self.workload.stop()
+        self._round = 0
+        self.set_state(self.src, State.STOP_COPY)
+        self._send_ram("stopcopy", everything=not self.logging)
+        self._drain("stopcopy")  # the device is stopped: the stream ends
+        self.set_state(self.src, State.STOP)
+        self._src_digest = self.src.digest()
+        if self._src_digest is None:
+            self._src_digest = self._io(self.src, "region digest", region_digest,
+                                        self.src.client)
+
+    def _resume_destination(self) -> None:
+        self.set_state(self.dst, State.STOP)  # the device validates the whole stream here
+        self._dst_digest = self.dst.digest()
+        if self._dst_digest is None:
+            self._dst_digest = self._io(self.dst, "region digest", region_digest,
+                                        self.dst.client)
+        self.set_state(self.dst, State.RUNNING)
+        end = self.clock.now()
+        self._emit("downtime", start=self._downtime_start, end=end,
+                   ms=(end - self._downtime_start) * 1000)
+
+    def _verify(self) -> bool:
+        device_ok = self._src_digest is not None and self._src_digest == self._dst_digest
+        ram_ok = self.src.guest.equals(self.dst.guest)
+        self._emit("verify", src_digest=self._src_digest, dst_digest=self._dst_digest,
+                   device_ok=device_ok, ram_ok=ram_ok)
+        if self.logging and self.src.alive:
+            with contextlib.suppress(VfioUserError, OSError, ValueError):
+                self.src.client.dma_logging_stop()
+        return device_ok and ram_ok
+
+    def _recover(self) -> None:
+        """Source back to RUNNING, destination discarded (see module docstring)."""
+        src, dst = self.src, self.dst
+        if src.alive:
+            if src.state is None:
+                src.state = self._query_state(src)
+            if src.state not in (None, State.RUNNING):
+                ok = True
+                try:
+                    self.set_state(src, State.RUNNING)
+                except MigrationError:
+                    ok = False
+                self._emit("recovery", side="src", action="resume", ok=ok)
+            if self.logging and src.state is State.RUNNING:
+                with contextlib.suppress(VfioUserError, OSError, ValueError):
+                    src.client.dma_logging_stop()
+        if dst.alive:
+            if dst.state is None:
+                dst.state = self._query_state(dst)
+            ok = True
+            try:
+                if dst.state is State.STOP:
+                    self.set_state(dst, State.RUNNING)
+                self._io(dst, "DEVICE_RESET", dst.client.reset)
+                dst.state = self._query_state(dst)
+            except MigrationError:
+                ok = False
+            self._emit("recovery", side="dst", action="discard", ok=ok)
+
+
+__all__ = [
+    "DigestFn",
+    "DriverConfig",
+    "MigrationDriver",
+    "MigrationError",
+    "MigrationResult",
+    "NotConverged",
+    "RelayFilter",
+    "Side",
+    "StateObserver",
+    "region_digest",
+]
