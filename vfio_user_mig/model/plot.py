@@ -31,7 +31,8 @@ ERROR_COLOR = "#f4a6a6"
 ABSENT_COLOR = "#eeeeee"
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot, switched to Agg unless an inline or Agg backend is already active."""
     import matplotlib
 
     interactive = ("agg", "inline", "module://matplotlib_inline.backend_inline")
@@ -47,7 +48,7 @@ def draw_graph(caps: MigrationCaps | int, ax: Axes | None = None) -> Figure:
     from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch, Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     value = normalize_caps(caps)
     graph = transition_graph(value)
     if ax is None:
@@ -97,7 +98,7 @@ def draw_graph(caps: MigrationCaps | int, ax: Axes | None = None) -> Figure:
 def draw_matrix(caps: MigrationCaps | int, ax: Axes | None = None) -> Figure:
     """The cur x target complex-transition matrix as a picture: colour = number of arcs,
     text = interior states; refused cells in red."""
-    plt = _pyplot()
+    plt = pyplot()
     value = normalize_caps(caps)
     graph = transition_graph(value)
     states = [s for s in State if s in graph and s is not State.ERROR]
@@ -138,7 +139,7 @@ def draw_matrix(caps: MigrationCaps | int, ax: Axes | None = None) -> Figure:
 
 def save_graph(caps: MigrationCaps | int, path: str | Path) -> Path:
     """Draw the FSM of ``caps`` and save it (format from the suffix: .png, .svg, .pdf)."""
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(path)
     fig = draw_graph(caps)
     fig.savefig(out, dpi=130, bbox_inches="tight")

@@ -95,6 +95,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         print(f"vfio-user-mig migrate: {exc}", file=sys.stderr)
         return 2
     s = result.summary
+    if args.plot:
+        from vfio_user_mig.simulator.migration.plots import save_migration_figure
+
+        try:
+            save_migration_figure(result.trace_events, args.plot)
+        except (OSError, ValueError) as exc:
+            print(f"vfio-user-mig migrate: --plot {args.plot}: {exc}", file=sys.stderr)
+            return 2
     if args.json:
         payload = {k: s[k] for k in (
             "verified", "outcome", "total_ms", "downtime_ms", "precopy_rounds",
@@ -102,11 +110,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             "switchover", "source_path", "destination_path", "src_digest", "dst_digest",
             "device_verified", "ram_verified", "errors", "params")}
         payload["trace"] = args.trace
+        if args.plot:
+            payload["plot"] = args.plot
         print(json.dumps(payload))
     else:
         print(render_migration(s, args.downtime_limit))
         if args.trace:
             print(f"trace: {args.trace}")
+        if args.plot:
+            print(f"plot: {args.plot}")
     return 0 if result.ok else 1
 
 
@@ -135,6 +147,8 @@ def _configure_migrate(p: argparse.ArgumentParser) -> None:
                         "PRE_COPY even when the device offers it")
     p.add_argument("--seed", type=int, default=0, help="seed of the content and the workload")
     p.add_argument("--trace", metavar="FILE", help="write the JSON-lines trace to FILE")
+    p.add_argument("--plot", metavar="FILE",
+                   help="draw the state timeline and the pre-copy rounds to FILE (.png, .svg)")
     p.add_argument("--isolation", choices=("thread", "process"), default="thread",
                    help="run the two servers as threads (default) or separate processes")
     p.add_argument("--src-socket", metavar="PATH",
