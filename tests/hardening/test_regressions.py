@@ -123,40 +123,80 @@ def test_f7_framing_error_reply_is_sent_before_the_connection_closes() -> None:
             raise AssertionError("a broken stream must end the connection")
 
 
-_SIGBUS_SCRIPT = """
-import os, sys
-from tests.hardening.helpers import Driver
+_SHRINK_SCRIPT = """
+import os
+from tests.hardening.helpers import Driver, fd_closed
 from vfio_user_mig import wire
 from vfio_user_mig.simulator.device.regs import DmaDir, Status
 with Driver() as d:
-    fd = os.memfd_create("guest", os.MFD_CLOEXEC)
+    fd = os.memfd_create("guest", os.MFD_CLOEXEC)  # unsealed, like libvfio-user and QEMU
     os.ftruncate(fd, 1 << 16)
     assert d.request(wire.DmaMap(0, 1 << 16), [os.dup(fd)]).errno is None
+    held = len(os.listdir("/proc/self/fd"))
+    os.pwrite(fd, b"guest data", 0)
     os.ftruncate(fd, 0)  # the hostile client shrinks its memory under the mapping
-    d.start_dma(int(DmaDir.TO_CLIENT), 0, 4096)
-    print("survived", d.status())
+    for direction in (DmaDir.TO_CLIENT, DmaDir.FROM_CLIENT):
+        d.start_dma(int(direction), 0, 4096)
+        assert d.core.stats["dma_messages"] == 0  # the fd route, not DMA_READ/WRITE messages
+        status = d.status()
+        assert status & Status.FAULT and not status & Status.DONE, status
+    assert os.fstat(fd).st_size == 0  # the device write faulted: the file did not grow back
+    assert d.request(wire.DmaUnmap(0, 1 << 16)).errno is None  # still serving
+    assert len(os.listdir("/proc/self/fd")) == held - 1  # the mapping's fd was closed
+    os.ftruncate(fd, 1 << 16)  # grown again: a new mapping of the same file works
+    assert d.request(wire.DmaMap(0, 1 << 16), [os.dup(fd)]).errno is None
+    os.pwrite(fd, b"ok", 0)
+    d.start_dma(int(DmaDir.FROM_CLIENT), 0, 4096)
+    assert d.status() & Status.DONE, d.status()
+    d.core.connection_lost()
+    assert len(os.listdir("/proc/self/fd")) == held - 1
+    os.close(fd)
+print("survived")
 """
 
 
-def test_f8_shrinking_dma_memory_after_map_and_the_sealed_fd_option() -> None:
-    # A client that truncates the memfd it mapped makes the next DMA through the mapping
-    # fault with SIGBUS: documented (docs/SECURITY.md); require_sealed_dma_fds prevents it.
-    import signal
+def test_f8_shrinking_dma_memory_after_map_faults_the_job_not_the_server() -> None:
+    # A client that truncated the memfd it mapped made the next DMA through the mapping
+    # fault with SIGBUS and killed the server. DMA_MAP memory is now read and written with
+    # pread/pwrite, never mmap: the job FAULTs, the server keeps serving. Run in a child so
+    # that a regression shows up as a failed test (died with SIGBUS), not a dead test runner.
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _SIGBUS_SCRIPT], capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", _SHRINK_SCRIPT], capture_output=True,
                           timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
                               os.path.abspath(__file__)))))
-    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stderr[-500:])
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-1500:])
+    assert proc.stdout.strip().endswith(b"survived")
 
+
+def test_f8_shrink_in_process_partial_range() -> None:
+    # Shrunk to mid-mapping: ops below the new end still work, ops crossing it fault.
+    with Driver() as d:
+        fd = os.memfd_create("guest", os.MFD_CLOEXEC)
+        os.ftruncate(fd, 1 << 16)
+        assert d.request(wire.DmaMap(0, 1 << 16), [os.dup(fd)]).errno is None
+        os.ftruncate(fd, 0x3000)
+        d.start_dma(1, 0, 0x3000)
+        assert d.status() & Status.DONE
+        d.start_dma(1, 0x2000, 0x2000)
+        assert d.status() & Status.FAULT
+        d.start_dma(0, 0x2000, 0x2000)
+        assert d.status() & Status.FAULT and os.fstat(fd).st_size == 0x3000
+        d.start_dma(0, 0, 0x1000)
+        assert d.status() & Status.DONE
+        os.close(fd)
+
+
+def test_f8_sealed_fd_option_still_refuses_unsealed_fds() -> None:
     import fcntl
 
     with Driver(ServerConfig(require_sealed_dma_fds=True)) as d:
         fd = os.memfd_create("guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.ftruncate(fd, 1 << 16)
-        answer = d.request(wire.DmaMap(0, 1 << 16), [os.dup(fd)])
-        assert answer.errno == errno.EPERM and d.core.dma.mappings == ()
+        dup = os.dup(fd)
+        answer = d.request(wire.DmaMap(0, 1 << 16), [dup])
+        assert answer.errno == errno.EPERM and d.core.dma.mappings == () and fd_closed(dup)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
         assert d.request(wire.DmaMap(0, 1 << 16), [os.dup(fd)]).errno is None
         try:
@@ -167,4 +207,28 @@ def test_f8_shrinking_dma_memory_after_map_and_the_sealed_fd_option() -> None:
             raise AssertionError("a sealed memfd shrank")
         d.start_dma(0, 0, 4096)
         assert d.status() & Status.DONE
+        os.close(fd)
+
+
+def test_dma_map_refuses_fds_it_cannot_read_and_write() -> None:
+    # No mmap any more: DMA_MAP itself refuses what pread/pwrite could not serve.
+    with Driver() as d:
+        r, w = os.pipe()
+        assert d.request(wire.DmaMap(0, 4096), [r]).errno == errno.EINVAL and fd_closed(r)
+        os.close(w)
+        fd = os.memfd_create("guest", os.MFD_CLOEXEC)
+        os.ftruncate(fd, 4096)
+        path = f"/proc/self/fd/{fd}"
+        ro = os.open(path, os.O_RDONLY)
+        assert d.request(wire.DmaMap(0, 4096), [ro]).errno == errno.EINVAL and fd_closed(ro)
+        ro = os.open(path, os.O_RDONLY)
+        read_only = int(wire.DmaMapFlag.READ)
+        assert d.request(wire.DmaMap(0, 4096, flags=read_only), [ro]).errno is None
+        app = os.open(path, os.O_RDWR | os.O_APPEND)
+        assert d.request(wire.DmaMap(0x1000, 4096), [app]).errno == errno.EINVAL
+        assert fd_closed(app)
+        d.start_dma(0, 0, 4096)  # device -> client on a read-only mapping
+        assert d.status() & Status.FAULT
+        d.core.connection_lost()
+        assert fd_closed(ro)
         os.close(fd)

@@ -44,8 +44,10 @@ from vfio_user_mig.simulator.device.dma import (
     DmaJob,
     DmaKind,
     DmaMapError,
+    DmaMapping,
     DmaOp,
     DmaSpace,
+    FdMemory,
     Route,
 )
 from vfio_user_mig.simulator.irqs import EventfdTable
@@ -96,9 +98,9 @@ class ServerConfig:
     * ``min_client_xfer_size``: smallest ``max_data_xfer_size`` a client may announce (EINVAL),
       so that one device DMA op never turns into thousands of DMA_READ/WRITE messages.
     * ``require_sealed_dma_fds``: refuse (EPERM) DMA_MAP fds that the client could still
-      shrink (no ``F_SEAL_SHRINK``): a client truncating its memory after DMA_MAP makes the
-      server's next DMA through that mapping fault with SIGBUS. Off by default (libvfio-user
-      and QEMU's unsealed memory backends); QEMU's ``memory-backend-memfd`` seals by default.
+      shrink (no ``F_SEAL_SHRINK``). Not needed for safety: DMA_MAP memory is reached with
+      pread/pwrite, never mmap, so a client truncating its file after DMA_MAP only makes the
+      DMA ops past the new end fault. Off by default (libvfio-user and QEMU do not seal).
     """
 
     max_data_xfer_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE
@@ -196,7 +198,6 @@ class ServerCore:
         )
         self.framer = wire.Framer(max_size=self.config.max_msg_size)
         self.dma = DmaSpace()
-        self._maps: dict[int, mmap.mmap] = {}
         self._out: list[tuple[Parts, list[int]]] = []
         self.client_caps: wire.Capabilities | None = None
         self.negotiated = False
@@ -288,7 +289,7 @@ class ServerCore:
         self._job = None
         self._pending = None
         for mapping in self.dma.unmap_all():
-            self._release(mapping.iova)
+            self._release(mapping)
         self.irqs.clear()
         close_fds(_framer_fds(self.framer))
         self.framer = wire.Framer(max_size=self.config.max_msg_size)
@@ -404,42 +405,43 @@ class ServerCore:
             )
         readable = bool(msg.flags & DmaMapFlag.READ)
         writable = bool(msg.flags & DmaMapFlag.WRITE)
-        view: memoryview | None = None
-        mm: mmap.mmap | None = None
+        memory: FdMemory | None = None
         if fds:
-            fd = fds[0]
+            # The mapping keeps a close-on-exec dup of the fd (the received one is closed, as
+            # before) and reads/writes it with pread/pwrite: no mmap, so a client shrinking the
+            # file can make DMA ops fault but can never raise SIGBUS in the server.
+            fd = fds.pop()
             try:
-                prot = (mmap.PROT_READ if readable else 0) | (mmap.PROT_WRITE if writable else 0)
-                self._check_map_fd(fd, msg.offset, msg.size, self.config.require_sealed_dma_fds)
-                mm = mmap.mmap(
-                    fd, msg.size, mmap.MAP_SHARED, prot or mmap.PROT_READ, offset=msg.offset
+                self._check_map_fd(
+                    fd, msg.offset, msg.size, writable, self.config.require_sealed_dma_fds
                 )
+                memory = FdMemory(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0), msg.offset, msg.size)
             except (OSError, ValueError, OverflowError) as exc:
-                raise _Failure(_errno.EINVAL, f"DMA_MAP cannot map the fd: {exc}") from None
+                raise _Failure(_errno.EINVAL, f"DMA_MAP cannot use the fd: {exc}") from None
             finally:
                 os.close(fd)
-                fds.clear()
-            view = memoryview(mm)
-            if not writable:
-                view = view.toreadonly()
         try:
-            self.dma.map(msg.addr, msg.size, view=view, readable=readable, writable=writable)
+            self.dma.map(msg.addr, msg.size, readable=readable, writable=writable, fd=memory)
         except DmaMapError as exc:
-            if view is not None:
-                view.release()
-            if mm is not None:
-                mm.close()
+            if memory is not None:
+                memory.close()
             raise _Failure(exc.errno, str(exc)) from None
-        if mm is not None:
-            self._maps[msg.addr] = mm
         return wire.DmaMapReply(msg_id=msg.msg_id), []
 
     @staticmethod
-    def _check_map_fd(fd: int, offset: int, size: int, sealed: bool) -> None:
-        """The fd range [offset, offset+size) must be aligned and, for a file, inside it;
-        with ``sealed``, the file must be sealed against shrinking."""
+    def _check_map_fd(fd: int, offset: int, size: int, writable: bool, sealed: bool) -> None:
+        """The fd must be a regular file (memfd, tmpfs/shm, hugetlbfs, disk file) opened for
+        reading (and writing, without O_APPEND, for a writable mapping), the range
+        [offset, offset+size) page aligned and inside it; with ``sealed``, the file must be
+        sealed against shrinking. These are the fds the former mmap accepted, minus devices."""
         if offset % mmap.ALLOCATIONGRANULARITY:
             raise _Failure(_errno.EINVAL, f"DMA_MAP offset {offset:#x} not aligned")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        access = flags & os.O_ACCMODE
+        if access == os.O_WRONLY or (writable and access != os.O_RDWR):
+            raise _Failure(_errno.EINVAL, "DMA_MAP fd not open for the mapping's access")
+        if writable and flags & os.O_APPEND:
+            raise _Failure(_errno.EINVAL, "DMA_MAP fd is O_APPEND: writes would not land")
         if sealed:
             try:
                 seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -448,18 +450,20 @@ class ServerCore:
             if not seals & fcntl.F_SEAL_SHRINK:
                 raise _Failure(_errno.EPERM, "DMA_MAP fd is not sealed against shrinking")
         st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and offset + size > st.st_size:
+        if not stat.S_ISREG(st.st_mode):
+            raise _Failure(_errno.EINVAL, "DMA_MAP fd is not a regular file (memfd, shm, ...)")
+        if offset + size > st.st_size:
             raise _Failure(
                 _errno.EINVAL,
                 f"DMA_MAP offset {offset:#x} + size {size:#x} past the end of the "
                 f"{st.st_size:#x}-byte file",
             )
 
-    def _release(self, iova: int) -> None:
-        mm = self._maps.pop(iova, None)
-        if mm is not None:
-            with contextlib.suppress(BufferError):  # a view still exported: GC unmaps it
-                mm.close()
+    @staticmethod
+    def _release(mapping: DmaMapping) -> None:
+        """Close the mapping's fd (an unmapped or disconnected region keeps no fd open)."""
+        with contextlib.suppress(OSError):
+            mapping.release()
 
     def _dma_unmap(self, msg: wire.DmaUnmap, fds: list[int]) -> tuple[Any, list[int]]:
         if msg.flags & ~int(DmaUnmapFlag.ALL):
@@ -474,9 +478,7 @@ class ServerCore:
             except DmaMapError as exc:
                 raise _Failure(exc.errno, str(exc)) from None
         for mapping in removed:
-            if mapping.view is not None:
-                mapping.view.release()
-            self._release(mapping.iova)
+            self._release(mapping)
         return wire.DmaUnmapReply(
             addr=msg.addr, size=msg.size, flags=msg.flags, argsz=msg.argsz, msg_id=msg.msg_id
         ), []
@@ -760,9 +762,13 @@ class ServerCore:
                     result = None
                     continue
                 if route is Route.DIRECT:
-                    result = self.dma.resolve(op)
-                    if op.kind is DmaKind.WRITE:
-                        self.device.dirty_log.mark(op.iova, op.length)
+                    try:
+                        result = self.dma.resolve(op)
+                    finally:
+                        # Mark even when the write faulted part-way: over-marking only
+                        # resends a page, under-marking would lose data in a migration.
+                        if op.kind is DmaKind.WRITE:
+                            self.device.dirty_log.mark(op.iova, op.length)
                     continue
             except DmaFault as fault:
                 result = fault

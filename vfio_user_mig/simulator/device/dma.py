@@ -7,6 +7,12 @@ server resolves each op through the client's fd-backed mapping (:class:`DmaSpace
 DMA_READ/DMA_WRITE messages (splitting them to the client's max_data_xfer_size), and resumes the
 job when the reply arrives. A job handles its own completion (device status, interrupts).
 
+A mapping reaches client memory either through a memoryview (in-process callers, tests) or,
+for a DMA_MAP fd, through :class:`FdMemory`: ``os.pread``/``os.pwrite`` on the client's fd,
+never an mmap. A client can shrink its file at any time; through an mmap the next access past
+the new end would kill the process with SIGBUS, through pread/pwrite it is a short transfer
+(or a size check) that becomes a :class:`DmaFault`: the job faults, the server keeps serving.
+
 CHECK_READ/CHECK_WRITE ops ask "is this whole IOVA range reachable with that access, on the
 route the op's mode allows?" before any byte moves, so that a job aimed outside the mapped
 ranges fails without touching memory on either side. The server must mark every completed
@@ -18,6 +24,7 @@ from __future__ import annotations
 import bisect
 import enum
 import errno as _errno
+import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -86,7 +93,11 @@ class DmaOp:
 
 
 class DmaFault(Exception):
-    """An op could not be carried out; nothing was read or written. ``errno`` is EFAULT."""
+    """An op could not be carried out. ``errno`` is EFAULT.
+
+    Nothing was read or written, except for an fd-backed WRITE that the kernel cut short
+    mid-transfer (e.g. ENOSPC on a sparse file): a prefix of the range may then hold new data.
+    """
 
     def __init__(self, message: str, iova: int, length: int, errno: int = _errno.EFAULT) -> None:
         super().__init__(message)
@@ -126,20 +137,108 @@ def run_job(job: DmaJob, resolver: DmaResolver) -> int:
         return count
 
 
+class FdMemory:
+    """Bytes [offset, offset+size) of a client's file, reached with pread/pwrite, never mmap.
+
+    Owns ``fd`` (closes it in :meth:`close`). The client may shrink the file at any time: a
+    read past its end comes back short and a write past its end is refused before any byte
+    moves (pwrite would silently grow the file again); both raise ``OSError(EFAULT)``. Any
+    other kernel error (EIO, ENOSPC, EPERM from a write seal, ...) is raised as is. Nothing
+    here can raise SIGBUS.
+    """
+
+    __slots__ = ("_fd", "offset", "size")
+
+    def __init__(self, fd: int, offset: int, size: int) -> None:
+        if offset < 0 or size <= 0:
+            raise ValueError(f"fd range offset={offset:#x} size={size:#x}")
+        self._fd = fd
+        self.offset = offset
+        self.size = size
+
+    @property
+    def fd(self) -> int:
+        """The file descriptor, -1 once closed."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._fd < 0
+
+    def _check(self, start: int, length: int) -> int:
+        if self._fd < 0:
+            raise OSError(_errno.EBADF, "DMA fd already closed")
+        if start < 0 or length < 0 or start + length > self.size:
+            raise OSError(_errno.EFAULT, f"[{start:#x}, +{length:#x}) outside {self.size:#x}")
+        return self.offset + start
+
+    def read(self, start: int, length: int) -> bytes:
+        """``length`` bytes at ``start`` (relative to ``offset``); OSError(EFAULT) if short."""
+        pos = self._check(start, length)
+        first = os.pread(self._fd, length, pos)
+        if len(first) == length:
+            return first
+        buf = bytearray(first)
+        while len(buf) < length:
+            more = os.pread(self._fd, length - len(buf), pos + len(buf))
+            if not more:
+                raise OSError(_errno.EFAULT, f"file ends {len(buf):#x} bytes into the read")
+            buf += more
+        return bytes(buf)
+
+    def write(self, start: int, data: bytes | memoryview) -> None:
+        """Write ``data`` at ``start``; OSError(EFAULT), nothing written, if the file shrank."""
+        pos = self._check(start, len(data))
+        end = pos + len(data)
+        if os.fstat(self._fd).st_size < end:
+            raise OSError(_errno.EFAULT, f"file shrank below {end:#x} bytes")
+        view = memoryview(data)
+        done = 0
+        while done < len(data):
+            n = os.pwrite(self._fd, view[done:], pos + done)
+            if n <= 0:
+                raise OSError(_errno.EFAULT, f"write stopped {done:#x} bytes in")
+            done += n
+
+    def close(self) -> None:
+        """Close the fd (idempotent)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __repr__(self) -> str:
+        return f"FdMemory(fd={self._fd}, offset={self.offset:#x}, size={self.size:#x})"
+
+
 @dataclass(frozen=True)
 class DmaMapping:
-    """One DMA_MAP: ``view`` is the fd-backed memory (None when DMA_MAP passed no fd)."""
+    """One DMA_MAP. Client memory is ``view`` (in-process) or ``fd`` (the client's fd, read
+    and written with pread/pwrite); both None when DMA_MAP passed no fd (message route)."""
 
     iova: int
     size: int
     view: memoryview | None
     readable: bool = True
     writable: bool = True
+    fd: FdMemory | None = None
 
     @property
     def end(self) -> int:
         """One past the last IOVA."""
         return self.iova + self.size
+
+    @property
+    def direct(self) -> bool:
+        """True when the server reaches this memory itself (view or fd), not by message."""
+        return self.view is not None or self.fd is not None
+
+    def release(self) -> None:
+        """Drop the memory: release the view, close the fd. The mapping is then message-only."""
+        if self.view is not None:
+            self.view.release()
+        if self.fd is not None:
+            self.fd.close()
 
 
 class DmaSpace:
@@ -170,10 +269,19 @@ class DmaSpace:
         view: memoryview | None = None,
         readable: bool = True,
         writable: bool = True,
+        fd: FdMemory | None = None,
     ) -> DmaMapping:
-        """Add a mapping; DmaMapError(EINVAL) on bad bounds, bad view or overlap."""
+        """Add a mapping; DmaMapError(EINVAL) on bad bounds, bad view/fd or overlap.
+
+        ``view`` or ``fd`` (not both) is the memory; the mapping owns ``fd`` once added (the
+        caller still owns it when this raises). :meth:`DmaMapping.release` frees either.
+        """
         if size <= 0 or iova < 0 or iova + size > IOVA_LIMIT:
             raise DmaMapError(f"DMA_MAP iova={iova:#x} size={size:#x}: empty or wraps past 2**64")
+        if view is not None and fd is not None:
+            raise DmaMapError(f"DMA_MAP iova={iova:#x}: both a view and an fd")
+        if fd is not None and (fd.closed or fd.size != size):
+            raise DmaMapError(f"DMA_MAP iova={iova:#x}: fd range of {fd.size} bytes, not {size}")
         if view is not None:
             if view.nbytes != size or view.itemsize != 1:
                 raise DmaMapError(
@@ -188,7 +296,7 @@ class DmaSpace:
                     f"DMA_MAP iova={iova:#x} size={size:#x} overlaps the mapping at "
                     f"{neighbour.iova:#x} size={neighbour.size:#x}"
                 )
-        mapping = DmaMapping(iova, size, view, readable, writable)
+        mapping = DmaMapping(iova, size, view, readable, writable, fd)
         self._starts.insert(pos, iova)
         self._maps.insert(pos, mapping)
         return mapping
@@ -230,7 +338,7 @@ class DmaSpace:
         mapping = self.lookup(op.iova, op.length, write=op.is_write_access)
         if op.mode is DmaMode.MESSAGE_ONLY:
             return Route.MESSAGE
-        if mapping.view is not None:
+        if mapping.direct:
             return Route.DIRECT
         if op.mode is DmaMode.MAPPED_ONLY:
             raise DmaFault(
@@ -241,17 +349,28 @@ class DmaSpace:
         return Route.MESSAGE
 
     def read(self, iova: int, length: int) -> bytes:
-        """Read through an fd-backed mapping."""
+        """Read through an fd-backed mapping; DmaFault if unreachable or the file shrank."""
         mapping = self.lookup(iova, length, write=False)
-        view = self._view(mapping, iova, length)
         start = iova - mapping.iova
+        if mapping.fd is not None:
+            try:
+                return mapping.fd.read(start, length)
+            except OSError as exc:
+                raise _fd_fault("read", iova, length, exc) from None
+        view = self._view(mapping, iova, length)
         return bytes(view[start : start + length])
 
     def write(self, iova: int, data: bytes) -> None:
-        """Write through an fd-backed mapping."""
+        """Write through an fd-backed mapping; DmaFault if unreachable or the file shrank."""
         mapping = self.lookup(iova, len(data), write=True)
-        view = self._view(mapping, iova, len(data))
         start = iova - mapping.iova
+        if mapping.fd is not None:
+            try:
+                mapping.fd.write(start, data)
+            except OSError as exc:
+                raise _fd_fault("write", iova, len(data), exc) from None
+            return
+        view = self._view(mapping, iova, len(data))
         view[start : start + len(data)] = data
 
     def resolve(self, op: DmaOp, message: DmaResolver | None = None) -> bytes | None:
@@ -278,3 +397,11 @@ class DmaSpace:
         if mapping.view is None:
             raise DmaFault(f"DMA at iova={iova:#x}: mapping has no fd", iova, length)
         return mapping.view
+
+
+def _fd_fault(what: str, iova: int, length: int, exc: OSError) -> DmaFault:
+    return DmaFault(
+        f"DMA {what} at iova={iova:#x} length={length:#x} through the client's fd: {exc}",
+        iova,
+        length,
+    )
