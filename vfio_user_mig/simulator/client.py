@@ -7,6 +7,12 @@ DMA_READ/DMA_WRITE requests at any time: a client that waits for a reply without
 server deadlocks whenever the server needs DMA to finish the request
 (``serve_dma_while_waiting=False`` reproduces that, bounded by ``timeout``).
 
+:class:`Client` is the IO layer over the sans-IO :class:`~.client_core.ClientCore` (message
+ids, pending requests, framing, typed events, the DMA answers): it owns the socket, moves
+bytes and fds between it and the core, and blocks. Replies to other requests that arrive
+while it waits for one are kept until asked for; replies to no pending request are dropped
+(fds closed) and counted in :attr:`Client.unexpected_replies`.
+
 Receiving: on a socket in blocking mode the client bounds each receive with SO_RCVTIMEO set to
 ``timeout`` (one system call per receive, no ``select`` first; the option stays set on the
 socket); a socket with its own Python timeout is polled with ``select``. Small messages are
@@ -32,6 +38,14 @@ from typing import Any, TypeVar
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
+from vfio_user_mig.simulator.client_core import (
+    ClientCore,
+    ErrorReceived,
+    Event,
+    ReplyReceived,
+    ServerRequest,
+    answer_dma,
+)
 from vfio_user_mig.simulator.transport import (
     PeerClosed,
     close_fds,
@@ -119,15 +133,24 @@ class Client:
         self.timeout = timeout
         self.max_data_xfer_size = max_data_xfer_size
         self.max_msg_fds = max_msg_fds
+        self.core = ClientCore(max_data_xfer_size=max_data_xfer_size, max_msg_fds=max_msg_fds)
         self.server_caps: wire.Capabilities | None = None
-        self.framer = wire.Framer(max_size=max_data_xfer_size + wire.HEADER_SIZE + 64)
         self._buf = bytearray(256 * 1024)
         self._view = memoryview(self._buf)
         self._head = memoryview(bytearray(_MIG_REPLY.size))
-        self._next_id = 0
-        self._early: dict[int, tuple[Any, list[int]]] = {}
+        #: Replies (or error replies) that arrived while waiting for another one.
+        self._early: dict[int, ReplyReceived | ErrorReceived] = {}
+        #: Server requests received while waiting with ``serve_dma_while_waiting=False``:
+        #: (message, fds), never answered.
         self.deferred_requests: list[Any] = []
         self.dma_served = 0
+        #: Replies to no pending request (dropped, their fds closed).
+        self.unexpected_replies = 0
+
+    @property
+    def framer(self) -> wire.Framer:
+        """The core's framer (what was received and not yet taken as a message)."""
+        return self.core.framer
 
     @property
     def timeout(self) -> float | None:
@@ -143,12 +166,15 @@ class Client:
 
     # ----- plumbing -------------------------------------------------------------------------
     def _new_id(self) -> int:
-        self._next_id = (self._next_id + 1) & 0x7FFF
-        return self._next_id
+        return self.core.next_id()
 
     def send(self, msg: Any, fds: Sequence[int] = ()) -> None:
-        """Send one message (no waiting)."""
-        send_parts(self.sock, wire.encode_parts(msg), fds)
+        """Send one message (no waiting); a request with id 0 gets a fresh one."""
+        core = self.core
+        core.send(msg, fds)
+        sock = self.sock
+        for parts, part_fds in core.data_to_send():
+            send_parts(sock, parts, part_fds)
 
     def _timed_out(self) -> TimeoutError:
         return TimeoutError(f"no message from the server within {self._timeout} s")
@@ -166,43 +192,46 @@ class Client:
                 framer.commit(n, fds)
             else:
                 n, fds = recv_into(self.sock, self._view)
-                framer.feed(self._view[:n], fds)
+                self.core.receive_data(self._view[:n], fds)
         except BlockingIOError:
             raise self._timed_out() from None
-
-    def _messages(self) -> list[tuple[Any, list[int]]]:
-        out: list[tuple[Any, list[int]]] = []
-        while True:
-            item = self.framer.next_message()
-            if item is None:
-                return out
-            out.append(item)
 
     def request(self, msg: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
         """Send ``msg`` and wait for its reply (answering server DMA meanwhile); returns
         (reply, fds received with it). Raises :class:`VfioUserError` on an error reply."""
+        msg = self.core.with_id(msg)
         self.send(msg, fds)
         return self._wait_reply(msg.msg_id)
 
     def _wait_reply(self, msg_id: int) -> tuple[Any, list[int]]:
         early = self._early
-        framer = self.framer
-        while msg_id not in early:
-            if not framer.pending:
+        core = self.core
+        got = early.pop(msg_id, None) if early else None
+        while got is None:
+            event = core.next_event()
+            if event is None:
                 self._receive()
-            while (item := framer.next_message()) is not None:
-                incoming, in_fds = item
-                if incoming.is_reply:
-                    early[incoming.msg_id] = item
-                elif self.serve_dma_while_waiting:
-                    self.serve(incoming, in_fds)
+                continue
+            if type(event) is ReplyReceived or type(event) is ErrorReceived:
+                if event.msg_id == msg_id:
+                    got = event
                 else:
-                    self.deferred_requests.append(item)
-        reply, reply_fds = early.pop(msg_id)
-        if isinstance(reply, wire.ErrorReply):
-            close_fds(reply_fds)
-            raise VfioUserError(int(reply.cmd), reply.errno, bytes(reply.payload))
-        return reply, reply_fds
+                    early[event.msg_id] = event
+            elif type(event) is ServerRequest:
+                if self.serve_dma_while_waiting:
+                    self.serve(event.message, event.fds)
+                else:
+                    self.deferred_requests.append((event.message, event.fds))
+            else:
+                self._other_event(event)
+        if isinstance(got, ErrorReceived):
+            raise VfioUserError(got.command, got.errno, got.payload)
+        return got.message, got.fds
+
+    def _other_event(self, event: Event) -> None:
+        """An event nobody waits for: a reply to no pending request."""
+        self.unexpected_replies += 1
+        close_fds(getattr(event, "fds", ()))
 
     def _bulk_mig_data(self, msg_id: int, size: int) -> int | None:
         """The data size of the MIG_DATA_READ reply ``msg_id`` after its header and fixed
@@ -228,8 +257,9 @@ class Client:
                 and BULK_REPLY <= dsize <= size
                 and msg_size <= self.framer.max_size
             ):
+                self.core.reply_consumed(msg_id)
                 return int(dsize)
-        self.framer.feed(head[:n], fds)  # not the expected reply: the generic path decodes it
+        self.core.receive_data(head[:n], fds)  # not the expected reply: the generic path
         return None
 
     def _recv_data(self, size: int) -> bytes:
@@ -262,24 +292,7 @@ class Client:
     def serve(self, msg: Any, fds: Sequence[int] = ()) -> None:
         """Answer one server request (DMA_READ/DMA_WRITE) from guest memory."""
         close_fds(list(fds))
-        reply: Any
-        try:
-            if self.memory is None:
-                raise ValueError("no guest memory")
-            if isinstance(msg, wire.DmaRead):
-                reply = wire.DmaReadReply(
-                    addr=msg.addr,
-                    count=msg.count,
-                    data=self.memory.read(msg.addr, msg.count),
-                    msg_id=msg.msg_id,
-                )
-            elif isinstance(msg, wire.DmaWrite):
-                self.memory.write(msg.addr, msg.data)
-                reply = wire.DmaWriteReply(addr=msg.addr, count=msg.count, msg_id=msg.msg_id)
-            else:
-                reply = wire.error_reply(msg, _errno.EINVAL)
-        except ValueError:
-            reply = wire.error_reply(msg, _errno.EFAULT)
+        reply = answer_dma(msg, self.memory)
         self.dma_served += 1
         self.send(reply)
 
@@ -291,13 +304,15 @@ class Client:
             if not ready:
                 return served
             n, fds = recv_into(self.sock, self._view)
-            self.framer.feed(self._view[:n], fds)
-            for incoming, in_fds in self._messages():
-                if incoming.is_reply:
-                    self._early[incoming.msg_id] = (incoming, in_fds)
-                else:
-                    self.serve(incoming, in_fds)
+            self.core.receive_data(self._view[:n], fds)
+            while (event := self.core.next_event()) is not None:
+                if isinstance(event, ReplyReceived | ErrorReceived):
+                    self._early[event.msg_id] = event
+                elif isinstance(event, ServerRequest):
+                    self.serve(event.message, event.fds)
                     served += 1
+                else:
+                    self._other_event(event)
             timeout = 0.0
 
     def close(self) -> None:
@@ -346,17 +361,11 @@ class Client:
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
         msg = wire.RegionRead(offset=offset, region=region, count=count, msg_id=self._new_id())
-        framer = self.framer
-        if (
-            count <= _SMALL_READ
-            and self._kernel_timeout
-            and framer.at_boundary
-            and not framer.pending
-            and not self._early
-        ):
+        if count <= _SMALL_READ and self._kernel_timeout and self.core.idle and not self._early:
             self.send(msg)
             data = self._small_region_reply(msg.msg_id, count)
             if data is not None:
+                self.core.reply_consumed(msg.msg_id)
                 return data
             reply, _ = self._wait_reply(msg.msg_id)
         else:
@@ -383,7 +392,7 @@ class Client:
                 and rcount == count
             ):
                 return bytes(view[_RR_REPLY.size : n])
-        self.framer.feed(view[:n], fds)
+        self.core.receive_data(view[:n], fds)
         return None
 
     def region_write(self, region: int, offset: int, data: bytes) -> None:
@@ -435,14 +444,7 @@ class Client:
         self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET, wire.MigDeviceState(state, 0))
 
     def _bulk_ok(self, size: int) -> bool:
-        framer = self.framer
-        return (
-            size >= BULK_REPLY
-            and self._kernel_timeout
-            and framer.at_boundary
-            and not framer.pending
-            and not self._early
-        )
+        return size >= BULK_REPLY and self._kernel_timeout and self.core.idle and not self._early
 
     def mig_data_read(self, size: int) -> bytes:
         msg = wire.MigDataRead(size=size, msg_id=self._new_id())
