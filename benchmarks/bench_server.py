@@ -5,18 +5,23 @@
   echo between two Python processes over a socketpair (``recv_into``/``send``); goal ratio
   >= 0.8.
 * ``mig_data_stream``: the *protocol path* of migration data. MIG_DATA_READ at 1 MiB chunks
-  (PRE_COPY until caught up, then STOP_COPY until the end) with ``Client.mig_data_read_into``
-  a reused buffer, from a ``MemStreamDev``: a migdev whose save stream (64 MiB of memory,
-  8 MiB with ``quick``) was encoded before the timing and is served as zero-copy memoryview
-  slices, so the figure is client + socket + pump + server core, without the device's save
-  work. bytes/s; ``baseline`` is the same number of request/response exchanges of the same
-  chunk size with raw ``sendall``/``recv_into`` between two processes, always sending the same
-  cache-hot chunk; goal ratio >= 0.9. ``baseline_cold``/``ratio_cold``: the same raw
+  (PRE_COPY until caught up, then STOP_COPY until the end) with
+  ``Client.mig_data_read_stream(CHUNK, depth=2, into=buf)``: two requests in flight, each reply
+  received into one reused buffer, from a ``MemStreamDev``: a migdev whose save stream (64 MiB
+  of memory, 8 MiB with ``quick``) was encoded before the timing and is served as zero-copy
+  memoryview slices, so the figure is client + socket + pump + server core, without the
+  device's save work. bytes/s; ``baseline`` is the same number of request/response exchanges of
+  the same chunk size with raw ``sendall``/``recv_into`` between two processes, always sending
+  the same cache-hot chunk; goal ratio >= 0.9. ``baseline_cold``/``ratio_cold``: the same raw
   exchanges sending the successive chunks of a stream as large as the measured one (as a real
   stream must: 64 MiB do not stay in cache).
-* ``mig_data_stream_bytes``: the same with ``Client.mig_data_read``, which returns a new
+* ``mig_data_stream_serial``: the same stream read strictly one request at a time with
+  ``Client.mig_data_read_into`` a reused buffer (the figure ``mig_data_stream`` was before
+  pipelining).
+* ``mig_data_stream_bytes``: serial, with ``Client.mig_data_read``, which returns a new
   ``bytes`` per chunk (received into it without a copy, but a fresh 1 MiB allocation each).
-* ``mig_data_stream_migdev``: the same reads (``mig_data_read_into``) from a real ``MigDev``
+* ``mig_data_stream_migdev``: the same pipelined reads (depth 2, into a reused buffer) from a
+  real ``MigDev``
   whose memory was filled with the same pattern before the timing: the protocol path plus the
   device's save path (shadow allocation, comparison and copy, record framing, CRC-32 per
   record, SHA-256 digest for END). Same baselines; no goal of its own: it shows what the save
@@ -169,10 +174,11 @@ def _raw_echo(n: int) -> Callable[[socket.socket], float]:
 
 
 # ----- mig_data_stream -----------------------------------------------------------------------
-def _mig_stream_with(into: bool) -> Callable[[socket.socket], float]:
-    """Drain PRE_COPY then STOP_COPY in CHUNK reads: ``Client.mig_data_read_into`` a reused
-    buffer (like the baseline's ``recv_into``), or ``Client.mig_data_read`` (a new ``bytes``
-    per chunk)."""
+def _mig_stream_with(into: bool, depth: int = 0) -> Callable[[socket.socket], float]:
+    """Drain PRE_COPY then STOP_COPY in CHUNK reads: with ``depth``, pipelined with
+    ``Client.mig_data_read_stream`` into a reused buffer; otherwise one request at a time with
+    ``Client.mig_data_read_into`` a reused buffer (like the baseline's ``recv_into``), or
+    ``Client.mig_data_read`` (a new ``bytes`` per chunk)."""
 
     def body(sock: socket.socket) -> float:
         client = Client(sock, timeout=30.0)
@@ -184,6 +190,10 @@ def _mig_stream_with(into: bool) -> Callable[[socket.socket], float]:
         for phase in (State.PRE_COPY, State.STOP_COPY):
             if phase is State.STOP_COPY:
                 client.set_state(State.STOP_COPY)
+            if depth:
+                for data in client.mig_data_read_stream(CHUNK, depth, into=buf):
+                    total += len(data)
+                continue
             while True:
                 n = client.mig_data_read_into(buf) if into else len(client.mig_data_read(CHUNK))
                 total += n
@@ -197,7 +207,8 @@ def _mig_stream_with(into: bool) -> Callable[[socket.socket], float]:
     return body
 
 
-_mig_stream = _mig_stream_with(into=True)
+_mig_stream = _mig_stream_with(into=True, depth=2)
+_mig_stream_serial = _mig_stream_with(into=True)
 
 
 def _raw_bulk(chunks: int, cold: bool = False) -> Callable[[socket.socket], float]:
@@ -224,6 +235,7 @@ def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
 
     stream = max(_with_child(_serve, (mem_size, True), _mig_stream) for _ in range(repeat))
     total = _mig_stream.last_total  # type: ignore[attr-defined]
+    serial = max(_with_child(_serve, (mem_size, True), _mig_stream_serial) for _ in range(repeat))
     as_bytes = max(
         _with_child(_serve, (mem_size, True), _mig_stream_with(into=False)) for _ in range(repeat)
     )
@@ -252,8 +264,17 @@ def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
             "baseline_cold": round(cold, 1),
             "ratio_cold": round(stream / cold, 4),
             "note": "protocol path: MIG_DATA_READ 1 MiB chunks of a pre-generated stream "
-                    "(zero-copy device), PRE_COPY + STOP_COPY; baseline raw request/sendall "
-                    "1 MiB/recv_into, same chunk count",
+                    "(zero-copy device), PRE_COPY + STOP_COPY, 2 requests in flight; baseline "
+                    "raw request/sendall 1 MiB/recv_into, same chunk count",
+        },
+        "mig_data_stream_serial": {
+            "value": round(serial, 1),
+            "unit": "bytes/s",
+            "baseline": round(raw, 1),
+            "ratio": round(serial / raw, 4),
+            "baseline_cold": round(cold, 1),
+            "ratio_cold": round(serial / cold, 4),
+            "note": "as mig_data_stream but one request at a time (mig_data_read_into)",
         },
         "mig_data_stream_bytes": {
             "value": round(as_bytes, 1),
@@ -262,8 +283,8 @@ def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
             "ratio": round(as_bytes / raw, 4),
             "baseline_cold": round(cold, 1),
             "ratio_cold": round(as_bytes / cold, 4),
-            "note": "as mig_data_stream but Client.mig_data_read (a new bytes object per "
-                    "chunk) instead of mig_data_read_into a reused buffer",
+            "note": "as mig_data_stream_serial but Client.mig_data_read (a new bytes object "
+                    "per chunk) instead of mig_data_read_into a reused buffer",
         },
         "mig_data_stream_migdev": {
             "value": round(device, 1),

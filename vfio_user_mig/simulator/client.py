@@ -19,10 +19,20 @@ socket); a socket with its own Python timeout is polled with ``select``. Small m
 received into a reused buffer, the rest of a large one straight into its own buffer. A
 MIG_DATA_READ reply of at least :data:`BULK_REPLY` bytes is received header and fixed part
 first, then its data with one ``MSG_WAITALL`` receive into the ``bytes`` returned or the
-caller's buffer (:meth:`Client.mig_data_read_into`): no copy; anything unexpected
+caller's buffer (:meth:`Client.mig_data_read_into`): no copy; a short reply padded to the
+size asked for takes the same path, its padding received into a reused buffer and checked to
+be zero (as the decoder does); anything unexpected
 in its header (an error, another message first, padding) goes through the framer as usual.
 Likewise a small REGION_READ reply that arrives whole, alone, is taken from the receive buffer
 without the framer.
+
+Pipelining (the protocol lets a client have several requests in flight; replies carry the
+request's msg id): :meth:`Client.mig_data_read_stream` keeps ``depth`` MIG_DATA_READs in
+flight and yields the chunks in order (each reply, when it is next on the socket, still takes
+the zero-copy path); :meth:`Client.mig_data_write_nowait` sends a MIG_DATA_WRITE and returns
+its id for :meth:`Client.wait_reply`, so a relay overlaps writing one chunk with reading the
+next. Server DMA requests are served while waiting, as always. Requests given up
+(:meth:`Client.abandon`, e.g. a stream closed early) have their replies dropped on arrival.
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any, TypeVar
 
 from vfio_user_mig import wire
@@ -54,6 +65,7 @@ from vfio_user_mig.simulator.transport import (
     set_recv_timeout,
 )
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
+from vfio_user_mig.wire.errors import invalid
 
 T = TypeVar("T")
 
@@ -138,6 +150,8 @@ class Client:
         self._buf = bytearray(256 * 1024)
         self._view = memoryview(self._buf)
         self._head = memoryview(bytearray(_MIG_REPLY.size))
+        self._pad = memoryview(bytearray(0))
+        self._zeros = b""
         #: Replies (or error replies) that arrived while waiting for another one.
         self._early: dict[int, ReplyReceived | ErrorReceived] = {}
         #: Server requests received while waiting with ``serve_dma_while_waiting=False``:
@@ -146,6 +160,8 @@ class Client:
         self.dma_served = 0
         #: Replies to no pending request (dropped, their fds closed).
         self.unexpected_replies = 0
+        #: Pending requests given up (:meth:`abandon`): their replies are dropped on arrival.
+        self._abandoned: set[int] = set()
 
     @property
     def framer(self) -> wire.Framer:
@@ -216,7 +232,7 @@ class Client:
                 if event.msg_id == msg_id:
                     got = event
                 else:
-                    early[event.msg_id] = event
+                    self._keep(event)
             elif type(event) is ServerRequest:
                 if self.serve_dma_while_waiting:
                     self.serve(event.message, event.fds)
@@ -228,15 +244,42 @@ class Client:
             raise VfioUserError(got.command, got.errno, got.payload)
         return got.message, got.fds
 
+    def _keep(self, event: ReplyReceived | ErrorReceived) -> None:
+        """A reply that arrived while waiting for another: kept, or dropped if abandoned."""
+        if self._abandoned and event.msg_id in self._abandoned:
+            self._abandoned.discard(event.msg_id)
+            close_fds(getattr(event, "fds", ()))
+        else:
+            self._early[event.msg_id] = event
+
+    def abandon(self, msg_ids: Iterable[int]) -> None:
+        """Give up waiting for the replies to ``msg_ids`` (requests sent, still pending):
+        replies already kept are dropped, later ones are dropped on arrival. Never blocks."""
+        pending = self.core.pending
+        for msg_id in msg_ids:
+            got = self._early.pop(msg_id, None)
+            if got is not None:
+                close_fds(getattr(got, "fds", ()))
+            elif msg_id in pending:
+                self._abandoned.add(msg_id)
+
+    def wait_reply(self, msg_id: int) -> tuple[Any, list[int]]:
+        """Wait for the reply to request ``msg_id`` sent earlier (e.g. by
+        :meth:`mig_data_write_nowait`), answering server DMA meanwhile; returns (reply, fds).
+        Raises :class:`VfioUserError` on an error reply."""
+        return self._wait_reply(msg_id)
+
     def _other_event(self, event: Event) -> None:
         """An event nobody waits for: a reply to no pending request."""
         self.unexpected_replies += 1
         close_fds(getattr(event, "fds", ()))
 
-    def _bulk_mig_data(self, msg_id: int, size: int) -> int | None:
-        """The data size of the MIG_DATA_READ reply ``msg_id`` after its header and fixed
-        part were received (the data is next on the socket); or None when the next message
-        is anything else (its bytes are then in the framer).
+    def _bulk_mig_data(self, msg_id: int, size: int) -> tuple[int, int] | None:
+        """(data size, padding) of the MIG_DATA_READ reply ``msg_id`` after its header and
+        fixed part were received (the data is next on the socket, then the padding of a short
+        reply padded to the size asked for: :meth:`_recv_padding`); or None when the next
+        message is anything else, or too small to be worth it (its bytes are then in the
+        framer).
 
         One receive of at most 24 bytes: the server writes header and fixed part with one
         ``sendmsg``, so they arrive together; anything shorter takes the generic path."""
@@ -253,14 +296,26 @@ class Client:
                 and flags == _REPLY_FLAGS
                 and not err
                 and argsz == _MIG_DATA_SIZE + dsize
-                and msg_size == n + dsize
-                and BULK_REPLY <= dsize <= size
+                and BULK_REPLY <= msg_size - n <= size
+                and msg_size - n >= dsize
                 and msg_size <= self.framer.max_size
             ):
                 self.core.reply_consumed(msg_id)
-                return int(dsize)
+                return int(dsize), int(msg_size - n - dsize)
         self.core.receive_data(head[:n], fds)  # not the expected reply: the generic path
         return None
+
+    def _recv_padding(self, pad: int) -> None:
+        """Receive the ``pad`` bytes after a MIG_DATA_READ reply's data (a short reply padded
+        to the size asked for) and check they are zero, as the decoder does."""
+        if len(self._pad) < pad:
+            self._pad = memoryview(bytearray(pad))
+            self._zeros = bytes(pad)
+        view = self._pad[:pad]
+        self._recv_data_into(view)
+        zeros = self._zeros
+        if view.tobytes() != (zeros if pad == len(zeros) else zeros[:pad]):
+            raise invalid("MIG_DATA_READ.reply.padding", "padding after the data is not zero")
 
     def _recv_data(self, size: int) -> bytes:
         pieces: list[bytes] = []
@@ -307,7 +362,7 @@ class Client:
             self.core.receive_data(self._view[:n], fds)
             while (event := self.core.next_event()) is not None:
                 if isinstance(event, ReplyReceived | ErrorReceived):
-                    self._early[event.msg_id] = event
+                    self._keep(event)
                 elif isinstance(event, ServerRequest):
                     self.serve(event.message, event.fds)
                     served += 1
@@ -450,9 +505,13 @@ class Client:
         msg = wire.MigDataRead(size=size, msg_id=self._new_id())
         self.send(msg)
         if self._bulk_ok(size):
-            dsize = self._bulk_mig_data(msg.msg_id, size)
-            if dsize is not None:
-                return self._recv_data(dsize)
+            bulk = self._bulk_mig_data(msg.msg_id, size)
+            if bulk is not None:
+                dsize, pad = bulk
+                data = self._recv_data(dsize) if dsize else b""
+                if pad:
+                    self._recv_padding(pad)
+                return data
         reply, fds = self._wait_reply(msg.msg_id)
         close_fds(fds)
         return bytes(reply.data)
@@ -466,9 +525,12 @@ class Client:
         msg = wire.MigDataRead(size=size, msg_id=self._new_id())
         self.send(msg)
         if self._bulk_ok(size):
-            dsize = self._bulk_mig_data(msg.msg_id, size)
-            if dsize is not None:
+            bulk = self._bulk_mig_data(msg.msg_id, size)
+            if bulk is not None:
+                dsize, pad = bulk
                 self._recv_data_into(view[:dsize])
+                if pad:
+                    self._recv_padding(pad)
                 return dsize
         reply, fds = self._wait_reply(msg.msg_id)
         close_fds(fds)
@@ -478,8 +540,94 @@ class Client:
         view[:n] = reply.data
         return n
 
+    def _mig_reply(self, msg_id: int, size: int, view: memoryview | None) -> bytes | memoryview:
+        """The data of MIG_DATA_READ reply ``msg_id`` (a request of ``size`` bytes): into
+        ``view`` (returns the filled slice) or a new ``bytes``."""
+        if self._bulk_ok(size):
+            bulk = self._bulk_mig_data(msg_id, size)
+            if bulk is not None:
+                dsize, pad = bulk
+                data: bytes | memoryview
+                if view is None:
+                    data = self._recv_data(dsize) if dsize else b""
+                else:
+                    self._recv_data_into(view[:dsize])
+                    data = view[:dsize]
+                if pad:
+                    self._recv_padding(pad)
+                return data
+        reply, fds = self._wait_reply(msg_id)
+        close_fds(fds)
+        n = len(reply.data)
+        if n > size:
+            raise VfioUserError(_MIG_DATA_READ, _errno.EINVAL)
+        if view is None:
+            return bytes(reply.data)
+        view[:n] = reply.data
+        return view[:n]
+
+    def mig_data_read_stream(
+        self,
+        chunk: int,
+        depth: int = 2,
+        *,
+        into: memoryview | bytearray | None = None,
+        max_bytes: int | None = None,
+    ) -> Generator[bytes | memoryview, None, None]:
+        """The device's migration data in ``chunk``-byte MIG_DATA_READs, ``depth`` of them in
+        flight, yielded in order until a short read (STOP_COPY: the end of the stream;
+        PRE_COPY: caught up for now). After the first short reply no new request is sent and
+        the ones still in flight are drained (their data, if any, is yielded too; usually they
+        are empty). Empty replies are not yielded.
+
+        ``into``: a buffer of at least ``chunk`` bytes each chunk is received into; the
+        memoryview yielded is valid until the next iteration (without it: a new ``bytes``
+        per chunk). ``max_bytes``: stop requesting once this many bytes were asked for (a
+        round budget: nothing is read from the device beyond it).
+
+        An error reply raises :class:`VfioUserError` when its chunk's turn comes; requests
+        still in flight then (or when the iterator is closed early) are abandoned: their
+        replies are dropped on arrival and the data they carried is lost (a migration stream
+        is then broken, as it is by any failed read)."""
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        view: memoryview | None = None
+        if into is not None:
+            view = into if isinstance(into, memoryview) else memoryview(into)
+            if len(view) < chunk:
+                raise ValueError("buffer smaller than chunk")
+        inflight: deque[int] = deque()
+        asked = 0
+        more = True
+        try:
+            while True:
+                while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
+                    msg = wire.MigDataRead(size=chunk, msg_id=self._new_id())
+                    self.send(msg)
+                    inflight.append(msg.msg_id)
+                    asked += chunk
+                if not inflight:
+                    return
+                data = self._mig_reply(inflight[0], chunk, view)
+                inflight.popleft()
+                if len(data) < chunk:
+                    more = False
+                if data:
+                    yield data
+        finally:
+            if inflight:
+                self.abandon(inflight)
+
     def mig_data_write(self, data: bytes | memoryview) -> None:
         self.request(wire.MigDataWrite(data=data, msg_id=self._new_id()))
+
+    def mig_data_write_nowait(self, data: bytes | memoryview) -> int:
+        """Send MIG_DATA_WRITE of ``data`` without waiting; returns its msg id for
+        :meth:`wait_reply` (every id must be waited for or :meth:`abandon`-ed). ``data`` may
+        be reused once this returns (it is in the socket)."""
+        msg = wire.MigDataWrite(data=data, msg_id=self._new_id())
+        self.send(msg)
+        return int(msg.msg_id)
 
     def dma_logging_start(self, page_size: int, ranges: Sequence[tuple[int, int]] = ()) -> None:
         control = wire.DmaLoggingControl(page_size, tuple(wire.DmaRange(i, n) for i, n in ranges))

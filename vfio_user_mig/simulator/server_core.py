@@ -727,7 +727,7 @@ class ServerCore:
         if len(msg.data) > limit:
             raise _Failure(_errno.EINVAL, f"MIG_DATA_WRITE size {len(msg.data)} > {limit}")
         try:
-            self.device.mig_data_write(bytes(msg.data))
+            self.device.mig_data_write(msg.data)  # a view into the message's own buffer
         except DeviceError as exc:
             raise _Failure(exc.errno, str(exc)) from None
         return wire.MigDataWriteReply(msg_id=msg.msg_id), []

@@ -2,7 +2,10 @@
 
 The pump reads small messages with ``recvmsg_into`` a reused buffer and large ones straight
 into their own buffer, feeds the core, processes every whole message, and writes the replies
-with ``sendmsg`` scatter-gather (one call per batch). Device timers run between
+with ``sendmsg`` scatter-gather (one call per batch). A client that pipelines (several
+requests per receive, e.g. MIG_DATA_READs in flight) gets each large reply as soon as it is
+made: once :data:`FLUSH_BYTES` are queued they go out before the next request is processed,
+so the client receives one chunk while the device makes the next. Device timers run between
 messages (the pump wakes at least every ``tick`` seconds). On disconnect the core unmaps the
 client's memory and closes its fds; the device keeps its state for the next connection.
 """
@@ -36,6 +39,9 @@ RECV_BUFFER = 256 * 1024
 DIRECT_RECV = 64 * 1024
 #: Most parts gathered into one ``sendmsg`` (well below IOV_MAX).
 MAX_IOV = 512
+#: Replies queued up to this many bytes wait for the end of the batch; more are sent before
+#: the next request of the batch is processed.
+FLUSH_BYTES = 64 * 1024
 
 
 def pump(
@@ -80,16 +86,29 @@ def pump(
             except BlockingIOError:  # tick expired (SO_RCVTIMEO / select): timers only
                 pass
             processed = False
-            while core.framer.pending:
-                event = core.next_event(clock())
-                if event is None:
-                    break
-                processed = True
-                if on_event is not None:
-                    on_event(event)
-            if not processed:
-                core.next_event(clock())
-            _flush(core, sock)
+            held: list[tuple[list[bytes | memoryview], list[int]]] = []
+            held_bytes = 0
+            try:
+                while core.framer.pending:
+                    event = core.next_event(clock())
+                    if event is None:
+                        break
+                    processed = True
+                    if on_event is not None:
+                        on_event(event)
+                    if core.framer.pending:  # more to process: send what is big enough now
+                        for parts, fds in core.data_to_send():
+                            held.append((parts, fds))
+                            for part in parts:
+                                held_bytes += len(part)
+                        if held_bytes >= FLUSH_BYTES:
+                            _send_all(sock, held)
+                            held, held_bytes = [], 0
+                if not processed:
+                    core.next_event(clock())
+            finally:  # replies taken go out even when the core ends the connection
+                held.extend(core.data_to_send())
+                _send_all(sock, held)
         else:
             reason = "stopped"
     except (OSError, ConnectionError) as exc:
@@ -105,10 +124,9 @@ def pump(
     return reason
 
 
-def _flush(core: ServerCore, sock: socket.socket) -> None:
-    """Send every queued message: fd-less ones gathered into one ``sendmsg``; a message with
+def _send_all(sock: socket.socket, out: list[tuple[list[bytes | memoryview], list[int]]]) -> None:
+    """Send messages in order: fd-less ones gathered into one ``sendmsg``; a message with
     fds starts a new ``sendmsg`` so its fds ride on its first byte."""
-    out = core.data_to_send()
     if not out:
         return
     if len(out) == 1:

@@ -33,6 +33,14 @@ _H_MIG = hstruct(MIG_DATA).pack
 _MD = MIG_DATA.size
 
 
+#: Shared zero bytes for reply padding (read-only; sliced, never copied per reply).
+_ZEROS = bytes(1 << 20)
+
+
+def _zeros(n: int) -> bytes | memoryview:
+    return memoryview(_ZEROS)[:n] if n <= len(_ZEROS) else bytes(n)
+
+
 @register(Command.MIG_DATA_READ)
 @dataclass(frozen=True, slots=True)
 class MigDataRead(Request):
@@ -103,7 +111,7 @@ class MigDataReadReply(Reply):
         if n:
             parts.append(self.data)
         if pad:
-            parts.append(bytes(pad))
+            parts.append(_zeros(pad))
         return parts
 
     @classmethod

@@ -184,7 +184,7 @@ class Device(ABC):
         """MIG_DATA_READ: up to ``max_size`` bytes of the save stream (see module docstring)."""
 
     @abstractmethod
-    def mig_data_write(self, data: bytes) -> None:
+    def mig_data_write(self, data: bytes | memoryview) -> None:
         """MIG_DATA_WRITE: the next bytes of the restore stream (RESUMING only)."""
 
     @abstractmethod

@@ -443,7 +443,7 @@ class LvuSample(Device):
         self._transferred = end
         return bytes(out)
 
-    def mig_data_write(self, data: bytes) -> None:
+    def mig_data_write(self, data: bytes | memoryview) -> None:
         if self._closed:
             raise DeviceError("MIG_DATA_WRITE: device is closed", _errno.EBADF)
         if self._state is not State.RESUMING:

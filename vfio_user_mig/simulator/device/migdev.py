@@ -578,7 +578,7 @@ class MigDev(Device):
             return b""  # POSIX-like: a zero-length read neither reads nor ends the stream
         return self._save.read(max_size)
 
-    def mig_data_write(self, data: bytes) -> None:
+    def mig_data_write(self, data: bytes | memoryview) -> None:
         if self._closed:
             raise DeviceError("MIG_DATA_WRITE: device is closed", _errno.EBADF)
         if self._state is not State.RESUMING or self._restore is None:

@@ -289,8 +289,8 @@ class StreamDecoder:
         """True once END was accepted."""
         return self._end_digest is not None
 
-    def feed(self, data: bytes) -> None:
-        """Accept the next bytes of the stream."""
+    def feed(self, data: bytes | memoryview) -> None:
+        """Accept the next bytes of the stream (not kept beyond the call)."""
         if self._error is not None:
             raise self._error
         try:

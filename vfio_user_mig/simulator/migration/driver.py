@@ -4,11 +4,22 @@ Source: RUNNING -> PRE_COPY (when the device offers it), pre-copy rounds while t
 running (each round sends the dirty guest RAM, then drains the device's stream until a short
 read says "caught up for now"), the switchover policy decides after every round, then
 -> STOP_COPY, the last dirty RAM, the device stream drained to its end (a short read), -> STOP.
-Destination: -> RESUMING before the first byte, every chunk written as it arrives (one chunk in
-flight: the driver never holds the device state), -> STOP (the device validates the stream),
--> RUNNING. Guest RAM is copied from the source guest to the destination guest; dirty pages are
-the VMM's own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's
-DMA_LOGGING_REPORT (device writes into guest RAM).
+Destination: -> RESUMING before the first byte, every chunk written as it arrives (the driver
+never holds the device state), -> STOP (the device validates the stream), -> RUNNING.
+
+The device stream is relayed pipelined (:attr:`DriverConfig.read_depth` MIG_DATA_READs in
+flight on the source, a write-behind window of :attr:`DriverConfig.write_window`
+MIG_DATA_WRITEs awaiting their reply on the destination): at most depth + window chunks are in
+transit, and the driver holds one (without a relay filter, in one reused buffer: each chunk is
+received into it and sent from it before the next is received). A chunk is traced (and charged
+to the clock) once the destination acknowledged it, so the trace and the errors are those of
+the serial relay: a destination error surfaces before any later source error, the chunks before
+it all traced. Pre-copy rounds with a running workload stay serial (one read, one write), so
+the guest's writes interleave with the reads exactly as before.
+
+Guest RAM is copied from the source guest to the destination guest; dirty pages are the VMM's
+own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's DMA_LOGGING_REPORT
+(device writes into guest RAM).
 
 Failures: until the destination runs, any failure puts the source back to RUNNING (QEMU's
 recovery: the VM keeps running where it was) and discards the destination (DEVICE_RESET).
@@ -23,6 +34,7 @@ import errno as _errno
 import hashlib
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -72,6 +84,11 @@ class DriverConfig:
     round_device_budget: int | None = None
     """Most device bytes read in one pre-copy round (None: max(guest RAM, 64 chunks)). A
     device dirtied as fast as it is read never says "caught up"; the round must end anyway."""
+    read_depth: int = 2
+    """MIG_DATA_READs kept in flight on the source (1: serial)."""
+    write_window: int = 1
+    """MIG_DATA_WRITEs sent and not yet acknowledged while the next chunk is read (0: each
+    write waits for its reply before the next read)."""
 
 
 @dataclass
@@ -158,6 +175,7 @@ class MigrationDriver:
         self._src_digest: str | None = None
         self._dst_digest: str | None = None
         self._last_device_bytes = 0
+        self._relay_buf: memoryview | None = None
 
     # ----- plumbing -------------------------------------------------------------------------
     def _emit(self, ev: str, **fields: Any) -> None:
@@ -300,7 +318,85 @@ class MigrationDriver:
 
     def _drain(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
         """MIG_DATA_READ until a short read (or ``budget`` bytes); every chunk relayed at once.
-        Returns (bytes, caught up)."""
+        Returns (bytes, caught up). Pipelined unless a workload runs during pre-copy (see
+        module docstring)."""
+        depth = max(1, self.config.read_depth)
+        window = max(0, self.config.write_window)
+        if (phase == "precopy" and self.workload is not None) or (depth == 1 and window == 0):
+            return self._drain_serial(phase, budget)
+        return self._drain_pipelined(phase, budget, depth, window)
+
+    def _drain_pipelined(self, phase: str, budget: int | None, depth: int,
+                         window: int) -> tuple[int, bool]:
+        src, dst = self.src, self.dst
+        chunk = self._chunk
+        if self.relay_filter is None:
+            if self._relay_buf is None or len(self._relay_buf) < chunk:
+                self._relay_buf = memoryview(bytearray(chunk))
+            into: memoryview | None = self._relay_buf
+        else:
+            into = None
+        if not src.alive:
+            raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
+        stream = src.client.mig_data_read_stream(chunk, depth, into=into, max_bytes=budget)
+        writes: deque[tuple[int | None, int]] = deque()
+        total = 0
+        short = False
+        dst_failed = False
+        try:
+            while True:
+                data = self._io(src, "MIG_DATA_READ", next, stream, None)
+                if data is None:
+                    break
+                index = self._chunks
+                self._chunks += 1
+                out: bytes | memoryview | None = data
+                if self.relay_filter is not None:
+                    out = self.relay_filter(index, bytes(data))
+                msg_id = None
+                if out:
+                    try:
+                        msg_id = self._io(dst, "MIG_DATA_WRITE",
+                                          dst.client.mig_data_write_nowait, out)
+                    except MigrationError:
+                        dst_failed = True
+                        raise
+                writes.append((msg_id, len(data)))
+                dst_failed = True
+                self._finish_writes(phase, writes, window)
+                dst_failed = False
+                total += len(data)
+                if len(data) < chunk:
+                    short = True
+                else:
+                    self._check_deadline()
+            dst_failed = True
+            self._finish_writes(phase, writes, 0)
+        except MigrationError:
+            try:
+                if not dst_failed:
+                    self._finish_writes(phase, writes, 0)  # a destination error came first
+            finally:
+                if writes and dst.alive:
+                    dst.client.abandon(m for m, _ in writes if m is not None)
+            raise
+        finally:
+            stream.close()
+        return total, budget is None or short or total < budget
+
+    def _finish_writes(self, phase: str, writes: deque[tuple[int | None, int]],
+                       keep: int) -> None:
+        """Wait for the oldest MIG_DATA_WRITE replies until ``keep`` remain; trace each chunk
+        as it is acknowledged. On an error the writes after it are left in ``writes``."""
+        dst = self.dst
+        while len(writes) > keep:
+            msg_id, nbytes = writes.popleft()
+            if msg_id is not None:
+                self._io(dst, "MIG_DATA_WRITE", dst.client.wait_reply, msg_id)
+            self.clock.transfer(nbytes)
+            self._emit("chunk", phase=phase, round=self._round, bytes=nbytes)
+
+    def _drain_serial(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
         total = 0
         while True:
             if budget is not None and total >= budget:
