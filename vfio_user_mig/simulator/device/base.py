@@ -218,3 +218,36 @@ class Device(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the memory fd and mappings; the device is unusable afterwards."""
+
+
+def pci_irq_table(msi: int = 0, msi_flags: IrqFlag = IrqFlag.EVENTFD) -> tuple[IrqSpec, ...]:
+    """The five vfio-pci interrupt indexes every profile reports: INTx 1, MSI ``msi``,
+    MSI-X 0, ERR 1, REQ 1, all signalled by eventfd."""
+    return (
+        IrqSpec(IrqIndex.INTX, 1, IrqFlag.EVENTFD),
+        IrqSpec(IrqIndex.MSI, msi, msi_flags),
+        IrqSpec(IrqIndex.MSIX, 0, IrqFlag.EVENTFD),
+        IrqSpec(IrqIndex.ERR, 1, IrqFlag.EVENTFD),
+        IrqSpec(IrqIndex.REQ, 1, IrqFlag.EVENTFD),
+    )
+
+
+class BookkeepingDevice(Device):
+    """A :class:`Device` keeping its capabilities, migration state and dirty log in
+    ``_caps``, ``_state`` and ``_dirty`` (set by the subclass's ``__init__``)."""
+
+    _caps: MigrationCaps
+    _state: State
+    _dirty: DirtyLog
+
+    @property
+    def migration_caps(self) -> MigrationCaps:
+        return self._caps
+
+    @property
+    def mig_state(self) -> State:
+        return self._state
+
+    @property
+    def dirty_log(self) -> DirtyLog:
+        return self._dirty

@@ -67,9 +67,9 @@ from vfio_user_mig.model.errors import ArcActionError
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
+    BookkeepingDevice,
     Device,
     DeviceError,
-    IrqFlag,
     IrqIndex,
     IrqSink,
     IrqSpec,
@@ -77,6 +77,7 @@ from vfio_user_mig.simulator.device.base import (
     PciRegion,
     RegionFlag,
     RegionSpec,
+    pci_irq_table,
 )
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
 from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMode, DmaOp
@@ -138,7 +139,7 @@ def _config_image() -> tuple[bytes, bytes]:
 _CONFIG_INIT, _CONFIG_WMASK = _config_image()
 
 
-class LvuSample(Device):
+class LvuSample(BookkeepingDevice):
     """The lvu-sample device; see the module docstring. Starts in RUNNING."""
 
     def __init__(
@@ -199,25 +200,7 @@ class LvuSample(Device):
 
     @property
     def irqs(self) -> tuple[IrqSpec, ...]:
-        return (
-            IrqSpec(IrqIndex.INTX, 1, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.MSI, 0, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.MSIX, 0, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.ERR, 1, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.REQ, 1, IrqFlag.EVENTFD),
-        )
-
-    @property
-    def migration_caps(self) -> MigrationCaps:
-        return self._caps
-
-    @property
-    def mig_state(self) -> State:
-        return self._state
-
-    @property
-    def dirty_log(self) -> DirtyLog:
-        return self._dirty
+        return pci_irq_table()
 
     @property
     def memory_fd(self) -> int:

@@ -39,7 +39,7 @@ from vfio_user_mig.model.errors import ArcActionError
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
-    Device,
+    BookkeepingDevice,
     DeviceError,
     IrqFlag,
     IrqIndex,
@@ -49,6 +49,7 @@ from vfio_user_mig.simulator.device.base import (
     PciRegion,
     RegionFlag,
     RegionSpec,
+    pci_irq_table,
 )
 from vfio_user_mig.simulator.device.config import CONFIG_SIZE, ConfigSpace
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
@@ -154,7 +155,7 @@ class _Restorer:
         return self._dev._digest_bytes()
 
 
-class MigDev(Device):
+class MigDev(BookkeepingDevice):
     """The migdev device; see the module docstring. Starts in RUNNING."""
 
     def __init__(
@@ -217,25 +218,7 @@ class MigDev(Device):
 
     @property
     def irqs(self) -> tuple[IrqSpec, ...]:
-        return (
-            IrqSpec(IrqIndex.INTX, 1, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.MSI, 1, IrqFlag.EVENTFD | IrqFlag.NORESIZE),
-            IrqSpec(IrqIndex.MSIX, 0, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.ERR, 1, IrqFlag.EVENTFD),
-            IrqSpec(IrqIndex.REQ, 1, IrqFlag.EVENTFD),
-        )
-
-    @property
-    def migration_caps(self) -> MigrationCaps:
-        return self._caps
-
-    @property
-    def mig_state(self) -> State:
-        return self._state
-
-    @property
-    def dirty_log(self) -> DirtyLog:
-        return self._dirty
+        return pci_irq_table(msi=1, msi_flags=IrqFlag.EVENTFD | IrqFlag.NORESIZE)
 
     @property
     def mem_size(self) -> int:
