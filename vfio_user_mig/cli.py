@@ -279,7 +279,10 @@ def _configure_prove(p: argparse.ArgumentParser) -> None:
 
 
 #: Modules that register further sub-commands with :func:`command` when imported.
-COMMAND_MODULES: tuple[str, ...] = ("vfio_user_mig.simulator.migration.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "vfio_user_mig.simulator.migration.commands",
+    "vfio_user_mig.studies.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

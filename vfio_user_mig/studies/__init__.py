@@ -1,0 +1,1 @@
+"""Studies run through the real simulator: pre-copy convergence (issue 7)."""

@@ -1,0 +1,1 @@
+"""CLI sub-command `study` (registered on import by vfio_user_mig.cli)."""
