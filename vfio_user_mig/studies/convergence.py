@@ -1,0 +1,321 @@
+"""The pre-copy convergence study (issue #7 item 2): a sweep through the real simulator.
+
+Every cell of the grid (bandwidth x dirty rate x downtime limit x device state size x
+switchover policy) is one real migration (:func:`~vfio_user_mig.simulator.migration.session.
+migrate`: two servers, two guests, a workload, the driver) on the simulated clock, so the
+times are those of the link, not of this machine. Each cell reports, like QEMU's migration
+predictor: the outcome (``verified``, ``not_converged`` when the switchover policy gave up,
+``failed`` otherwise), the total time and the downtime (ms of simulated time), the pre-copy
+rounds, the bytes sent, and whether the downtime exceeded the limit.
+
+* :class:`Grid` describes a sweep; :data:`QUICK_GRID` (a few seconds) and
+  :data:`DEFAULT_GRID` (well under a minute on two cores) are the two the CLI offers;
+* :func:`run_grid` runs it (optionally on worker processes) and returns :class:`Cell` rows;
+* :func:`write_csv`, :func:`summary_markdown` and :func:`write_study` write the results;
+  figures come from :mod:`vfio_user_mig.studies.figures` (the same functions the notebook
+  calls).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import multiprocessing as mp
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+
+#: Cell outcomes, in the order the tables and charts show them.
+OUTCOMES = ("verified", "not_converged", "failed")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The axes of a sweep (every combination is one migration)."""
+
+    bandwidths: tuple[float, ...]
+    """Link caps, bytes/s."""
+    dirty_rates: tuple[float, ...]
+    """Bytes/s the guest dirties during pre-copy."""
+    downtime_limits: tuple[float, ...]
+    """Seconds."""
+    device_mems: tuple[int, ...]
+    """Device memory (the device state), bytes; a power of two."""
+    policies: tuple[str, ...] = ("qemu", "dirty-rate", "iterations")
+    guest_mem: int = 4 * MIB
+    max_rounds: int = 8
+    iterations: int = 3
+    seed: int = 0
+
+    def specs(self) -> list[CellSpec]:
+        """Every cell, in a stable order."""
+        return [
+            CellSpec(policy, dev, limit, bw, dr, self.guest_mem, self.max_rounds,
+                     self.iterations, self.seed)
+            for policy, dev, limit, bw, dr in itertools.product(
+                self.policies, self.device_mems, self.downtime_limits, self.bandwidths,
+                self.dirty_rates)
+        ]
+
+    @property
+    def size(self) -> int:
+        """Number of cells."""
+        return (len(self.bandwidths) * len(self.dirty_rates) * len(self.downtime_limits)
+                * len(self.device_mems) * len(self.policies))
+
+
+#: A few seconds: 2 bandwidths x 2 dirty rates x 1 limit x 1 device size x 2 policies.
+QUICK_GRID = Grid(
+    bandwidths=(16 * MIB, 64 * MIB),
+    dirty_rates=(4 * MIB, 32 * MIB),
+    downtime_limits=(0.05,),
+    device_mems=(1 * MIB,),
+    policies=("qemu", "dirty-rate"),
+    max_rounds=5,
+)
+
+#: Well under a minute on two cores: 4 x 4 x 2 x 2 x 3 = 192 migrations.
+DEFAULT_GRID = Grid(
+    bandwidths=(16 * MIB, 32 * MIB, 64 * MIB, 256 * MIB),
+    dirty_rates=(4 * MIB, 16 * MIB, 32 * MIB, 64 * MIB),
+    downtime_limits=(0.03, 0.3),
+    device_mems=(1 * MIB, 4 * MIB),
+)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """The parameters of one cell."""
+
+    policy: str
+    device_mem: int
+    downtime_limit: float
+    bandwidth: float
+    dirty_rate: float
+    guest_mem: int = 4 * MIB
+    max_rounds: int = 8
+    iterations: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The result of one cell (one row of ``results.csv``)."""
+
+    policy: str
+    device_mem: int
+    downtime_limit_ms: float
+    bandwidth: float
+    dirty_rate: float
+    outcome: str
+    converged: bool
+    total_ms: float
+    downtime_ms: float | None
+    over_limit: bool | None
+    """Downtime above the limit (None when the migration did not reach stop-copy)."""
+    rounds: int
+    bytes: int
+    stopcopy_bytes: int
+    reason: str
+
+    @property
+    def key(self) -> tuple[str, int, float]:
+        """(policy, device_mem, downtime_limit_ms): one heatmap."""
+        return (self.policy, self.device_mem, self.downtime_limit_ms)
+
+
+COLUMNS = tuple(f.name for f in fields(Cell))
+
+
+def run_cell(spec: CellSpec) -> Cell:
+    """One migration through the real simulator (simulated clock)."""
+    from vfio_user_mig.simulator.migration.session import MigrateOptions, migrate
+
+    opts = MigrateOptions(
+        device_mem=spec.device_mem, guest_mem=spec.guest_mem, dirty_rate=spec.dirty_rate,
+        bandwidth=spec.bandwidth, downtime_limit=spec.downtime_limit, policy=spec.policy,
+        iterations=spec.iterations, max_rounds=spec.max_rounds, seed=spec.seed, clock="sim",
+        keep_chunk_events=False,
+    )
+    result = migrate(opts)
+    s = result.summary
+    outcome = result.outcome if result.outcome in ("verified", "not_converged") else "failed"
+    downtime = s["downtime_ms"]
+    limit_ms = round(spec.downtime_limit * 1000, 3)
+    if outcome == "verified":
+        reason = s["switchover"] or ""
+    elif result.error is not None:
+        reason = str(result.error)
+    else:
+        reason = result.outcome
+    return Cell(
+        policy=spec.policy, device_mem=spec.device_mem, downtime_limit_ms=limit_ms,
+        bandwidth=spec.bandwidth, dirty_rate=spec.dirty_rate, outcome=outcome,
+        converged=outcome == "verified", total_ms=float(s["total_ms"]),
+        downtime_ms=None if downtime is None else float(downtime),
+        over_limit=None if downtime is None else bool(downtime > limit_ms),
+        rounds=int(s["precopy_rounds"]), bytes=int(s["bytes_transferred"]),
+        stopcopy_bytes=int(s["stopcopy_bytes"]), reason=reason,
+    )
+
+
+def run_grid(grid: Grid, *, workers: int = 1,
+             progress: Callable[[Cell], None] | None = None) -> list[Cell]:
+    """Every cell of ``grid`` (in :meth:`Grid.specs` order); ``workers`` > 1 forks a pool."""
+    specs = grid.specs()
+    cells: list[Cell] = []
+    if workers <= 1 or len(specs) < 2:
+        for spec in specs:
+            cells.append(run_cell(spec))
+            if progress is not None:
+                progress(cells[-1])
+        return cells
+    ctx = mp.get_context("fork")
+    with ctx.Pool(min(workers, len(specs))) as pool:
+        for cell in pool.imap(run_cell, specs):
+            cells.append(cell)
+            if progress is not None:
+                progress(cell)
+    return cells
+
+
+# ----- output -------------------------------------------------------------------------------
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    return v
+
+
+def write_csv(cells: Iterable[Cell], path: str | Path) -> Path:
+    """``results.csv``: one row per cell, the columns of :class:`Cell`."""
+    out = Path(path)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for cell in cells:
+            writer.writerow({k: _csv_value(v) for k, v in asdict(cell).items()})
+    return out
+
+
+def rate_label(rate: float) -> str:
+    """``64 MiB/s``."""
+    return f"{rate / MIB:g} MiB/s"
+
+
+def size_label(n: float) -> str:
+    """``4 MiB``."""
+    return f"{n / MIB:g} MiB"
+
+
+def cell_text(cell: Cell) -> str:
+    """A table cell: ``total / downtime ms`` (``!`` when over the limit), or the failure."""
+    if cell.outcome == "not_converged":
+        return f"did not converge ({cell.rounds} rounds)"
+    if cell.outcome == "failed":
+        return "FAILED"
+    downtime = "-" if cell.downtime_ms is None else f"{cell.downtime_ms:.0f}"
+    mark = " !" if cell.over_limit else ""
+    return f"{cell.total_ms:.0f} / {downtime}{mark}"
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return out
+
+
+def policy_stats(cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """Per policy: cells, verified within / over the limit, not converged, failed, medians."""
+    stats = []
+    for policy in dict.fromkeys(c.policy for c in cells):
+        mine = [c for c in cells if c.policy == policy]
+        ok = [c for c in mine if c.outcome == "verified"]
+        stats.append({
+            "policy": policy,
+            "cells": len(mine),
+            "within_limit": sum(1 for c in ok if not c.over_limit),
+            "over_limit": sum(1 for c in ok if c.over_limit),
+            "not_converged": sum(1 for c in mine if c.outcome == "not_converged"),
+            "failed": sum(1 for c in mine if c.outcome == "failed"),
+            "median_total_ms": statistics.median(c.total_ms for c in ok) if ok else None,
+            "median_downtime_ms": (statistics.median(c.downtime_ms or 0.0 for c in ok)
+                                   if ok else None),
+        })
+    return stats
+
+
+def summary_markdown(cells: Sequence[Cell], title: str = "Convergence study") -> str:
+    """``summary.md``: per device size, a table (rows: bandwidth x dirty rate; columns: policy
+    x downtime limit) of ``total / downtime`` in ms of simulated time, with explicit
+    "did not converge" cells; then the policy comparison."""
+    lines = [f"# {title}", "",
+             f"{len(cells)} migrations on the simulated clock; each cell: total ms / downtime "
+             "ms (`!`: downtime above the limit), or *did not converge* (the switchover policy "
+             "gave up after the rounds shown).", ""]
+    keys = list(dict.fromkeys((c.policy, c.downtime_limit_ms) for c in cells))
+    for dev in dict.fromkeys(c.device_mem for c in cells):
+        lines += [f"## Device state {size_label(dev)}", ""]
+        head = ["bandwidth", "dirty rate"] + [f"{p} @ {lim:g} ms" for p, lim in keys]
+        rows = [head]
+        mine = [c for c in cells if c.device_mem == dev]
+        for bw in dict.fromkeys(c.bandwidth for c in mine):
+            for dr in dict.fromkeys(c.dirty_rate for c in mine):
+                row = [rate_label(bw), rate_label(dr)]
+                for p, lim in keys:
+                    match = [c for c in mine if c.bandwidth == bw and c.dirty_rate == dr
+                             and c.policy == p and c.downtime_limit_ms == lim]
+                    row.append(cell_text(match[0]) if match else "")
+                rows.append(row)
+        lines += [*_md_table(rows), ""]
+    lines += ["## Switchover policies", ""]
+    rows = [["policy", "cells", "verified within limit", "verified over limit",
+             "did not converge", "failed", "median total ms", "median downtime ms"]]
+    for s in policy_stats(cells):
+        rows.append([s["policy"], str(s["cells"]), str(s["within_limit"]),
+                     str(s["over_limit"]), str(s["not_converged"]), str(s["failed"]),
+                     "-" if s["median_total_ms"] is None else f"{s['median_total_ms']:.0f}",
+                     "-" if s["median_downtime_ms"] is None
+                     else f"{s['median_downtime_ms']:.0f}"])
+    lines += _md_table(rows)
+    return "\n".join(lines) + "\n"
+
+
+def write_study(cells: Sequence[Cell], outdir: str | Path, *,
+                figures: bool = True) -> dict[str, Any]:
+    """Write ``results.csv``, ``summary.md`` and the figures (PNG) into ``outdir``; returns
+    ``{"csv": path, "summary": path, "figures": [paths]}``."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_csv(cells, out / "results.csv")
+    md_path = out / "summary.md"
+    md_path.write_text(summary_markdown(cells))
+    written: list[str] = []
+    if figures:
+        from vfio_user_mig.studies.figures import save_figures
+
+        written = [str(p) for p in save_figures(cells, out)]
+    return {"csv": str(csv_path), "summary": str(md_path), "figures": written}
+
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_GRID",
+    "OUTCOMES",
+    "QUICK_GRID",
+    "Cell",
+    "CellSpec",
+    "Grid",
+    "cell_text",
+    "policy_stats",
+    "rate_label",
+    "run_cell",
+    "run_grid",
+    "size_label",
+    "summary_markdown",
+    "write_csv",
+    "write_study",
+]
