@@ -150,3 +150,45 @@ def test_cli_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert Path(payload["csv"]).is_file() and Path(payload["summary"]).is_file()
     assert len(payload["figures"]) == 2 * len(QUICK_GRID.policies) + 1
     assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in payload["figures"])
+
+
+# ----- the experimental size query (MIG_DATA_SIZE) ------------------------------------------
+#: A device state (16 MiB) four times what one pre-copy round reads (max(guest RAM 4 MiB,
+#: 64 chunks of 64 KiB) = 4 MiB): after round 1 the driver's estimate of the pending device
+#: bytes is what the round read (4 MiB), while 12 MiB are still unsent.
+BIG_STATE = CellSpec("qemu", 16 * MIB, 0.2, 32 * MIB, 4 * MIB, max_rounds=8, chunk=64 << 10)
+
+
+def test_size_query_fixes_a_wrong_estimate() -> None:
+    from dataclasses import replace
+
+    estimated = run_cell(BIG_STATE)
+    queried = run_cell(replace(BIG_STATE, size_query=True))
+    assert (estimated.policy, estimated.size_query) == ("qemu", False)
+    assert (queried.policy, queried.size_query) == ("qemu+size-query", True)
+    assert estimated.converged and queried.converged
+    # Without the query: switchover after round 1 with ~12 MiB left: ~400 ms > 200 ms.
+    assert estimated.rounds == 1 and estimated.over_limit is True
+    assert estimated.stopcopy_bytes > 12 * MIB
+    # With it: more rounds until what is left fits, downtime within the limit.
+    assert queried.rounds > 1 and queried.over_limit is False
+    assert queried.downtime_ms is not None and queried.downtime_ms < 200
+    assert "device-reported" in queried.reason
+
+
+def test_size_query_dimension_and_summary() -> None:
+    from dataclasses import replace
+
+    grid = replace(QUICK_GRID, bandwidths=(64 * MIB,), dirty_rates=(4 * MIB,),
+                   policies=("qemu", "dirty-rate"), size_query_policies=("qemu",))
+    specs = grid.specs()
+    assert grid.size == len(specs) == 3
+    assert [(s.policy, s.size_query) for s in specs] == [
+        ("qemu", False), ("qemu", True), ("dirty-rate", False)]
+    cells = run_grid(grid)
+    assert [c.policy for c in cells] == ["qemu", "qemu+size-query", "dirty-rate"]
+    assert "size_query" in COLUMNS
+    md = summary_markdown(cells)
+    assert "## Size query (experimental MIG_DATA_SIZE)" in md
+    assert "| qemu | no | 1 | 0 | 0.0% |" in md and "| qemu | yes | 1 | 0 | 0.0% |" in md
+    assert "Size query" not in summary_markdown(cells[:1] + cells[2:])

@@ -66,6 +66,7 @@ from vfio_user_mig.simulator.transport import (
 )
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
 from vfio_user_mig.wire.errors import invalid
+from vfio_user_mig.wire.msg_feature import MigDataSize
 
 T = TypeVar("T")
 
@@ -490,6 +491,15 @@ class Client:
     def migration_caps(self) -> MigrationCaps:
         info = self.feature(FeatureIndex.MIGRATION, FeatureOp.GET).data
         return MigrationCaps(int(info.flags))
+
+    def mig_data_size(self) -> int:
+        """DEVICE_FEATURE MIG_DATA_SIZE GET (experimental, not in the spec): the bytes the
+        device would still send if switched to STOP_COPY now. Raises :class:`VfioUserError`
+        (ENOTSUP) when the server does not offer it."""
+        data = self.feature(FeatureIndex.MIG_DATA_SIZE, FeatureOp.GET).data
+        if not isinstance(data, MigDataSize):
+            raise VfioUserError(wire.Command.DEVICE_FEATURE, _errno.EPROTO)
+        return data.stop_copy_length
 
     def get_state(self) -> State:
         data = self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET).data

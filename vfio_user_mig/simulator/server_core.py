@@ -53,6 +53,7 @@ from vfio_user_mig.simulator.device.dma import (
 from vfio_user_mig.simulator.irqs import EventfdTable
 from vfio_user_mig.simulator.transport import close_fds
 from vfio_user_mig.wire.constants import (
+    U64_MAX,
     Command,
     DeviceInfoFlag,
     DmaMapFlag,
@@ -63,6 +64,7 @@ from vfio_user_mig.wire.constants import (
     RegionInfoFlag,
 )
 from vfio_user_mig.wire.layouts import DEVICE_INFO, REGION_INFO
+from vfio_user_mig.wire.msg_feature import MigDataSize
 
 Parts = list[bytes | memoryview]
 log = logging.getLogger("vfio_user_mig.server")
@@ -101,6 +103,11 @@ class ServerConfig:
       shrink (no ``F_SEAL_SHRINK``). Not needed for safety: DMA_MAP memory is reached with
       pread/pwrite, never mmap, so a client truncating its file after DMA_MAP only makes the
       DMA ops past the new end fault. Off by default (libvfio-user and QEMU do not seal).
+
+    ``experimental_mig_data_size``: answer DEVICE_FEATURE MIG_DATA_SIZE (9) GET with the
+    device's ``pending_bytes()`` (an extension, not in the spec nor libvfio-user: the kernel's
+    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``; docs/wire-compat.md). Off by default: ENOTSUP, like
+    any unknown feature; also ENOTSUP when the device has no ``pending_bytes``.
     """
 
     max_data_xfer_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE
@@ -115,6 +122,7 @@ class ServerConfig:
     max_version_json: int = 4096
     min_client_xfer_size: int = 512
     require_sealed_dma_fds: bool = False
+    experimental_mig_data_size: bool = False
 
     @property
     def max_msg_size(self) -> int:
@@ -631,6 +639,8 @@ class ServerCore:
             FeatureIndex.DMA_LOGGING_STOP: FeatureOp.SET,
             FeatureIndex.DMA_LOGGING_REPORT: FeatureOp.GET,
         }
+        if feature == FeatureIndex.MIG_DATA_SIZE and self._mig_data_size_fn() is not None:
+            allowed_ops[feature] = FeatureOp.GET
         allowed = allowed_ops.get(feature)
         if allowed is None:
             raise _Failure(_errno.ENOTSUP, f"device feature {feature} unsupported")
@@ -647,6 +657,7 @@ class ServerCore:
             FeatureIndex.DMA_LOGGING_START: self._feat_log_start,
             FeatureIndex.DMA_LOGGING_STOP: self._feat_log_stop,
             FeatureIndex.DMA_LOGGING_REPORT: self._feat_log_report,
+            FeatureIndex.MIG_DATA_SIZE: self._feat_mig_data_size,
         }[FeatureIndex(feature)]
         data = handler(msg)
         return wire.DeviceFeatureReply(
@@ -669,6 +680,23 @@ class ServerCore:
         if result.error is not None:
             raise _Failure(result.error.errno, str(result.error), echo=True)
         return data
+
+    def _mig_data_size_fn(self) -> Callable[[], int] | None:
+        """The device's ``pending_bytes`` when MIG_DATA_SIZE is enabled and it has one."""
+        if not self.config.experimental_mig_data_size:
+            return None
+        fn = getattr(self.device, "pending_bytes", None)
+        return fn if callable(fn) else None
+
+    def _feat_mig_data_size(self, msg: wire.DeviceFeature) -> Any:
+        fn = self._mig_data_size_fn()
+        if fn is None:  # not reached: _feature checked it
+            raise _Failure(_errno.ENOTSUP, "MIG_DATA_SIZE unsupported")
+        try:
+            size = int(fn())
+        except DeviceError as exc:
+            raise _Failure(exc.errno, str(exc)) from None
+        return MigDataSize(min(max(size, 0), U64_MAX))
 
     def _feat_log_start(self, msg: wire.DeviceFeature) -> Any:
         data = msg.data

@@ -1,12 +1,20 @@
 """The pre-copy convergence study (issue #7 item 2): a sweep through the real simulator.
 
 Every cell of the grid (bandwidth x dirty rate x downtime limit x device state size x
-switchover policy) is one real migration (:func:`~vfio_user_mig.simulator.migration.session.
-migrate`: two servers, two guests, a workload, the driver) on the simulated clock, so the
-times are those of the link, not of this machine. Each cell reports, like QEMU's migration
-predictor: the outcome (``verified``, ``not_converged`` when the switchover policy gave up,
-``failed`` otherwise), the total time and the downtime (ms of simulated time), the pre-copy
-rounds, the bytes sent, and whether the downtime exceeded the limit.
+switchover policy, optionally with the experimental size query) is one real migration
+(:func:`~vfio_user_mig.simulator.migration.session.migrate`: two servers, two guests, a
+workload, the driver) on the simulated clock, so the times are those of the link, not of this
+machine. Each cell reports, like QEMU's migration predictor: the outcome (``verified``,
+``not_converged`` when the switchover policy gave up, ``failed`` otherwise), the total time and
+the downtime (ms of simulated time), the pre-copy rounds, the bytes sent, and whether the
+downtime exceeded the limit.
+
+Size query (``size_query``): vfio-user has no way to ask the device how much state it still
+has to send (the kernel's VFIO has ``MIG_DATA_SIZE`` and ``PRECOPY_INFO``), so the driver
+estimates it. The policies listed in :attr:`Grid.size_query_policies` run every cell a second
+time with the experimental MIG_DATA_SIZE feature (the device's pending bytes replace the
+estimate); those cells are labelled ``<policy>+size-query`` and have ``size_query`` set, and
+the summary compares their downtime-over-limit rate with the same policy without the query.
 
 * :class:`Grid` describes a sweep; :data:`QUICK_GRID` (a few seconds) and
   :data:`DEFAULT_GRID` (well under a minute on two cores) are the two the CLI offers;
@@ -50,14 +58,22 @@ class Grid:
     max_rounds: int = 8
     iterations: int = 3
     seed: int = 0
+    size_query_policies: tuple[str, ...] = ()
+    """Policies (of :attr:`policies`) whose cells also run with the size query."""
+    chunk: int = 1 << 20
+    """MIG_DATA_READ size (a pre-copy round reads at most max(guest RAM, 64 chunks))."""
+
+    def _runs(self) -> list[tuple[str, bool]]:
+        return [(p, q) for p in self.policies
+                for q in ((False, True) if p in self.size_query_policies else (False,))]
 
     def specs(self) -> list[CellSpec]:
         """Every cell, in a stable order."""
         return [
             CellSpec(policy, dev, limit, bw, dr, self.guest_mem, self.max_rounds,
-                     self.iterations, self.seed)
-            for policy, dev, limit, bw, dr in itertools.product(
-                self.policies, self.device_mems, self.downtime_limits, self.bandwidths,
+                     self.iterations, self.seed, size_query=query, chunk=self.chunk)
+            for (policy, query), dev, limit, bw, dr in itertools.product(
+                self._runs(), self.device_mems, self.downtime_limits, self.bandwidths,
                 self.dirty_rates)
         ]
 
@@ -65,7 +81,7 @@ class Grid:
     def size(self) -> int:
         """Number of cells."""
         return (len(self.bandwidths) * len(self.dirty_rates) * len(self.downtime_limits)
-                * len(self.device_mems) * len(self.policies))
+                * len(self.device_mems) * len(self._runs()))
 
 
 #: A few seconds: 2 bandwidths x 2 dirty rates x 1 limit x 1 device size x 2 policies.
@@ -78,12 +94,14 @@ QUICK_GRID = Grid(
     max_rounds=5,
 )
 
-#: Well under a minute on two cores: 4 x 4 x 2 x 2 x 3 = 192 migrations.
+#: Well under a minute on two cores: 4 x 4 x 2 x 2 x (3 + 1) = 256 migrations (the qemu
+#: policy with and without the size query).
 DEFAULT_GRID = Grid(
     bandwidths=(16 * MIB, 32 * MIB, 64 * MIB, 256 * MIB),
     dirty_rates=(4 * MIB, 16 * MIB, 32 * MIB, 64 * MIB),
     downtime_limits=(0.03, 0.3),
     device_mems=(1 * MIB, 4 * MIB),
+    size_query_policies=("qemu",),
 )
 
 
@@ -100,6 +118,14 @@ class CellSpec:
     max_rounds: int = 8
     iterations: int = 3
     seed: int = 0
+    size_query: bool = False
+    """Use the experimental MIG_DATA_SIZE (the device's pending bytes) for the switchover."""
+    chunk: int = 1 << 20
+
+    @property
+    def label(self) -> str:
+        """The policy as the results name it: ``qemu`` or ``qemu+size-query``."""
+        return f"{self.policy}+size-query" if self.size_query else self.policy
 
 
 @dataclass(frozen=True)
@@ -107,6 +133,8 @@ class Cell:
     """The result of one cell (one row of ``results.csv``)."""
 
     policy: str
+    """The policy label (:attr:`CellSpec.label`: ``+size-query`` when the query was used)."""
+    size_query: bool
     device_mem: int
     downtime_limit_ms: float
     bandwidth: float
@@ -139,7 +167,7 @@ def run_cell(spec: CellSpec) -> Cell:
         device_mem=spec.device_mem, guest_mem=spec.guest_mem, dirty_rate=spec.dirty_rate,
         bandwidth=spec.bandwidth, downtime_limit=spec.downtime_limit, policy=spec.policy,
         iterations=spec.iterations, max_rounds=spec.max_rounds, seed=spec.seed, clock="sim",
-        keep_chunk_events=False,
+        keep_chunk_events=False, size_query=spec.size_query, chunk=spec.chunk,
     )
     result = migrate(opts)
     s = result.summary
@@ -153,7 +181,8 @@ def run_cell(spec: CellSpec) -> Cell:
     else:
         reason = result.outcome
     return Cell(
-        policy=spec.policy, device_mem=spec.device_mem, downtime_limit_ms=limit_ms,
+        policy=spec.label, size_query=spec.size_query, device_mem=spec.device_mem,
+        downtime_limit_ms=limit_ms,
         bandwidth=spec.bandwidth, dirty_rate=spec.dirty_rate, outcome=outcome,
         converged=outcome == "verified", total_ms=float(s["total_ms"]),
         downtime_ms=None if downtime is None else float(downtime),
@@ -248,6 +277,27 @@ def policy_stats(cells: Sequence[Cell]) -> list[dict[str, Any]]:
     return stats
 
 
+def size_query_stats(cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """For each policy run with the size query: its cells without and with it (cells,
+    verified over the limit, the over-limit rate, not converged, median downtime); empty when
+    no cell used the query."""
+    out: list[dict[str, Any]] = []
+    for label in dict.fromkeys(c.policy for c in cells if c.size_query):
+        base = label.removesuffix("+size-query")
+        for query, name in ((False, base), (True, label)):
+            mine = [c for c in cells if c.policy == name and c.size_query == query]
+            ok = [c for c in mine if c.outcome == "verified"]
+            over = sum(1 for c in ok if c.over_limit)
+            out.append({
+                "policy": base, "size_query": query, "cells": len(mine), "over_limit": over,
+                "over_limit_rate": over / len(mine) if mine else 0.0,
+                "not_converged": sum(1 for c in mine if c.outcome == "not_converged"),
+                "median_downtime_ms": (statistics.median(c.downtime_ms or 0.0 for c in ok)
+                                       if ok else None),
+            })
+    return out
+
+
 def summary_markdown(cells: Sequence[Cell], title: str = "Convergence study") -> str:
     """``summary.md``: per device size, a table (rows: bandwidth x dirty rate; columns: policy
     x downtime limit) of ``total / downtime`` in ms of simulated time, with explicit
@@ -281,6 +331,22 @@ def summary_markdown(cells: Sequence[Cell], title: str = "Convergence study") ->
                      "-" if s["median_downtime_ms"] is None
                      else f"{s['median_downtime_ms']:.0f}"])
     lines += _md_table(rows)
+    query = size_query_stats(cells)
+    if query:
+        lines += ["", "## Size query (experimental MIG_DATA_SIZE)", "",
+                  "The same cells with the pending device bytes estimated by the driver "
+                  "(vfio-user has no way to ask) and reported by the device (the kernel's "
+                  "`MIG_DATA_SIZE`, an experimental extension here). Over-limit rate: verified "
+                  "cells whose downtime exceeded the limit, over the cells.", ""]
+        rows = [["policy", "size query", "cells", "verified over limit", "over-limit rate",
+                 "did not converge", "median downtime ms"]]
+        for q in query:
+            rows.append([q["policy"], "yes" if q["size_query"] else "no", str(q["cells"]),
+                         str(q["over_limit"]), f"{q['over_limit_rate']:.1%}",
+                         str(q["not_converged"]),
+                         "-" if q["median_downtime_ms"] is None
+                         else f"{q['median_downtime_ms']:.0f}"])
+        lines += _md_table(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -315,6 +381,7 @@ __all__ = [
     "run_cell",
     "run_grid",
     "size_label",
+    "size_query_stats",
     "summary_markdown",
     "write_csv",
     "write_study",

@@ -150,6 +150,9 @@ class FeatureIndex(enum.IntEnum):
     DMA_LOGGING_START = 6
     DMA_LOGGING_STOP = 7
     DMA_LOGGING_REPORT = 8
+    MIG_DATA_SIZE = 9
+    """Experimental (not in vfio-user.rst nor libvfio-user): the kernel's
+    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``, GET only (docs/wire-compat.md)."""
 
 
 class FeatureOp(enum.IntFlag):

@@ -191,6 +191,10 @@ FEATURE_MIG_STATE = Layout(
     "feature.MIG_DEVICE_STATE", [("device_state", 0, 4, "u32"), ("data_fd", 4, 4, "u32")]
 )
 
+# Experimental, not in vfio-user.rst: the kernel's ``struct vfio_device_feature_mig_data_size``
+# (VFIO_DEVICE_FEATURE_MIG_DATA_SIZE GET reply data).
+FEATURE_MIG_DATA_SIZE = Layout("feature.MIG_DATA_SIZE", [("stop_copy_length", 0, 8, "u64")])
+
 # vfio-user.rst "VFIO_DEVICE_FEATURE_DMA_LOGGING_START / STOP" (ranges follow).
 FEATURE_LOGGING_CONTROL = Layout(
     "feature.DMA_LOGGING_CONTROL",
@@ -236,6 +240,7 @@ ALL_LAYOUTS: tuple[Layout, ...] = (
     DEVICE_FEATURE,
     FEATURE_MIGRATION,
     FEATURE_MIG_STATE,
+    FEATURE_MIG_DATA_SIZE,
     FEATURE_LOGGING_CONTROL,
     LOGGING_RANGE,
     FEATURE_LOGGING_REPORT,

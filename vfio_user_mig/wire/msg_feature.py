@@ -13,8 +13,12 @@ MIG_DEVICE_STATE (2)          GET          none                   :class:`MigDev
 MIG_DEVICE_STATE (2)          SET          :class:`MigDeviceState` same (echo)
 DMA_LOGGING_START/STOP (6/7)  SET          :class:`DmaLoggingControl` same (echo)
 DMA_LOGGING_REPORT (8)        GET          :class:`DmaLoggingReport` :class:`DmaLoggingReportData`
+MIG_DATA_SIZE (9) [#exp]_     GET          none                   :class:`MigDataSize`
 any                           PROBE        raw (normally none)    raw (echo)
 ============================  ===========  =====================  =========================
+
+.. [#exp] Experimental: not in vfio-user.rst nor libvfio-user; the kernel's
+   ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`` carried over DEVICE_FEATURE (docs/wire-compat.md).
 
 Anything else (unknown feature, an op the feature lacks, or extra bytes on a data-less GET)
 is carried as raw bytes, so the server can answer it with an error reply itself.
@@ -40,6 +44,7 @@ from vfio_user_mig.wire.layouts import (
     DEVICE_FEATURE,
     FEATURE_LOGGING_CONTROL,
     FEATURE_LOGGING_REPORT,
+    FEATURE_MIG_DATA_SIZE,
     FEATURE_MIG_STATE,
     FEATURE_MIGRATION,
     LOGGING_RANGE,
@@ -95,6 +100,23 @@ class MigDeviceState:
         _size("MIG_DEVICE_STATE", data, FEATURE_MIG_STATE.size)
         state, fd = FEATURE_MIG_STATE.unpack_from(data)
         return cls(State(state) if state <= State.PRE_COPY_P2P else state, fd)
+
+
+@dataclass(frozen=True, slots=True)
+class MigDataSize:
+    """MIG_DATA_SIZE GET reply data {stop_copy_length u64} (experimental, the kernel's
+    ``struct vfio_device_feature_mig_data_size``): bytes the device estimates it still has to
+    send if switched to STOP_COPY now."""
+
+    stop_copy_length: int
+
+    def _pack(self) -> bytes:
+        return FEATURE_MIG_DATA_SIZE.pack(self.stop_copy_length)
+
+    @classmethod
+    def _unpack(cls, data: memoryview) -> MigDataSize:
+        _size("MIG_DATA_SIZE", data, FEATURE_MIG_DATA_SIZE.size)
+        return cls(FEATURE_MIG_DATA_SIZE.unpack_from(data)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +218,12 @@ class DmaLoggingReportData:
 
 
 FeaturePayload = (
-    MigrationInfo | MigDeviceState | DmaLoggingControl | DmaLoggingReport | DmaLoggingReportData
+    MigrationInfo
+    | MigDeviceState
+    | DmaLoggingControl
+    | DmaLoggingReport
+    | DmaLoggingReportData
+    | MigDataSize
 )
 #: ``None`` (no data), a typed payload, or raw bytes.
 FeatureData = FeaturePayload | bytes | memoryview | None
@@ -218,12 +245,14 @@ PAYLOAD_TYPES: Final[dict[tuple[int, int, bool], type[FeaturePayload]]] = {
     (FeatureIndex.DMA_LOGGING_STOP, _SET, True): DmaLoggingControl,
     (FeatureIndex.DMA_LOGGING_REPORT, _GET, False): DmaLoggingReport,
     (FeatureIndex.DMA_LOGGING_REPORT, _GET, True): DmaLoggingReportData,
+    (FeatureIndex.MIG_DATA_SIZE, _GET, True): MigDataSize,
 }
 
 #: Reply data size a GET needs, for the request's default ``argsz``.
 _GET_REPLY_SIZE: Final[dict[int, int]] = {
     FeatureIndex.MIGRATION: FEATURE_MIGRATION.size,
     FeatureIndex.MIG_DEVICE_STATE: FEATURE_MIG_STATE.size,
+    FeatureIndex.MIG_DATA_SIZE: FEATURE_MIG_DATA_SIZE.size,
 }
 
 
@@ -333,8 +362,8 @@ class DeviceFeature(Request):
     """DEVICE_FEATURE request: ``feature`` (index) + ``ops`` (GET/SET/PROBE) + ``data``.
 
     ``argsz`` (max reply size) defaults to what the reply needs: 8 + data for SET/PROBE, 8 + the
-    feature's reply data for GET (16 for MIGRATION and MIG_DEVICE_STATE, 32 + bitmap for
-    DMA_LOGGING_REPORT).
+    feature's reply data for GET (16 for MIGRATION, MIG_DEVICE_STATE and MIG_DATA_SIZE, 32 +
+    bitmap for DMA_LOGGING_REPORT).
     """
 
     feature: FeatureIndex | int

@@ -68,7 +68,16 @@ from vfio_user_mig.simulator.device.regs import (
     find,
 )
 from vfio_user_mig.simulator.device.session import SaveSession
-from vfio_user_mig.simulator.device.stream import StreamDecoder, StreamError, StreamGeometry
+from vfio_user_mig.simulator.device.stream import (
+    END_PAYLOAD,
+    MAX_RUN_PAGES,
+    PAGES_PREFIX,
+    RECORD_HEADER,
+    StreamDecoder,
+    StreamError,
+    StreamGeometry,
+    header_payload,
+)
 
 PROFILE = "migdev"
 PAGE_SIZE = 4096
@@ -549,6 +558,44 @@ class MigDev(BookkeepingDevice):
         self._save = None
         self._restore = None
         self._state = State.ERROR
+
+    def pending_bytes(self) -> int:
+        """Bytes the device would still send if switched to STOP_COPY now (the answer to the
+        experimental MIG_DATA_SIZE feature, the kernel's ``stop_copy_length``).
+
+        In PRE_COPY: the record being read (what is left of it), HEADER if not sent yet, the
+        pages the shadow reports as never sent or changed since sent, framed in PAGES records
+        (runs of consecutive pages, at most ``MAX_RUN_PAGES`` each, as the final pass cuts them),
+        then REGS and END. Exact for the content at the time of the call; the guest may dirty
+        more before the switch. In STOP_COPY the same, so an upper bound (REGS and END are
+        counted until the stream ended), 0 once it ended. Outside the saving group (or with a
+        save stream not built on the shadow), a whole stream: an upper bound.
+        """
+        if self._closed:
+            raise DeviceError("pending_bytes: device is closed", _errno.EBADF)
+        rec = RECORD_HEADER.size
+        tail = rec + self._geo.regs_size + rec + END_PAYLOAD.size
+        ps = self._geo.page_size
+        header = rec + len(header_payload(self._geo))
+        session = self.save_session
+        if self._state in SAVING_STATES and session is not None:
+            encoder = session.encoder
+            if encoder.ended:
+                return 0
+            pages = records = run = 0
+            last = -2
+            for page in session.tracker.changed():
+                pages += 1
+                run = run + 1 if page == last + 1 and run < MAX_RUN_PAGES else 1
+                if run == 1:
+                    records += 1
+                last = page
+            unsent_header = 0 if encoder.records else header
+            return (encoder.buffered + unsent_header + pages * ps
+                    + records * (rec + PAGES_PREFIX.size) + tail)
+        n = self._geo.n_pages
+        records = -(-n // MAX_RUN_PAGES)
+        return header + n * ps + records * (rec + PAGES_PREFIX.size) + tail
 
     def mig_data_read(self, max_size: int) -> bytes:
         if self._closed:

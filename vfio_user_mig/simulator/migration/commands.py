@@ -88,6 +88,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         caps=args.caps, seed=args.seed, trace=args.trace, isolation=args.isolation,
         src_socket=args.src_socket, dst_socket=args.dst_socket, clock=args.clock,
         chunk=args.chunk, keep_chunk_events=args.device_mem <= (256 << 20),
+        size_query=args.experimental_size_query,
     )
     try:
         result = migrate(opts)
@@ -158,6 +159,10 @@ def _configure_migrate(p: argparse.ArgumentParser) -> None:
                    help="simulated clock (default: the link advances time) or wall clock")
     p.add_argument("--chunk", type=size_arg, default=1 << 20,
                    help="MIG_DATA_READ size (default 1M)")
+    p.add_argument("--experimental-size-query", action="store_true",
+                   help="ask the source device for its pending bytes (MIG_DATA_SIZE, an "
+                        "extension not in vfio-user; hosted thread servers only) and use them "
+                        "for the switchover decision instead of the estimate")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_migrate)
 

@@ -23,6 +23,15 @@ own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's DMA_LO
 
 Failures: until the destination runs, any failure puts the source back to RUNNING (QEMU's
 recovery: the VM keeps running where it was) and discards the destination (DEVICE_RESET).
+
+Pending device bytes: vfio-user has no way to ask the device (the kernel's VFIO has
+MIG_DATA_SIZE and PRECOPY_INFO), so after each round the driver estimates them (the device bytes
+the round read; after a first round that caught up, those scaled by the fraction of guest RAM
+dirtied). With :attr:`DriverConfig.size_query` it asks the source with the experimental
+MIG_DATA_SIZE feature instead: a ``size_query`` event (``supported``, then ``pending`` or
+``errno``, ``message``) records the probe before the first round, and each ``round`` event then
+also carries ``pending_device_estimate`` and ``pending_device_reported`` (the value used).
+
 Every decision and every byte goes to the :class:`~.trace.Trace`; timings come from the
 :class:`~.clock.Clock` given (simulated or real), so the driver itself never reads time.
 """
@@ -89,6 +98,10 @@ class DriverConfig:
     write_window: int = 1
     """MIG_DATA_WRITEs sent and not yet acknowledged while the next chunk is read (0: each
     write waits for its reply before the next read)."""
+    size_query: bool = False
+    """Ask the source device for its pending bytes (experimental MIG_DATA_SIZE, the kernel's
+    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``) after every pre-copy round and use the answer
+    instead of the estimate; when the server refuses (ENOTSUP) the estimate is kept."""
 
 
 @dataclass
@@ -176,6 +189,7 @@ class MigrationDriver:
         self._dst_digest: str | None = None
         self._last_device_bytes = 0
         self._relay_buf: memoryview | None = None
+        self._size_query = False
 
     # ----- plumbing -------------------------------------------------------------------------
     def _emit(self, ev: str, **fields: Any) -> None:
@@ -294,11 +308,28 @@ class MigrationDriver:
         except (OSError, ValueError) as exc:
             src.alive = False
             raise MigrationError("src DMA_LOGGING_START", _errno.ECONNRESET, str(exc)) from exc
+        if self.config.size_query:
+            self._probe_size_query()
         if src.state is not State.RUNNING:
             self.set_state(src, State.RUNNING)
         self.set_state(dst, State.RESUMING)
         if self.workload is not None:
             self._io(src, "workload", self.workload.start, self.clock.now())
+
+    def _probe_size_query(self) -> None:
+        """One MIG_DATA_SIZE GET: does the source answer it? (traced either way)"""
+        src = self.src
+        try:
+            size = src.client.mig_data_size()
+        except VfioUserError as exc:
+            self._emit("size_query", supported=False, errno=exc.errno,
+                       message=f"{exc}: the pending device bytes stay an estimate")
+            return
+        except (OSError, ValueError) as exc:
+            src.alive = False
+            raise MigrationError("src MIG_DATA_SIZE", _errno.ECONNRESET, str(exc)) from exc
+        self._size_query = True
+        self._emit("size_query", supported=True, pending=size)
 
     def _tick(self) -> None:
         """Let the guest run until the clock's now."""
@@ -469,18 +500,25 @@ class MigrationDriver:
                 pending_dev = int(device_bytes * min(frac, 1.0))
             else:
                 pending_dev = device_bytes
+            extra: dict[str, Any] = {}
+            if self._size_query:
+                reported = self._io(self.src, "MIG_DATA_SIZE", self.src.client.mig_data_size)
+                extra = {"pending_device_estimate": pending_dev,
+                         "pending_device_reported": reported}
+                pending_dev = reported
             pending = pending_ram + pending_dev
             total = ram_bytes + device_bytes
             bandwidth = total / seconds if seconds > 0 else float("inf")
             dirty_rate = pending / seconds if seconds > 0 else 0.0
             stats = RoundStats(self._round, total, seconds, pending, bandwidth, dirty_rate,
-                               t1 - start)
+                               t1 - start,
+                               pending_source="device" if self._size_query else "estimate")
             decision = self.policy.decide(stats)
             self._emit("round", round=self._round, bytes=total, device_bytes=device_bytes,
                        ram_bytes=ram_bytes, seconds=round(seconds, 9), pending=pending,
                        bandwidth=bandwidth if seconds > 0 else None,
                        dirty_rate=round(dirty_rate, 3), decision=decision.action,
-                       reason=decision.reason)
+                       reason=decision.reason, **extra)
             if decision.switch:
                 self._emit("switchover", reason=decision.reason, round=self._round)
                 return

@@ -37,6 +37,9 @@ class RoundStats:
     bandwidth: float
     dirty_rate: float
     elapsed: float
+    pending_source: str = "estimate"
+    """Where the device part of ``pending_bytes`` comes from: ``"estimate"`` (the driver's
+    guess: vfio-user has no way to ask) or ``"device"`` (the experimental MIG_DATA_SIZE)."""
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,10 @@ class QemuPolicy:
     def decide(self, stats: RoundStats) -> Decision:
         threshold = stats.bandwidth * self.downtime_limit
         if stats.pending_bytes <= threshold:
+            source = "" if stats.pending_source == "estimate" else " (device-reported)"
             return Decision(
                 "switchover",
-                f"pending {stats.pending_bytes} B <= bandwidth x downtime limit "
+                f"pending {stats.pending_bytes} B{source} <= bandwidth x downtime limit "
                 f"{threshold:.0f} B",
             )
         if stats.round >= self.max_rounds:

@@ -68,6 +68,11 @@ class MigrateOptions:
     fill: bool = True
     device_share: float = 0.2
     dma_share: float = 0.05
+    size_query: bool = False
+    """Experimental: enable MIG_DATA_SIZE on the hosted servers (thread isolation: the
+    server core is in this process) and let the driver use the device's pending bytes instead
+    of its estimate (:attr:`DriverConfig.size_query`). A server that refuses it (process
+    isolation, external servers, libvfio-user) leaves the estimate in use; the trace says so."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
@@ -77,7 +82,8 @@ class MigrateOptions:
             "guest_mem": self.guest_mem, "dirty_rate": self.dirty_rate,
             "bandwidth": self.bandwidth, "downtime_limit": self.downtime_limit,
             "seed": self.seed, "isolation": self.isolation if self.src_socket is None
-            else "external", **self.extra,
+            else "external", **({"size_query": True} if self.size_query else {}),
+            **self.extra,
         }
 
 
@@ -112,6 +118,14 @@ def _fill(client: Client, guest: GuestRam, rng: random.Random, device_mem: int |
             client.region_write(BAR2, off, rng.randbytes(min(step, device_mem - off)))
 
 
+def _enable_size_query(ep: Endpoint) -> None:
+    """Turn on the experimental MIG_DATA_SIZE of a server core hosted in this process."""
+    core = getattr(getattr(ep, "hosted_device", None), "core", None)
+    config = getattr(core, "config", None)
+    if config is not None:
+        config.experimental_mig_data_size = True
+
+
 def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult:
     """Run one migration as ``opts`` say; everything built here is released here."""
     hooks = hooks or Hooks()
@@ -131,6 +145,9 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
             spec = ServerSpec(opts.device_mem, opts.caps)
             endpoints = [make_endpoint(opts.isolation, spec, "src")]
             endpoints.append(make_endpoint(opts.isolation, spec, "dst"))
+            if opts.size_query:
+                for ep in endpoints:
+                    _enable_size_query(ep)
         sides: list[Side] = []
         for ep in endpoints:
             guest = GuestRam(opts.guest_mem, name=f"guest-{ep.label}")
@@ -162,7 +179,8 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
         driver = MigrationDriver(
             src, dst, policy=policy, clock=make_clock(opts), trace=trace, workload=workload,
             config=DriverConfig(chunk=opts.chunk, deadline=opts.deadline,
-                                use_precopy=bool(opts.caps & MigrationCaps.PRE_COPY)),
+                                use_precopy=bool(opts.caps & MigrationCaps.PRE_COPY),
+                                size_query=opts.size_query),
             relay_filter=hooks.relay_filter, observer=hooks.observer, params=opts.params())
         if hooks.on_ready is not None:
             hooks.on_ready({"src": src, "dst": dst, "endpoints": endpoints, "driver": driver})
