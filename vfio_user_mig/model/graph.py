@@ -35,6 +35,7 @@ class StateInfo:
     saving: bool
     description: str
     pos: tuple[float, float]
+    running: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,19 @@ STATES: tuple[StateInfo, ...] = (
               (-2.2, 3.0)),
     StateInfo(State.STOP, _SC, False,
               "not running: neither internal nor external state changes", (0.0, 0.0)),
-    StateInfo(State.RUNNING, _SC, False, "running normally", (0.0, 3.0)),
+    StateInfo(State.RUNNING, _SC, False, "running normally", (0.0, 3.0), running=True),
     StateInfo(State.STOP_COPY, _SC, True,
               "stopped; its whole internal state can be read out", (3.4, 0.0)),
     StateInfo(State.RESUMING, _SC, False,
               "stopped; loading a new internal state from the stream", (0.0, -1.6)),
     StateInfo(State.RUNNING_P2P, _SC | _P2P, False,
-              "running, but initiates no peer-to-peer DMA and accepts none", (-1.3, 1.5)),
+              "running, but initiates no peer-to-peer DMA and accepts none", (-1.3, 1.5),
+              running=True),
     StateInfo(State.PRE_COPY, _SC | _PRE, True,
               "running while its internal state is read out and changes are tracked",
-              (3.4, 3.0)),
+              (3.4, 3.0), running=True),
     StateInfo(State.PRE_COPY_P2P, _SC | _P2P | _PRE, True,
-              "pre-copy while quiesced for peer-to-peer DMA", (4.7, 1.5)),
+              "pre-copy while quiesced for peer-to-peer DMA", (4.7, 1.5), running=True),
 )
 
 #: Every direct arc of the FSM with its Mealy action (what the device does on the arc).
@@ -108,11 +110,23 @@ RESET_TARGET = State.RUNNING
 RESET_ACTION = "device reset: drop any session, return to RUNNING"
 
 _INFO: dict[State, StateInfo] = {info.state: info for info in STATES}
+_SAVING = frozenset(info.state for info in STATES if info.saving)
+_RUNNING = frozenset(info.state for info in STATES if info.running)
 
 
 def state_info(state: State) -> StateInfo:
     """The static facts about ``state``."""
     return _INFO[state]
+
+
+def saving_states() -> frozenset[State]:
+    """The saving group: states in which the device's state can be read out."""
+    return _SAVING
+
+
+def running_states() -> frozenset[State]:
+    """States in which the device operates (DMA, interrupts, state changes allowed)."""
+    return _RUNNING
 
 
 def normalize_caps(caps: MigrationCaps | int) -> MigrationCaps:
@@ -142,6 +156,7 @@ def _build_graph(caps: MigrationCaps) -> nx.DiGraph:
             graph.add_node(
                 info.state,
                 saving=info.saving,
+                running=info.running,
                 requires=info.requires,
                 description=info.description,
                 pos=info.pos,
@@ -232,6 +247,8 @@ __all__ = [
     "is_supported",
     "normalize_caps",
     "parse_caps",
+    "running_states",
+    "saving_states",
     "state_info",
     "transition_graph",
     "trigger_name",

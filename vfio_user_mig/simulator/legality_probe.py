@@ -16,7 +16,7 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
 from vfio_user_mig.simulator.client import Client, VfioUserError
-from vfio_user_mig.simulator.device import MigDev
+from vfio_user_mig.simulator.hosting import host_device
 from vfio_user_mig.simulator.server_core import ServerCore
 from vfio_user_mig.simulator.server_io import serve_socketpair
 from vfio_user_mig.wire.constants import (
@@ -79,8 +79,8 @@ def probe_cell(state: State, command: Command, caps: MigrationCaps) -> int | Non
     VERSION is probed as the first message of a second connection, after the first one put
     the device in ``state`` and disconnected (the device keeps its state across connections).
     """
-    device = MigDev(mem_size=PROBE_MEM, caps=caps)
-    core = ServerCore(device)
+    hosted = host_device("migdev", mem_size=PROBE_MEM, caps=caps)
+    core = hosted.core
     client, close = _connect(core)
     try:
         client.negotiate()
@@ -99,7 +99,7 @@ def probe_cell(state: State, command: Command, caps: MigrationCaps) -> int | Non
         return None
     finally:
         close()
-        device.close()
+        hosted.close()
 
 
 def make_probe(caps: MigrationCaps | int) -> Callable[[State, Command], int | None]:

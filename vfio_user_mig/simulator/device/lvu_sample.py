@@ -64,6 +64,7 @@ import time
 from collections.abc import Generator
 
 from vfio_user_mig.model.errors import ArcActionError
+from vfio_user_mig.model.graph import running_states, saving_states, transition_graph
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
@@ -97,21 +98,10 @@ PROBE_LIMIT = 16 << 20
 DMA_CHUNK = 1024
 DMA_COUNT = 4
 
-RUNNING_STATES = frozenset({State.RUNNING, State.PRE_COPY})
-SAVING_STATES = frozenset({State.PRE_COPY, State.STOP_COPY})
-DIRECT_ARCS: frozenset[tuple[State, State]] = frozenset(
-    {
-        (State.STOP, State.RUNNING),
-        (State.STOP, State.STOP_COPY),
-        (State.STOP, State.RESUMING),
-        (State.RUNNING, State.STOP),
-        (State.RUNNING, State.PRE_COPY),
-        (State.STOP_COPY, State.STOP),
-        (State.RESUMING, State.STOP),
-        (State.PRE_COPY, State.RUNNING),
-        (State.PRE_COPY, State.STOP_COPY),
-    }
-)
+#: FSM facts come from the model (the one declaration); this profile never has P2P states.
+RUNNING_STATES = running_states()
+SAVING_STATES = saving_states()
+
 _TIME_T = struct.Struct("<q")
 _ZERO_BAR1 = bytes(BAR1_SIZE)
 
@@ -375,9 +365,7 @@ class LvuSample(BookkeepingDevice):
             raise ArcActionError(f"{arc}: device is closed", _errno.EBADF)
         if src != self._state:
             raise ArcActionError(f"{arc}: device is in {self._state.name}", _errno.EINVAL)
-        if (src, dst) not in DIRECT_ARCS or (
-            State.PRE_COPY in (src, dst) and not self._caps & MigrationCaps.PRE_COPY
-        ):
+        if not transition_graph(self._caps).has_edge(src, dst):
             raise ArcActionError(f"{arc}: not a direct arc of this device", _errno.EINVAL)
         if dst is State.RUNNING and self._bar0 != 0:
             try:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vfio_user_mig.model.errors import ArcActionError
+from vfio_user_mig.model.graph import running_states, saving_states, transition_graph
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
@@ -87,37 +88,10 @@ DEFAULT_DMA_CHUNK = 64 << 10
 #: Bytes of the REGS record: migrating BAR0 registers, then config space.
 REGS_SIZE = MIGRATING_STRUCT.size + CONFIG_SIZE
 
-RUNNING_STATES = frozenset({State.RUNNING, State.RUNNING_P2P, State.PRE_COPY, State.PRE_COPY_P2P})
-SAVING_STATES = frozenset({State.PRE_COPY, State.PRE_COPY_P2P, State.STOP_COPY})
-PRECOPY_STATES = frozenset({State.PRE_COPY, State.PRE_COPY_P2P})
-#: The direct arcs this device has an action for (the kernel FSM's; the model walks paths).
-DIRECT_ARCS: frozenset[tuple[State, State]] = frozenset(
-    {
-        (State.STOP, State.RUNNING),
-        (State.STOP, State.STOP_COPY),
-        (State.STOP, State.RESUMING),
-        (State.STOP, State.RUNNING_P2P),
-        (State.RUNNING, State.STOP),
-        (State.RUNNING, State.PRE_COPY),
-        (State.RUNNING, State.RUNNING_P2P),
-        (State.RUNNING_P2P, State.STOP),
-        (State.RUNNING_P2P, State.RUNNING),
-        (State.RUNNING_P2P, State.PRE_COPY_P2P),
-        (State.PRE_COPY, State.RUNNING),
-        (State.PRE_COPY, State.STOP_COPY),
-        (State.PRE_COPY, State.PRE_COPY_P2P),
-        (State.PRE_COPY_P2P, State.PRE_COPY),
-        (State.PRE_COPY_P2P, State.RUNNING_P2P),
-        (State.PRE_COPY_P2P, State.STOP_COPY),
-        (State.STOP_COPY, State.STOP),
-        (State.RESUMING, State.STOP),
-    }
-)
-_NEEDS: dict[State, MigrationCaps] = {
-    State.RUNNING_P2P: MigrationCaps.P2P,
-    State.PRE_COPY_P2P: MigrationCaps.P2P | MigrationCaps.PRE_COPY,
-    State.PRE_COPY: MigrationCaps.PRE_COPY,
-}
+#: FSM facts come from the model (the one declaration): which states run, which save.
+RUNNING_STATES = running_states()
+SAVING_STATES = saving_states()
+PRECOPY_STATES = RUNNING_STATES & SAVING_STATES
 _ZERO_CHUNK = bytes(1 << 20)
 _NO_STATUS = Status(0)
 _DIGEST_HEAD = struct.Struct("<QI")
@@ -514,17 +488,13 @@ class MigDev(BookkeepingDevice):
         """
         self._injected[(State(src), State(dst))] = _Injected(errno, broken)
 
-    def _supported(self, state: State) -> bool:
-        need = _NEEDS.get(state, MigrationCaps(0))
-        return (self._caps & need) == need
-
     def on_arc(self, src: State, dst: State) -> None:
         arc = f"{State(src).name} -> {State(dst).name}"
         if self._closed:
             raise ArcActionError(f"{arc}: device is closed", _errno.EBADF)
         if src != self._state:
             raise ArcActionError(f"{arc}: device is in {self._state.name}", _errno.EINVAL)
-        if (src, dst) not in DIRECT_ARCS or not (self._supported(src) and self._supported(dst)):
+        if not transition_graph(self._caps).has_edge(src, dst):
             raise ArcActionError(f"{arc}: not a direct arc of this device", _errno.EINVAL)
         injected = self._injected.pop((src, dst), None)
         if injected is not None:
