@@ -64,6 +64,7 @@ from vfio_user_mig.simulator.transport import (
     send_parts,
     set_recv_timeout,
 )
+from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
 from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.msg_feature import MigDataSize
@@ -163,6 +164,9 @@ class Client:
         self.unexpected_replies = 0
         #: Pending requests given up (:meth:`abandon`): their replies are dropped on arrival.
         self._abandoned: set[int] = set()
+        #: The experimental migration-data channel (:meth:`negotiate` with
+        #: ``mig_data_socket=True`` and a server that agreed), a client of the same class.
+        self.mig_channel: Client | None = None
 
     @property
     def framer(self) -> wire.Framer:
@@ -372,19 +376,44 @@ class Client:
             timeout = 0.0
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and the migration-data channel, if any)."""
+        if self.mig_channel is not None:
+            self.mig_channel.close()
+            self.mig_channel = None
         self.sock.close()
 
+    @property
+    def data_client(self) -> Client:
+        """Where MIG_DATA_READ/WRITE go: the migration-data channel when one is open, else
+        this client (the main socket)."""
+        return self.mig_channel if self.mig_channel is not None else self
+
+    def _channel_client(self, sock: socket.socket) -> Client:
+        """A client for the migration-data channel socket (no VERSION on it)."""
+        return Client(sock, timeout=self.timeout, max_data_xfer_size=self.max_data_xfer_size,
+                      max_msg_fds=self.max_msg_fds)
+
     # ----- protocol operations ---------------------------------------------------------------
-    def negotiate(self, minor: int = 2) -> wire.VersionReply:
-        """VERSION: offer our limits, learn the server's."""
+    def negotiate(self, minor: int = 2, *, mig_data_socket: bool = False) -> wire.VersionReply:
+        """VERSION: offer our limits, learn the server's.
+
+        ``mig_data_socket``: also offer the experimental migration-data socket
+        (:mod:`~vfio_user_mig.simulator.mig_channel`); when the server agrees, the socket it
+        sends becomes :attr:`mig_channel` and :attr:`data_client` uses it."""
+        extra = {MIG_DATA_SOCKET_KEY: {"supported": True}} if mig_data_socket else None
         caps = wire.Capabilities.make(
-            max_msg_fds=self.max_msg_fds, max_data_xfer_size=self.max_data_xfer_size
+            max_msg_fds=self.max_msg_fds, max_data_xfer_size=self.max_data_xfer_size,
+            extra=extra,
         )
-        reply, _ = self.request(
+        reply, fds = self.request(
             wire.Version(major=0, minor=minor, capabilities=caps, msg_id=self._new_id())
         )
-        self.server_caps = reply.capabilities or wire.Capabilities.make()
+        self.server_caps = server_caps = reply.capabilities or wire.Capabilities.make()
+        index = server_caps.mig_data_socket_fd_index if mig_data_socket else None
+        if index is not None and index < len(fds):
+            channel_fd = fds.pop(index)
+            self.mig_channel = self._channel_client(socket.socket(fileno=channel_fd))
+        close_fds(fds)
         return reply  # type: ignore[no-any-return]
 
     def device_info(self) -> Any:

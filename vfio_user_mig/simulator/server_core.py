@@ -51,7 +51,10 @@ from vfio_user_mig.simulator.device.dma import (
     Route,
 )
 from vfio_user_mig.simulator.irqs import EventfdTable
+from vfio_user_mig.simulator.mig_channel import MigDataChannel, NewChannel, open_channel
+from vfio_user_mig.simulator.socket_end import Parts, SocketEnd
 from vfio_user_mig.simulator.transport import close_fds
+from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY
 from vfio_user_mig.wire.constants import (
     U64_MAX,
     Command,
@@ -66,7 +69,6 @@ from vfio_user_mig.wire.constants import (
 from vfio_user_mig.wire.layouts import DEVICE_INFO, REGION_INFO
 from vfio_user_mig.wire.msg_feature import MigDataSize
 
-Parts = list[bytes | memoryview]
 log = logging.getLogger("vfio_user_mig.server")
 
 #: Highest protocol minor version spoken (libvfio-user speaks 0.2).
@@ -74,6 +76,10 @@ SERVER_MINOR = 2
 
 #: The largest IOVA + 1 (DMA_MAP ranges must end at or below it).
 IOVA_LIMIT = 1 << 64
+
+#: The commands a migration-data channel carries (and the main socket then refuses).
+_CHANNEL_COMMANDS = frozenset({Command.MIG_DATA_READ, Command.MIG_DATA_WRITE})
+
 
 #: Server-initiated DMA message ids live in 0x8000..0xFFFF; one op never uses more than half of
 #: them, so no two chunks in flight can share an id.
@@ -108,6 +114,10 @@ class ServerConfig:
     device's ``pending_bytes()`` (an extension, not in the spec nor libvfio-user: the kernel's
     ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``; docs/wire-compat.md). Off by default: ENOTSUP, like
     any unknown feature; also ENOTSUP when the device has no ``pending_bytes``.
+
+    ``experimental_mig_data_socket``: agree to a client's ``x-mig-data-socket`` VERSION
+    capability (:mod:`.mig_channel`): a second socket that carries MIG_DATA_READ/WRITE only.
+    Off by default: the capability is ignored, as by any server that does not know it.
     """
 
     max_data_xfer_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE
@@ -123,6 +133,7 @@ class ServerConfig:
     min_client_xfer_size: int = 512
     require_sealed_dma_fds: bool = False
     experimental_mig_data_size: bool = False
+    experimental_mig_data_socket: bool = False
 
     @property
     def max_msg_size(self) -> int:
@@ -160,20 +171,6 @@ class _PendingOp:
     fault: DmaFault | None = None
 
 
-def _framer_fds(framer: wire.Framer) -> list[int]:
-    """Take the fds a framer still holds: those of a partial message and of queued ones."""
-    take = getattr(framer, "take_fds", None)
-    if take is not None:  # preferred public API (requested from the framer's owner)
-        return list(take())
-    held: list[int] = list(getattr(framer, "_fds", ()))
-    with contextlib.suppress(AttributeError):
-        framer._fds = []
-    for _item, fds in getattr(framer, "_ready", ()):
-        held.extend(fds)
-        fds.clear()
-    return held
-
-
 class _DeviceActions:
     """Adapts a :class:`Device` to the executor's ``ArcActions``."""
 
@@ -188,7 +185,7 @@ class _DeviceActions:
         self.device.reset(keep_mig_state=self.keep_mig_state)
 
 
-class ServerCore:
+class ServerCore(SocketEnd):
     """Protocol state of one server hosting one device (see module docstring)."""
 
     def __init__(
@@ -196,6 +193,7 @@ class ServerCore:
     ) -> None:
         self.device = device
         self.config = config or ServerConfig()
+        super().__init__(self.config.max_msg_size)
         self.irqs = irqs if irqs is not None else EventfdTable(device.irqs)
         self._gates = gate_table(device.migration_caps)
         path_table(device.migration_caps)  # precompute every complex path once, not on SET
@@ -204,16 +202,17 @@ class ServerCore:
             _DeviceActions(device, self.config.keep_mig_state_on_reset),
             initial=device.mig_state,
         )
-        self.framer = wire.Framer(max_size=self.config.max_msg_size)
         self.dma = DmaSpace()
-        self._out: list[tuple[Parts, list[int]]] = []
         self.client_caps: wire.Capabilities | None = None
         self.negotiated = False
         self._job: DmaJob | None = None
         self._pending: _PendingOp | None = None
         self._next_id = 0x8000
-        self._framing_error: wire.WireError | None = None
         self._now = 0.0
+        #: The open migration-data channel (experimental), and one made by VERSION that the
+        #: IO layer has not taken yet (:meth:`take_new_channel`).
+        self.mig_channel: MigDataChannel | None = None
+        self._new_channel: NewChannel | None = None
         self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dma_messages": 0}
         self._handlers: dict[Command, Callable[[Any, list[int]], Any]] = {
             Command.VERSION: self._version,
@@ -239,34 +238,23 @@ class ServerCore:
         """The device's migration state."""
         return self.fsm.state
 
-    def receive_data(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> None:
-        """Feed received bytes (and the fds that came with them).
-
-        Raises ConnectionError (after closing ``fds``) once the stream is unrecoverable.
-        """
-        try:
-            self.framer.feed(data, fds)
-        except wire.WireError as exc:  # the framer broke earlier: these fds were not taken
-            close_fds(fds)
-            raise ConnectionError(f"unrecoverable framing error: {exc}") from exc
-
-    def data_to_send(self) -> list[tuple[Parts, list[int]]]:
-        """Take the messages to send, in order, each as (parts, fds)."""
-        out, self._out = self._out, []
-        return out
-
     def next_event(self, now: float = 0.0) -> Handled | None:
         """Process one whole received message, if any; ``None`` when more bytes are needed."""
+        return self.next_event_on(self, now)
+
+    def next_event_on(self, end: SocketEnd, now: float) -> Handled | None:
+        """:meth:`next_event` for the messages received on ``end`` (this core's main socket
+        or its migration-data channel); replies go to ``end``'s queue."""
         try:
-            item = self.framer.next_message()
+            item = end.framer.next_message()
         except wire.WireError as exc:
-            if exc is self._framing_error:
+            if exc is end._framing_error:
                 # msg_size was impossible: the stream cannot be resynchronised. The error reply
                 # goes out first: "no event" until the caller took it with data_to_send().
-                if self._out:
+                if end._out:
                     return None
                 raise ConnectionError(f"unrecoverable framing error: {exc}") from exc
-            self._framing_error = exc
+            end._framing_error = exc
             close_fds(exc.fds)
             exc.fds.clear()  # the framer may still hold this list: never close them twice
             header = exc.header
@@ -278,44 +266,73 @@ class ServerCore:
                     exc.errno,
                     str(exc),
                 )
-            self._send_error(header, exc.errno, None, header.no_reply)
+            self._send_error(header, exc.errno, None, header.no_reply, end._out)
             return Handled(header.command, header.msg_id, False, exc.errno, str(exc))
-        self._framing_error = None
+        end._framing_error = None
         if item is None:
             self._tick(now)
             return None
         msg, fds = item
         if msg.is_reply:
             close_fds(fds)
+            if end is not self:  # the server sends no requests on the channel
+                return Handled(msg.command, msg.msg_id, True, _errno.EINVAL, "unexpected reply")
             return self._client_reply(msg)
-        result = self._dispatch(msg, fds, now)
+        result = self._dispatch(msg, fds, now, end)
         self._tick(now)
         return result
 
+    def take_new_channel(self) -> NewChannel | None:
+        """The migration-data channel VERSION just agreed to, for the IO layer to serve (once):
+        the server's socket, its :class:`MigDataChannel`, and the client's end, which the IO
+        layer closes once the VERSION reply carrying it was sent."""
+        new, self._new_channel = self._new_channel, None
+        return new
+
     def connection_lost(self) -> None:
-        """Client gone: abort its DMA, unmap its memory, close its fds; keep the device."""
+        """Client gone: abort its DMA, unmap its memory, close its fds and its migration-data
+        channel; keep the device."""
         self._job = None
         self._pending = None
         for mapping in self.dma.unmap_all():
             self._release(mapping)
         self.irqs.clear()
-        close_fds(_framer_fds(self.framer))
-        self.framer = wire.Framer(max_size=self.config.max_msg_size)
+        self._reset_socket_state()
         self.negotiated = False
         self.client_caps = None
-        self._out.clear()
+        self._drop_channel()
+
+    def _drop_channel(self) -> None:
+        new, self._new_channel = self._new_channel, None
+        if new is not None:
+            new.close()
+        self.mig_channel = None
+
+    def channel_closed(self, channel: MigDataChannel) -> None:
+        """The IO layer saw ``channel``'s socket close: migration data goes back to the main
+        socket."""
+        if self.mig_channel is channel:
+            self.mig_channel = None
 
     def close(self) -> None:
         """Release everything (the device itself is closed by its owner)."""
         self.connection_lost()
 
     # ----- dispatch ------------------------------------------------------------------------
-    def _dispatch(self, msg: Any, fds: list[int], now: float) -> Handled:
+    def _dispatch(self, msg: Any, fds: list[int], now: float, end: SocketEnd) -> Handled:
         self.stats["requests"] += 1
         command = msg.command
+        out = end._out
         try:
             if not self.negotiated and command != Command.VERSION:
                 raise _Failure(_errno.EINVAL, "VERSION must be negotiated first")
+            if end is not self:
+                if command not in _CHANNEL_COMMANDS:
+                    raise _Failure(_errno.EINVAL, f"{command.name} is not carried by the "
+                                   "migration-data socket")
+            elif command in _CHANNEL_COMMANDS and self.mig_channel is not None:
+                raise _Failure(_errno.EINVAL, f"{command.name} goes on the migration-data "
+                               "socket while it is open")
             if command in (Command.DMA_READ, Command.DMA_WRITE):
                 raise _Failure(_errno.EINVAL, f"{command.name} is a server-to-client command")
             refused = self._gates.get((self.state, command), _errno.EINVAL)
@@ -335,17 +352,15 @@ class ServerCore:
                 raise _Failure(_errno.EIO, f"internal error: {exc!r}") from exc
         except wire.WireError as exc:
             close_fds(fds)
-            self._send_error(msg, exc.errno, None, msg.no_reply)
+            self._send_error(msg, exc.errno, None, msg.no_reply, out)
             return Handled(command, msg.msg_id, False, exc.errno, str(exc))
         except _Failure as failure:
             close_fds(fds)
             echo = self._echo_payload(msg) if failure.echo else None
-            self._send_error(msg, failure.errno, echo, msg.no_reply)
+            self._send_error(msg, failure.errno, echo, msg.no_reply, out)
             return Handled(command, msg.msg_id, False, failure.errno, str(failure))
         if not msg.no_reply:
-            self._out.append(
-                (wire.encode_parts(reply, strict_spec=self.config.strict_spec), reply_fds)
-            )
+            out.append((wire.encode_parts(reply, strict_spec=self.config.strict_spec), reply_fds))
         return Handled(command, msg.msg_id, False, None)
 
     def _check_fds(self, command: Command, count: int) -> None:
@@ -355,18 +370,27 @@ class ServerCore:
             limit = self.config.max_msg_fds
             raise _Failure(_errno.EINVAL, f"{count} fds with one message > max_msg_fds {limit}")
 
-    def _send_error(self, request: Any, errno: int, echo: bytes | None, no_reply: bool) -> None:
+    def _send_error(
+        self,
+        request: Any,
+        errno: int,
+        echo: bytes | None,
+        no_reply: bool,
+        out: list[tuple[Parts, list[int]]] | None = None,
+    ) -> None:
         self.stats["errors"] += 1
         if no_reply:
             return
+        if out is None:
+            out = self._out
         if int(request.command) not in wire.Command._value2member_map_:
             # Unknown or reserved command: answer with a bare error header echoing it.
             flags = int(wire.MsgType.REPLY | wire.HeaderFlag.ERROR)
             head = wire.Header(request.msg_id, int(request.command), wire.HEADER_SIZE, flags, errno)
-            self._out.append(([head.pack()], []))
+            out.append(([head.pack()], []))
             return
         reply = wire.error_reply(request, errno, echo)
-        self._out.append((wire.encode_parts(reply, strict_spec=self.config.strict_spec), []))
+        out.append((wire.encode_parts(reply, strict_spec=self.config.strict_spec), []))
 
     def _echo_payload(self, msg: Any) -> bytes:
         parts = wire.encode_parts(msg)
@@ -392,14 +416,23 @@ class ServerCore:
             )
         self.client_caps = client_caps
         self.negotiated = True
+        extra: dict[str, Any] = {}
+        reply_fds: list[int] = []
+        if self.config.experimental_mig_data_socket and client_caps.mig_data_socket_supported:
+            self._drop_channel()
+            self._new_channel = new = open_channel(self)
+            self.mig_channel = new.channel
+            extra[MIG_DATA_SOCKET_KEY] = {"fd_index": 0}
+            reply_fds.append(new.client_end.fileno())
         caps = wire.Capabilities.make(
             max_msg_fds=self.config.max_msg_fds,
             max_data_xfer_size=self.config.max_data_xfer_size,
             migration_pgsize=self.config.migration_pgsize,
+            extra=extra,
         )
         return wire.VersionReply(
             major=0, minor=min(msg.minor, SERVER_MINOR), capabilities=caps, msg_id=msg.msg_id
-        ), []
+        ), reply_fds
 
     def _dma_map(self, msg: wire.DmaMap, fds: list[int]) -> tuple[Any, list[int]]:
         if len(fds) > 1:
@@ -872,4 +905,4 @@ class ServerCore:
         return Handled(msg.command, msg.msg_id, True, None)
 
 
-__all__ = ["Handled", "ServerConfig", "ServerCore"]
+__all__ = ["Handled", "ServerConfig", "ServerCore", "SocketEnd"]

@@ -8,6 +8,11 @@ made: once :data:`FLUSH_BYTES` are queued they go out before the next request is
 so the client receives one chunk while the device makes the next. Device timers run between
 messages (the pump wakes at least every ``tick`` seconds). On disconnect the core unmaps the
 client's memory and closes its fds; the device keeps its state for the next connection.
+
+A migration-data channel agreed at VERSION (experimental, :mod:`.mig_channel`) is served by
+the same pump in a second thread; both pumps process messages under one lock (the device is
+shared) and receive and send outside it. The channel's thread ends with its socket or with
+the main connection.
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
+from vfio_user_mig import wire
+from vfio_user_mig.simulator.mig_channel import NewChannel
 from vfio_user_mig.simulator.server_core import Handled, ServerCore
+from vfio_user_mig.simulator.socket_end import Parts
 from vfio_user_mig.simulator.transport import (
     PeerClosed,
     close_fds,
@@ -44,14 +53,68 @@ MAX_IOV = 512
 FLUSH_BYTES = 64 * 1024
 
 
+class Pumped(Protocol):
+    """What :func:`pump` serves: a :class:`ServerCore` or a migration-data channel."""
+
+    framer: wire.Framer
+
+    def receive_data(
+        self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()
+    ) -> None: ...
+
+    def next_event(self, now: float = 0.0) -> Handled | None: ...
+
+    def data_to_send(self) -> list[tuple[Parts, list[int]]]: ...
+
+    def connection_lost(self) -> None: ...
+
+
+class _Channels:
+    """The migration-data channels a main pump started (normally at most one)."""
+
+    def __init__(self, lock: threading.Lock, tick: float, clock: Callable[[], float],
+                 on_event: Callable[[Handled], None] | None) -> None:
+        self.lock = lock
+        self.tick = tick
+        self.clock = clock
+        self.on_event = on_event
+        self.running: list[tuple[threading.Thread, threading.Event, socket.socket]] = []
+
+    def start(self, new: NewChannel) -> None:
+        """Serve ``new`` (its client end went out with the VERSION reply: close ours)."""
+        new.client_end.close()
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._serve, args=(new, stop), name="vfio-user-mig-data", daemon=True
+        )
+        self.running.append((thread, stop, new.server_sock))
+        thread.start()
+
+    def _serve(self, new: NewChannel, stop: threading.Event) -> None:
+        with new.server_sock:
+            reason = pump(new.channel, new.server_sock, stop, tick=self.tick, clock=self.clock,
+                          on_event=self.on_event, lock=self.lock)
+        log.info("migration-data channel ended: %s", reason)
+
+    def stop_all(self) -> None:
+        """End every channel (the main connection ended)."""
+        for thread, stop, sock in self.running:
+            stop.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            thread.join(5)
+        self.running.clear()
+
+
 def pump(
-    core: ServerCore,
+    core: Pumped,
     sock: socket.socket,
     stop: threading.Event | None = None,
     *,
     tick: float = 0.05,
     clock: Callable[[], float] = time.monotonic,
     on_event: Callable[[Handled], None] | None = None,
+    lock: threading.Lock | None = None,
 ) -> str:
     """Serve one connection until the peer closes it or ``stop`` is set.
 
@@ -63,7 +126,14 @@ def pump(
     (one ``sendmsg`` per run of fd-less messages). When no message was processed (idle
     ``tick``, or only part of a message arrived), the core still gets a ``next_event`` call
     so device timers and DMA jobs run.
+
+    ``lock`` (made here when not given) is held while the core processes a message; a
+    migration-data channel the core agrees to is served in a thread with the same lock.
     """
+    if lock is None:
+        lock = threading.Lock()
+    take_channel = getattr(core, "take_new_channel", None)
+    channels = _Channels(lock, tick, clock, on_event)
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
     reason = "closed"
@@ -90,7 +160,8 @@ def pump(
             held_bytes = 0
             try:
                 while core.framer.pending:
-                    event = core.next_event(clock())
+                    with lock:
+                        event = core.next_event(clock())
                     if event is None:
                         break
                     processed = True
@@ -105,10 +176,13 @@ def pump(
                             _send_all(sock, held)
                             held, held_bytes = [], 0
                 if not processed:
-                    core.next_event(clock())
+                    with lock:
+                        core.next_event(clock())
             finally:  # replies taken go out even when the core ends the connection
                 held.extend(core.data_to_send())
                 _send_all(sock, held)
+                if take_channel is not None and (new := take_channel()) is not None:
+                    channels.start(new)
         else:
             reason = "stopped"
     except (OSError, ConnectionError) as exc:
@@ -117,7 +191,9 @@ def pump(
         log.exception("connection dropped after an internal error")
         reason = f"internal error: {exc!r}"
     finally:
-        core.connection_lost()
+        channels.stop_all()
+        with lock:
+            core.connection_lost()
         if blocking:
             with contextlib.suppress(OSError):
                 set_recv_timeout(sock, None)

@@ -4,6 +4,14 @@ The version data is UTF-8 JSON text terminated by one NUL. :class:`Capabilities`
 exact text (so decode -> encode is byte-identical and unknown keys survive) and offers typed
 accessors with the spec defaults: ``max_msg_fds`` 1, ``max_data_xfer_size`` 1 MiB,
 ``pgsizes`` 4096, ``max_dma_maps`` 65535. ``migration.pgsize`` is a libvfio-user addition.
+
+``x-mig-data-socket`` (:data:`MIG_DATA_SOCKET_KEY`) is this project's experimental extension,
+in neither the spec nor libvfio-user (docs/wire-compat.md): a separate socket carrying only
+MIG_DATA_READ/WRITE, one of the alternatives proposed in the migration v2 review. It has the
+shape of libvfio-user's ``twin_socket``: the client offers ``{"supported": true}``; a server
+that agrees answers ``{"fd_index": N}`` and attaches the client's end of the new socket as fd
+``N`` of the VERSION reply. Peers that do not know the key ignore it (spec: unknown keys are
+ignored), so offering it is always safe.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ DEFAULT_PGSIZES = 4096
 DEFAULT_MAX_DMA_MAPS = 65535
 
 _FIELD = "VERSION.capabilities"
+#: The experimental migration-data socket capability (see module docstring).
+MIG_DATA_SOCKET_KEY = "x-mig-data-socket"
 
 
 def _reject_constant(name: str) -> Any:
@@ -48,13 +58,14 @@ def _check(obj: Any) -> None:
         raise invalid(f"{_FIELD}.migration", "not a JSON object")
     if "pgsize" in mig and not _is_uint(mig["pgsize"]):
         raise invalid(f"{_FIELD}.migration.pgsize", "not an unsigned integer")
-    twin = caps.get("twin_socket", {})
-    if not isinstance(twin, dict):
-        raise invalid(f"{_FIELD}.twin_socket", "not a JSON object")
-    if "supported" in twin and not isinstance(twin["supported"], bool):
-        raise invalid(f"{_FIELD}.twin_socket.supported", "not a boolean")
-    if "fd_index" in twin and not _is_uint(twin["fd_index"]):
-        raise invalid(f"{_FIELD}.twin_socket.fd_index", "not an unsigned integer")
+    for key in ("twin_socket", MIG_DATA_SOCKET_KEY):
+        socket_cap = caps.get(key, {})
+        if not isinstance(socket_cap, dict):
+            raise invalid(f"{_FIELD}.{key}", "not a JSON object")
+        if "supported" in socket_cap and not isinstance(socket_cap["supported"], bool):
+            raise invalid(f"{_FIELD}.{key}.supported", "not a boolean")
+        if "fd_index" in socket_cap and not _is_uint(socket_cap["fd_index"]):
+            raise invalid(f"{_FIELD}.{key}.fd_index", "not an unsigned integer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +180,29 @@ class Capabilities:
             return None
         return int(mig["pgsize"])
 
+    def _socket_cap(self, key: str) -> Mapping[str, Any]:
+        cap = self.caps.get(key)
+        return cap if isinstance(cap, dict) else {}
+
     @property
     def twin_socket_supported(self) -> bool:
-        twin = self.caps.get("twin_socket")
-        return bool(isinstance(twin, dict) and twin.get("supported", False))
+        return bool(self._socket_cap("twin_socket").get("supported", False))
 
     @property
     def twin_socket_fd_index(self) -> int | None:
-        twin = self.caps.get("twin_socket")
-        if not isinstance(twin, dict) or "fd_index" not in twin:
-            return None
-        return int(twin["fd_index"])
+        index = self._socket_cap("twin_socket").get("fd_index")
+        return None if index is None else int(index)
+
+    @property
+    def mig_data_socket_supported(self) -> bool:
+        """The client offers the experimental migration-data socket."""
+        return bool(self._socket_cap(MIG_DATA_SOCKET_KEY).get("supported", False))
+
+    @property
+    def mig_data_socket_fd_index(self) -> int | None:
+        """Which fd of the VERSION reply is the migration-data socket (server's answer)."""
+        index = self._socket_cap(MIG_DATA_SOCKET_KEY).get("fd_index")
+        return None if index is None else int(index)
 
     @property
     def write_multiple(self) -> bool:

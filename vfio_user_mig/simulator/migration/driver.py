@@ -21,6 +21,9 @@ Guest RAM is copied from the source guest to the destination guest; dirty pages 
 own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's DMA_LOGGING_REPORT
 (device writes into guest RAM).
 
+Migration data goes on each side's :attr:`Client.data_client`: the main socket, or the
+experimental migration-data channel when the client negotiated one (:mod:`..mig_channel`).
+
 Failures: until the destination runs, any failure puts the source back to RUNNING (QEMU's
 recovery: the VM keeps running where it was) and discards the destination (DEVICE_RESET).
 
@@ -343,7 +346,7 @@ class MigrationDriver:
         if self.relay_filter is not None:
             out = self.relay_filter(index, data)
         if out:
-            self._io(self.dst, "MIG_DATA_WRITE", self.dst.client.mig_data_write, out)
+            self._io(self.dst, "MIG_DATA_WRITE", self.dst.client.data_client.mig_data_write, out)
         self.clock.transfer(len(data))
         self._emit("chunk", phase=phase, round=self._round, bytes=len(data))
 
@@ -369,7 +372,8 @@ class MigrationDriver:
             into = None
         if not src.alive:
             raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
-        stream = src.client.mig_data_read_stream(chunk, depth, into=into, max_bytes=budget)
+        stream = src.client.data_client.mig_data_read_stream(chunk, depth, into=into,
+                                                             max_bytes=budget)
         writes: deque[tuple[int | None, int]] = deque()
         total = 0
         short = False
@@ -388,7 +392,7 @@ class MigrationDriver:
                 if out:
                     try:
                         msg_id = self._io(dst, "MIG_DATA_WRITE",
-                                          dst.client.mig_data_write_nowait, out)
+                                          dst.client.data_client.mig_data_write_nowait, out)
                     except MigrationError:
                         dst_failed = True
                         raise
@@ -409,7 +413,7 @@ class MigrationDriver:
                     self._finish_writes(phase, writes, 0)  # a destination error came first
             finally:
                 if writes and dst.alive:
-                    dst.client.abandon(m for m, _ in writes if m is not None)
+                    dst.client.data_client.abandon(m for m, _ in writes if m is not None)
             raise
         finally:
             stream.close()
@@ -423,7 +427,7 @@ class MigrationDriver:
         while len(writes) > keep:
             msg_id, nbytes = writes.popleft()
             if msg_id is not None:
-                self._io(dst, "MIG_DATA_WRITE", dst.client.wait_reply, msg_id)
+                self._io(dst, "MIG_DATA_WRITE", dst.client.data_client.wait_reply, msg_id)
             self.clock.transfer(nbytes)
             self._emit("chunk", phase=phase, round=self._round, bytes=nbytes)
 
@@ -432,7 +436,7 @@ class MigrationDriver:
         while True:
             if budget is not None and total >= budget:
                 return total, False
-            data = self._io(self.src, "MIG_DATA_READ", self.src.client.mig_data_read,
+            data = self._io(self.src, "MIG_DATA_READ", self.src.client.data_client.mig_data_read,
                             self._chunk)
             if data:
                 self._relay(data, phase)

@@ -19,10 +19,13 @@ import socket
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vfio_user_mig.model import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.transport import connect_unix
+
+if TYPE_CHECKING:
+    from vfio_user_mig.simulator.hosting import HostedDevice
 
 ISOLATIONS = ("thread", "process")
 
@@ -34,6 +37,16 @@ class ServerSpec:
     mem_size: int = 16 << 20
     caps: MigrationCaps = VFIO_USER_CAPS
     device: str = "migdev"
+    mig_data_socket: bool = False
+    """Agree to the experimental migration-data socket (``x-mig-data-socket``)."""
+
+    def host(self) -> HostedDevice:
+        """Build the device and its server core (a :class:`~..hosting.HostedDevice`)."""
+        from vfio_user_mig.simulator.hosting import host_device
+        from vfio_user_mig.simulator.server_core import ServerConfig
+
+        config = ServerConfig(experimental_mig_data_socket=self.mig_data_socket)
+        return host_device(self.device, mem_size=self.mem_size, caps=self.caps, config=config)
 
 
 class Endpoint(Protocol):
@@ -73,11 +86,9 @@ class ThreadEndpoint:
     hosted = True
 
     def __init__(self, spec: ServerSpec, label: str = "server") -> None:
-        from vfio_user_mig.simulator.hosting import host_device
-
         self.label = label
         self.spec = spec
-        self.hosted_device = host_device(spec.device, mem_size=spec.mem_size, caps=spec.caps)
+        self.hosted_device = spec.host()
         self._server_sock: socket.socket | None = None
         self._client_sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -134,10 +145,9 @@ class ThreadEndpoint:
 
 def _child(sock: socket.socket, ctrl: Connection, spec: ServerSpec) -> None:
     """Body of a :class:`ProcessEndpoint` child: serve ``sock``, answer ``ctrl``."""
-    from vfio_user_mig.simulator.hosting import host_device
     from vfio_user_mig.simulator.server_io import serve_socketpair
 
-    hosted = host_device(spec.device, mem_size=spec.mem_size, caps=spec.caps)
+    hosted = spec.host()
     thread, stop = serve_socketpair(hosted.core, sock)
     try:
         while True:

@@ -68,6 +68,11 @@ class MigrateOptions:
     fill: bool = True
     device_share: float = 0.2
     dma_share: float = 0.05
+    mig_data_socket: bool = False
+    """Experimental: hosted servers agree to, and the clients negotiate, a separate socket for
+    MIG_DATA_READ/WRITE (``x-mig-data-socket``, :mod:`~vfio_user_mig.simulator.mig_channel`).
+    A server that does not know it (external servers) leaves migration data on the main
+    socket."""
     size_query: bool = False
     """Experimental: enable MIG_DATA_SIZE on the hosted servers (thread isolation: the
     server core is in this process) and let the driver use the device's pending bytes instead
@@ -83,6 +88,7 @@ class MigrateOptions:
             "bandwidth": self.bandwidth, "downtime_limit": self.downtime_limit,
             "seed": self.seed, "isolation": self.isolation if self.src_socket is None
             else "external", **({"size_query": True} if self.size_query else {}),
+            **({"mig_data_socket": True} if self.mig_data_socket else {}),
             **self.extra,
         }
 
@@ -142,7 +148,7 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
             endpoints = [ExternalEndpoint(opts.src_socket, "src"),
                          ExternalEndpoint(opts.dst_socket, "dst")]
         else:
-            spec = ServerSpec(opts.device_mem, opts.caps)
+            spec = ServerSpec(opts.device_mem, opts.caps, mig_data_socket=opts.mig_data_socket)
             endpoints = [make_endpoint(opts.isolation, spec, "src")]
             endpoints.append(make_endpoint(opts.isolation, spec, "dst"))
             if opts.size_query:
@@ -158,7 +164,7 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
             else:
                 client = Client(sock, memory=guest.memory, timeout=opts.timeout)
             clients.append(client)
-            client.negotiate()
+            client.negotiate(mig_data_socket=opts.mig_data_socket)
             sides.append(Side(ep.label, client, guest, ep.digest))
         src, dst = sides
         if opts.fill:
