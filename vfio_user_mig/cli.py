@@ -216,7 +216,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     hosted = host_device(args.device, mem_size=args.device_mem, caps=args.caps,
-                         config=ServerConfig(strict_spec=args.strict_spec))
+                         config=ServerConfig(
+                             strict_spec=args.strict_spec,
+                             experimental_mig_data_socket=args.experimental_mig_data_socket))
     core = hosted.core
     server = UnixServer(core, args.socket, verbose=args.verbose,
                         max_connections=args.max_connections)
@@ -251,6 +253,9 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     _add_caps(p)
     p.add_argument("--strict-spec", action="store_true",
                    help="send what the spec text says where libvfio-user differs")
+    p.add_argument("--experimental-mig-data-socket", action="store_true",
+                   help="agree to a client's x-mig-data-socket capability: MIG_DATA_READ/WRITE "
+                        "on a separate socket (an extension not in vfio-user)")
     p.add_argument("--max-connections", type=int, default=None,
                    help="exit after serving this many connections")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")

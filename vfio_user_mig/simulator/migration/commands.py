@@ -70,6 +70,10 @@ def render_migration(summary: dict[str, Any], limit_ms: float) -> str:
                      f"stop, guest RAM {'identical' if summary['ram_verified'] else 'differs'})")
     if summary["switchover"]:
         lines.append(f"switchover: {summary['switchover']}")
+    if "mig_data_channel" in params:
+        sides = params["mig_data_channel"]
+        lines.append("migration data: separate socket (x-mig-data-socket) on "
+                     + (", ".join(sides) if sides else "neither side (not offered)"))
     for err in summary["errors"]:
         lines.append(f"error: {err['message']} (errno {err['errno']})")
     lines.append("source:      " + " -> ".join(summary["source_path"]))
@@ -89,6 +93,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         src_socket=args.src_socket, dst_socket=args.dst_socket, clock=args.clock,
         chunk=args.chunk, keep_chunk_events=args.device_mem <= (256 << 20),
         size_query=args.experimental_size_query,
+        mig_data_socket=args.experimental_mig_data_socket,
     )
     try:
         result = migrate(opts)
@@ -163,6 +168,10 @@ def _configure_migrate(p: argparse.ArgumentParser) -> None:
                    help="ask the source device for its pending bytes (MIG_DATA_SIZE, an "
                         "extension not in vfio-user; hosted thread servers only) and use them "
                         "for the switchover decision instead of the estimate")
+    p.add_argument("--experimental-mig-data-socket", action="store_true",
+                   help="carry MIG_DATA_READ/WRITE on a separate socket negotiated at VERSION "
+                        "(x-mig-data-socket, an extension not in vfio-user); servers that do "
+                        "not offer it keep the main socket")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_migrate)
 

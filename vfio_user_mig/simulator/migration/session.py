@@ -68,6 +68,9 @@ class MigrateOptions:
     fill: bool = True
     device_share: float = 0.2
     dma_share: float = 0.05
+    round_device_budget: int | None = None
+    """Most device bytes read in one pre-copy round (None: the driver's default,
+    :attr:`DriverConfig.round_device_budget`)."""
     mig_data_socket: bool = False
     """Experimental: hosted servers agree to, and the clients negotiate, a separate socket for
     MIG_DATA_READ/WRITE (``x-mig-data-socket``, :mod:`~vfio_user_mig.simulator.mig_channel`).
@@ -101,6 +104,9 @@ class Hooks:
     relay_filter: RelayFilter | None = None
     observer: StateObserver | None = None
     on_ready: Callable[[dict[str, Any]], None] | None = None
+    on_finish: Callable[[], None] | None = None
+    """Called once the driver is done (or failed), before anything is torn down (e.g. to stop
+    a thread that uses the clients)."""
 
 
 def make_clock(opts: MigrateOptions) -> Clock:
@@ -180,17 +186,26 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
             workload = Workload(rng, src.guest, src.client, device_mem, opts.dirty_rate,
                                 device_share=opts.device_share if device_mem else 0.0,
                                 dma_share=opts.dma_share if not external else 0.0)
+        params = opts.params()
+        if opts.mig_data_socket:  # where the server agreed
+            params["mig_data_channel"] = [s.name for s in sides
+                                          if s.client.mig_channel is not None]
         policy = make_policy(opts.policy, downtime_limit=opts.downtime_limit,
                              max_rounds=opts.max_rounds, iterations=opts.iterations)
         driver = MigrationDriver(
             src, dst, policy=policy, clock=make_clock(opts), trace=trace, workload=workload,
             config=DriverConfig(chunk=opts.chunk, deadline=opts.deadline,
                                 use_precopy=bool(opts.caps & MigrationCaps.PRE_COPY),
-                                size_query=opts.size_query),
-            relay_filter=hooks.relay_filter, observer=hooks.observer, params=opts.params())
+                                size_query=opts.size_query,
+                                round_device_budget=opts.round_device_budget),
+            relay_filter=hooks.relay_filter, observer=hooks.observer, params=params)
         if hooks.on_ready is not None:
             hooks.on_ready({"src": src, "dst": dst, "endpoints": endpoints, "driver": driver})
-        return driver.run()
+        try:
+            return driver.run()
+        finally:
+            if hooks.on_finish is not None:
+                hooks.on_finish()
     finally:
         trace.close()
         for client in clients:
