@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pytest
 
 from vfio_user_mig.cli import main
@@ -31,14 +29,6 @@ from vfio_user_mig.studies.figures import draw_heatmaps, draw_policy_comparison
 @pytest.fixture(scope="module")
 def cells() -> list[Cell]:
     return run_grid(QUICK_GRID, workers=2)
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Any]]:
-    figs: list[Any] = []
-    yield figs
-    for fig in figs:
-        plt.close(fig)
 
 
 def _cell(cells: list[Cell], **match: Any) -> Cell:

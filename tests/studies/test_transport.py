@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pytest
 
 from vfio_user_mig.cli import main
@@ -47,14 +45,6 @@ def runs() -> list[Run]:
 @pytest.fixture(scope="module")
 def cells(runs: list[Run]) -> list[Cell]:
     return aggregate(runs)
-
-
-@pytest.fixture
-def closing() -> Iterator[list[Any]]:
-    figs: list[Any] = []
-    yield figs
-    for fig in figs:
-        plt.close(fig)
 
 
 def test_every_run_migrates_and_verifies(runs: list[Run]) -> None:

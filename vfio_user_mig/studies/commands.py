@@ -51,14 +51,23 @@ def cmd_study(args: argparse.Namespace) -> int:
         "over_limit": sum(1 for c in cells if c.over_limit),
         "elapsed_s": round(time.monotonic() - start, 3), **paths,
     }
+    _report(args, payload, convergence.summary_markdown(cells),
+            f"{len(cells)} cells ({converged} converged)")
+    return 1 if payload["failed"] else 0
+
+
+def _report(args: argparse.Namespace, payload: dict[str, object], markdown: str,
+            what: str) -> None:
+    """Print ``payload`` as JSON, or the Markdown summary and what was written where."""
     if args.json:
         print(json.dumps(payload))
-    else:
-        print(convergence.summary_markdown(cells), end="")
-        print(f"\n{len(cells)} cells ({converged} converged) in {payload['elapsed_s']:.1f} s; "
-              f"wrote {paths['csv']}, {paths['summary']} and {len(paths['figures'])} figure(s) "
-              f"in {args.output}")
-    return 1 if payload["failed"] else 0
+        return
+    files = [str(payload[k]) for k in ("csv", "samples", "summary") if k in payload]
+    figures = payload.get("figures")
+    count = len(figures) if isinstance(figures, list) else 0
+    print(markdown, end="")
+    print(f"\n{what} in {payload['elapsed_s']:.1f} s; wrote {', '.join(files)} and {count} "
+          f"figure(s) in {args.output}")
 
 
 def _transport(args: argparse.Namespace) -> int:
@@ -93,13 +102,8 @@ def _transport(args: argparse.Namespace) -> int:
         "conclusion": transport.conclusion(cells),
         "elapsed_s": round(time.monotonic() - start, 3), **paths,
     }
-    if args.json:
-        print(json.dumps(payload))
-    else:
-        print(transport.summary_markdown(cells), end="")
-        print(f"\n{len(runs)} migrations ({payload['verified']} verified) in "
-              f"{payload['elapsed_s']:.1f} s; wrote {paths['csv']}, {paths['samples']}, "
-              f"{paths['summary']} and {len(paths['figures'])} figure(s) in {args.output}")
+    _report(args, payload, transport.summary_markdown(cells),
+            f"{len(runs)} migrations ({payload['verified']} verified)")
     return 1 if failed else 0
 
 
