@@ -360,30 +360,49 @@ def _cell(cells: Sequence[Cell], transport: str, profile: str, chunk: int,
     return None
 
 
+def _compared_chunk(cells: Sequence[Cell], profile: str, phase: str) -> int | None:
+    """The largest chunk size with probes of ``phase`` on both transports."""
+    both = [c.chunk for c in cells if (c.transport, c.profile, c.phase) == ("main", profile, phase)
+            and c.p99_us is not None
+            and (other := _cell(cells, "separate", profile, c.chunk, phase)) is not None
+            and other.p99_us is not None]
+    return max(both) if both else None
+
+
 def conclusion(cells: Sequence[Cell]) -> list[str]:
-    """What the numbers say, as sentences computed from them (one paragraph each)."""
+    """What the numbers say, as sentences computed from them (one paragraph each): per
+    profile that ran, the latency during its transfer on both transports at the largest chunk
+    size where both have probes (or that none fell in the transfer), then throughput and
+    downtime at the largest chunk size."""
     out: list[str] = []
     chunks = sorted({c.chunk for c in cells})
     if not chunks:
         return ["No run produced probes."]
-    big, small = chunks[-1], chunks[0]
-    for profile, phase in (("pre_copy", "pre_copy"), ("stop_copy", "stop_copy")):
-        main = _cell(cells, "main", profile, big, phase)
-        sep = _cell(cells, "separate", profile, big, phase)
-        main_small = _cell(cells, "main", profile, small, phase)
-        idle = _cell(cells, "main", profile, big, "idle")
-        if main is None or sep is None or main.p99_us is None or sep.p99_us is None:
+    big = chunks[-1]
+    for profile in (p for p in PROFILES if any(c.profile == p for c in cells)):
+        phase = profile  # the phase in which this profile moves the device state
+        where = ("While the guest runs (PRE_COPY)" if phase == "pre_copy" else
+                 "During the downtime (STOP_COPY, where the server refuses region access)")
+        size = _compared_chunk(cells, profile, phase)
+        if size is None:
+            out.append(f"{where}: no probe fell inside a transfer on both transports "
+                       f"(transfers too short for the probe interval); nothing to compare.")
             continue
-        where = "while the guest runs (PRE_COPY)" if phase == "pre_copy" else \
-            "during the downtime (STOP_COPY, where the server refuses region access)"
-        ratio = main.p99_us / sep.p99_us if sep.p99_us else math.inf
-        text = (f"{where.capitalize()} with {chunk_label(big)} chunks, a 4-byte REGION_READ "
+        main = _cell(cells, "main", profile, size, phase)
+        sep = _cell(cells, "separate", profile, size, phase)
+        assert main is not None and sep is not None and main.p99_us and sep.p99_us
+        ratio = main.p99_us / sep.p99_us
+        text = (f"{where} with {chunk_label(size)} chunks, a 4-byte REGION_READ "
                 f"took p50 {_fmt(main.p50_us)} µs / p99 {_fmt(main.p99_us)} µs on the main "
                 f"socket and p50 {_fmt(sep.p50_us)} µs / p99 {_fmt(sep.p99_us)} µs with the "
                 f"separate migration-data socket (p99 {ratio:.1f}x).")
-        if main_small is not None and main_small.p99_us is not None:
+        small = min(c.chunk for c in cells if (c.transport, c.profile, c.phase)
+                    == ("main", profile, phase))
+        main_small = _cell(cells, "main", profile, small, phase)
+        if small < size and main_small is not None and main_small.p99_us is not None:
             text += (f" On the main socket the p99 goes from {_fmt(main_small.p99_us)} µs at "
-                     f"{chunk_label(small)} to {_fmt(main.p99_us)} µs at {chunk_label(big)}.")
+                     f"{chunk_label(small)} to {_fmt(main.p99_us)} µs at {chunk_label(size)}.")
+        idle = _cell(cells, "main", profile, size, "idle")
         if idle is not None and idle.p50_us is not None:
             text += f" Idle (no migration) p50: {_fmt(idle.p50_us)} µs."
         out.append(text)
