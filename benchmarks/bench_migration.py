@@ -7,9 +7,15 @@
   of the same number of 1 MiB chunks through this process as the middle (request a chunk from
   a source process, receive it, send it to a sink process, wait for its 1-byte ack). Goal
   ratio >= 0.8. The driver relays pipelined (2 reads in flight on the source, a write-behind
-  window of 1 on the destination), so the figure is bound by the slower server's migdev work:
-  the source's save path (shadow copy and comparison, record framing, CRC-32, SHA-256) and the
-  destination's restore path (decode, CRC-32 check, page loads, SHA-256 digest check).
+  window of 1 on the destination), so besides the protocol path the figure carries the
+  migdev work: the source's save path (copy into the staging shadow, page CRC-32s, record
+  framing, comparison passes) and the destination's restore path (decode, record and page
+  CRC-32 checks, page loads); the END digest check runs at RESUMING -> STOP, after the timed
+  window. Device memory is filled (``MigrateOptions(fill=True)``: random bytes written through
+  REGION_WRITE before the timing), as ``bench_server`` fills it: a device's memory holds data,
+  and memfd pages never touched would make the source's first pass time the kernel allocating
+  zero pages on read (the destination's pages are allocated at RESUMING, before the window),
+  not the migration. (Before, ``fill=False`` left them untouched.)
 * ``migration_relay_protocol``: the *protocol path* of the same relay: the same driver and
   timing, but the source is a ``MemStreamDev`` (its save stream encoded before the timing and
   served as zero-copy slices) and the destination a sink device that takes every
@@ -47,7 +53,7 @@ def _relay_rate(mem_size: int) -> tuple[float, int, int, float]:
     from vfio_user_mig.simulator.migration.session import MigrateOptions, migrate
 
     opts = MigrateOptions(device_mem=mem_size, guest_mem=1 << 16, dirty_rate=0,
-                          bandwidth=None, clock="real", isolation="process", fill=False,
+                          bandwidth=None, clock="real", isolation="process", fill=True,
                           chunk=CHUNK)
     cpu, wall = time.process_time(), time.perf_counter()
     result = migrate(opts)

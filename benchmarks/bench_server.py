@@ -23,9 +23,10 @@
 * ``mig_data_stream_migdev``: the same pipelined reads (depth 2, into a reused buffer) from a
   real ``MigDev``
   whose memory was filled with the same pattern before the timing: the protocol path plus the
-  device's save path (shadow allocation, comparison and copy, record framing, CRC-32 per
-  record, SHA-256 digest for END). Same baselines; no goal of its own: it shows what the save
-  path costs on top of the protocol path.
+  device's save path (stream format 2: the first pass copies memory into the staging shadow
+  and computes page CRC-32s there, reads are zero-copy views of it; comparison passes for
+  what changed; SHA-256 of the page-CRC table for END). Same baselines; no goal of its own: it
+  shows what the save path costs on top of the protocol path.
 
 Processes come from the ``fork`` context; every figure is the best of a few repeats.
 ``run(quick)`` returns ``{name: {"value", "unit", "baseline", "ratio", ...}}``; run this file
@@ -295,8 +296,8 @@ def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
             "mem_size": mem_size,
             "baseline_cold": round(cold, 1),
             "ratio_cold": round(device / cold, 4),
-            "note": "as mig_data_stream but a real MigDev: protocol path + save path (shadow, "
-                    "framing, CRC-32, SHA-256 END digest)",
+            "note": "as mig_data_stream but a real MigDev: protocol path + save path (staging "
+                    "shadow copy, page CRC-32s, comparison passes, END digest)",
         },
     }
 

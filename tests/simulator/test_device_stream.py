@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 from collections.abc import Iterator
 
 import pytest
@@ -11,10 +12,13 @@ from hypothesis import strategies as st
 
 from vfio_user_mig.simulator.device.stream import (
     END_PAYLOAD,
+    FORMAT_VERSION,
     MAX_RUN_PAGES,
+    PAGES_PREFIX,
     RECORD_HEADER,
     RecordItem,
     RecordType,
+    Staged,
     StreamDecoder,
     StreamEncoder,
     StreamError,
@@ -108,9 +112,9 @@ def test_roundtrip_any_chunking(sizes: list[int]) -> None:
 def test_encoder_buffers_one_record_and_pauses() -> None:
     enc = StreamEncoder(records(pause_after=1))
     first = enc.read(1 << 20)
-    assert len(first) == 2 * RECORD_HEADER.size + len(header_payload(GEO)) + 8 + 5 * PS
+    assert len(first) == 2 * RECORD_HEADER.size + len(header_payload(GEO)) + 8 + 5 * (4 + PS)
     assert enc.read(3) == b"\x4d\x47\x44"  # next record starts: magic
-    assert enc.buffered == RECORD_HEADER.size + 8 + 3 * PS - 3
+    assert enc.buffered == RECORD_HEADER.size + 8 + 3 * (4 + PS) - 3
     rest = enc.read(1 << 20)
     assert enc.read(10) == b"" and enc.ended
     assert enc.peak <= RECORD_HEADER.size + max_payload(RecordType.PAGES, GEO)
@@ -163,12 +167,19 @@ def test_semantic_checks_with_valid_crcs() -> None:
         stream(head, *all_pages, (RecordType.PAGES, pages_payload(7, page(0) * 2, PS)), *tail),
         "beyond 8 pages",
     )
-    bad = b"".join([pages_payload(0, mem[: 4 * PS], PS)[:-1], b"\x00"])
+    bad = pages_payload(0, mem[: 4 * PS - 1] + b"\x00", PS)  # valid CRCs, other content
     refused(stream(head, (RecordType.PAGES, bad), all_pages[1], *tail), "digest does not match")
+    torn = pages_payload(0, mem[: 4 * PS], PS)[:-1] + b"\x00"  # record CRC fine, page CRC not
+    refused(stream(head, (RecordType.PAGES, torn), all_pages[1], *tail), "CRC mismatch in page 3")
+    for n in (0, 2):  # count disagreeing with the length, with a valid record CRC
+        odd = PAGES_PREFIX.pack(0, n) + pages_payload(0, mem[: 4 * PS], PS)[8:]
+        refused(stream(head, (RecordType.PAGES, odd), *tail), f"count {n}")
     refused(stream(head, *all_pages, (RecordType.END, good_end)), "END not allowed after PAGES")
     refused(stream(*all_pages), "PAGES not allowed after stream start")
     refused(stream(head, *all_pages, (RecordType.REGS, b"reg"), tail[1]), "REGS: 3 bytes")
-    big = RECORD_HEADER.pack(b"MGDV", 1, RecordType.PAGES, 1, 8 + (MAX_RUN_PAGES + 1) * PS, 0)
+    big = RECORD_HEADER.pack(
+        b"MGDV", FORMAT_VERSION, RecordType.PAGES, 1, 8 + (MAX_RUN_PAGES + 1) * (4 + PS), 0
+    )
     refused(stream(head) + big, "exceeds")
     refused(stream(head, *all_pages, (RecordType.REGS, b"regs")), "no END (last record #3 REGS)")
 
@@ -181,3 +192,49 @@ def test_poisoned_decoder_keeps_failing() -> None:
         dec.feed(whole())
     with pytest.raises(StreamError):
         dec.finish()
+
+
+def test_staged_records_are_framed_in_place_and_read_without_copy() -> None:
+    """A Staged payload already sits in the staging buffer: the encoder writes its header in
+    place; the bytes equal those of the same records framed the usual way, and a read made
+    only of consecutive staging bytes is a read-only view of the buffer."""
+    mem = b"".join(page(i) for i in range(8))
+    plain = [
+        (RecordType.HEADER, header_payload(GEO)),
+        (RecordType.PAGES, pages_payload(0, mem[: 4 * PS], PS)),
+        (RecordType.PAGES, pages_payload(4, mem[4 * PS :], PS)),
+    ]
+    staging = mmap.mmap(-1, sum(RECORD_HEADER.size + len(p) for _, p in plain))
+    staged: list[RecordItem] = []
+    at = 0
+    for rtype, payload in plain:
+        staging[at + RECORD_HEADER.size : at + RECORD_HEADER.size + len(payload)] = payload
+        staged.append((rtype, Staged(at, len(payload))))
+        at += RECORD_HEADER.size + len(payload)
+    tail: list[RecordItem] = [
+        (RecordType.REGS, b"regs"),
+        (RecordType.END, END_PAYLOAD.pack(hashlib.sha256(b"regs" + mem).digest())),
+    ]
+    enc = StreamEncoder(iter(staged + tail), staging)
+    first = enc.read(5000)
+    assert isinstance(first, memoryview) and first.readonly
+    rest = enc.read(1 << 20)
+    assert isinstance(rest, bytes)  # staging bytes then REGS and END: gathered (one copy)
+    expected = StreamEncoder(iter([*plain, *tail])).read(1 << 20)
+    assert bytes(first) + rest == expected
+    sink = decode(bytes(first) + rest)
+    assert sink.mem == mem
+
+
+def test_whole_records_in_one_feed_are_not_buffered() -> None:
+    data = whole()
+    sink = Sink()
+    dec = StreamDecoder(GEO, sink)
+    dec.feed(data)
+    dec.finish()
+    assert dec.peak == 0 and sink.regs == b"regs"
+    split_dec = StreamDecoder(GEO, Sink())
+    split_dec.feed(data[:100])  # a record split across feeds: buffered, one at most
+    split_dec.feed(data[100:])
+    split_dec.finish()
+    assert 0 < split_dec.peak <= PS  # the PAGES prefix, or one page, split across feeds

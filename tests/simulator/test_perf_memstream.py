@@ -15,7 +15,8 @@ from vfio_user_mig.model import State as S
 from vfio_user_mig.simulator.client import Client, VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
-from vfio_user_mig.simulator.device.shadow import ShadowTracker
+from vfio_user_mig.simulator.device.shadow import ShadowTracker, StagedRun
+from vfio_user_mig.simulator.device.stream import memory_fingerprint, page_crcs
 from vfio_user_mig.simulator.server_core import ServerCore
 from vfio_user_mig.simulator.server_io import serve_socketpair
 
@@ -58,20 +59,60 @@ def test_shadow_runs_find_exactly_the_changed_pages() -> None:
         mm = dev._mm  # the device memory (test only)
         tracker = ShadowTracker(mm, 4096)
         mm[5 * 4096] = 9
-        first = [(p, len(d)) for p, d in tracker.runs(16)]
-        assert tracker.memory_digest() == hashlib.sha256(mm[:]).digest()  # hashed in order
-        assert [p for p, _ in first] == list(range(0, 256, 16))
-        assert all(n == 16 * 4096 for _, n in first) and tracker.all_sent
+        first = list(tracker.runs(64))
+        assert all(isinstance(r, StagedRun) for r in first) and tracker.all_sent
+        assert [(r.first, r.count) for r in first if isinstance(r, StagedRun)] == [
+            (p, 64) for p in range(0, 256, 64)
+        ]
+        assert tracker.memory_digest() == memory_fingerprint(page_crcs(mm, 4096))
+        assert tracker.crcs(5, 1) == page_crcs(mm[5 * 4096 : 6 * 4096], 4096)
+        assert tracker.content() == mm[:]
         assert list(tracker.runs(16)) == []
         for page in (3, 4, 63, 64, 65, 200, 255):
             mm[page * 4096 + 7] = 1
-        runs = [(p, len(d) // 4096) for p, d in tracker.runs(16)]
-        assert runs == [(3, 2), (63, 3), (200, 1), (255, 1)]
-        assert bytes(tracker.shadow) == mm[:]
-        assert tracker.memory_digest() == hashlib.sha256(mm[:]).digest()  # resent: rehashed
+        runs = [(p, len(d) // 4096) for p, d in tracker.runs(16)]  # type: ignore[misc]
+        assert runs == [(3, 2), (63, 1), (64, 2), (200, 1), (255, 1)]  # cut at blocks
+        assert tracker.content() == mm[:]
+        assert tracker.memory_digest() == memory_fingerprint(page_crcs(mm, 4096))  # resent
+        assert tracker.memory_digest() == hashlib.sha256(page_crcs(mm, 4096)).digest()
         assert list(tracker.runs(16)) == []
+        mm[64 * 4096] = 2  # a moved block changes again: found in the second shadow
+        assert [(p, len(d) // 4096) for p, d in tracker.runs(16)] == [(64, 1)]  # type: ignore[misc]
+        assert tracker.content() == mm[:]
     finally:
         dev.close()
+
+
+def test_first_pass_reads_are_zero_copy_views_that_never_change() -> None:
+    src, dst = MigDev(mem_size=1 << 20), MigDev(mem_size=1 << 20)
+    try:
+        src.region_write(2, 0, b"\x11" * 4096, 0.0)
+        _arcs(src, S.RUNNING, S.PRE_COPY)
+        _arcs(dst, S.RUNNING, S.STOP, S.RESUMING)
+        first = src.mig_data_read(300_000)
+        assert isinstance(first, memoryview) and first.readonly  # staged: no copy
+        kept = bytes(first)
+        src.region_write(2, 0, b"\x22" * 4096, 0.0)  # page 0 changes while the view is held
+        rest = []
+        while len(chunk := src.mig_data_read(1 << 20)) == 1 << 20:
+            rest.append(bytes(chunk))
+        assert isinstance(chunk, bytes)  # the end of pass 1 and pass 2 (page 0 again): copied
+        assert chunk.endswith(b"\x22" * 4096)
+        rest.append(chunk)
+        assert src.mig_data_read(1 << 20) == b""  # caught up
+        assert bytes(first) == kept  # staging bytes were not rewritten
+        _arcs(src, S.PRE_COPY, S.STOP_COPY)
+        while chunk := src.mig_data_read(1 << 20):
+            rest.append(bytes(chunk))
+        for part in (first, *rest):
+            dst.mig_data_write(part)
+        _arcs(src, S.STOP_COPY, S.STOP)
+        dst.on_arc(S.RESUMING, S.STOP)
+        assert dst.digest() == src.digest()
+        assert dst.region_read(2, 0, 4, 0.0) == b"\x22" * 4
+    finally:
+        src.close()
+        dst.close()
 
 
 def _serve(device: MigDev, timeout_on_socket: bool = False) -> tuple[Client, Callable[[], None]]:

@@ -72,12 +72,15 @@ from vfio_user_mig.simulator.device.session import SaveSession
 from vfio_user_mig.simulator.device.stream import (
     END_PAYLOAD,
     MAX_RUN_PAGES,
+    PAGE_CRC,
     PAGES_PREFIX,
     RECORD_HEADER,
     StreamDecoder,
     StreamError,
     StreamGeometry,
     header_payload,
+    memory_fingerprint,
+    page_crcs,
 )
 
 PROFILE = "migdev"
@@ -135,7 +138,7 @@ class _Restorer:
         self._dev._load_regs(data)
 
     def restored_digest(self) -> bytes:
-        return self._dev._digest_bytes()
+        return self._dev._stream_digest()
 
 
 class MigDev(BookkeepingDevice):
@@ -417,17 +420,27 @@ class MigDev(BookkeepingDevice):
             self._config.snapshot()
         )
 
-    def _digest_of(self, memory_sha256: bytes, regs: bytes) -> bytes:
-        """The state digest: SHA-256 of the profile, geometry, REGS payload and the SHA-256 of
-        device memory (nested, so the save side can hash memory as it sends it)."""
+    def _digest_of(self, memory: bytes, regs: bytes) -> bytes:
+        """A state digest: SHA-256 of the profile, geometry, REGS payload and ``memory``, a
+        32-byte digest of device memory (nested, so the save side can build it as it sends)."""
         h = hashlib.sha256(PROFILE.encode())
         h.update(_DIGEST_HEAD.pack(self._mem_size, PAGE_SIZE))
         h.update(regs)
-        h.update(memory_sha256)
+        h.update(memory)
         return h.digest()
 
     def _digest_bytes(self) -> bytes:
+        """:meth:`digest`: over the SHA-256 of device memory (the strong, stream-independent
+        digest tests and the migration driver compare)."""
         return self._digest_of(hashlib.sha256(self._mm).digest(), self._regs_snapshot())
+
+    def _stream_digest(self) -> bytes:
+        """The END digest of the stream (format 2): over the
+        :func:`~.stream.memory_fingerprint` of device memory (the SHA-256 of its page-CRC
+        table), computed here from the restored memory itself."""
+        with memoryview(self._mm) as mem:
+            table = page_crcs(mem, PAGE_SIZE)
+        return self._digest_of(memory_fingerprint(table), self._regs_snapshot())
 
     def digest(self) -> str:
         if self._closed:
@@ -534,9 +547,10 @@ class MigDev(BookkeepingDevice):
         experimental MIG_DATA_SIZE feature, the kernel's ``stop_copy_length``).
 
         In PRE_COPY: the record being read (what is left of it), HEADER if not sent yet, the
-        pages the shadow reports as never sent or changed since sent, framed in PAGES records
-        (runs of consecutive pages, at most ``MAX_RUN_PAGES`` each, as the final pass cuts them),
-        then REGS and END. Exact for the content at the time of the call; the guest may dirty
+        pages the shadow reports as never sent or changed since sent (with their page CRCs),
+        framed in PAGES records (runs of consecutive pages, at most ``MAX_RUN_PAGES`` each and
+        never across a multiple of ``MAX_RUN_PAGES``, as the final pass cuts them), then REGS
+        and END. Exact for the content at the time of the call; the guest may dirty
         more before the switch. In STOP_COPY the same, so an upper bound (REGS and END are
         counted until the stream ended), 0 once it ended. Outside the saving group (or with a
         save stream not built on the shadow), a whole stream: an upper bound.
@@ -556,16 +570,17 @@ class MigDev(BookkeepingDevice):
             last = -2
             for page in session.tracker.changed():
                 pages += 1
-                run = run + 1 if page == last + 1 and run < MAX_RUN_PAGES else 1
+                joins = page == last + 1 and run < MAX_RUN_PAGES and page % MAX_RUN_PAGES
+                run = run + 1 if joins else 1
                 if run == 1:
                     records += 1
                 last = page
             unsent_header = 0 if encoder.records else header
-            return (encoder.buffered + unsent_header + pages * ps
+            return (encoder.buffered + unsent_header + pages * (ps + PAGE_CRC.size)
                     + records * (rec + PAGES_PREFIX.size) + tail)
         n = self._geo.n_pages
         records = -(-n // MAX_RUN_PAGES)
-        return header + n * ps + records * (rec + PAGES_PREFIX.size) + tail
+        return header + n * (ps + PAGE_CRC.size) + records * (rec + PAGES_PREFIX.size) + tail
 
     def mig_data_read(self, max_size: int) -> bytes:
         if self._closed:

@@ -4,13 +4,17 @@ PRE_COPY source: HEADER, then passes over device memory; each pass sends the pag
 tracker reports (every page on the first pass, afterwards the pages that changed); a pass that
 finds nothing pauses the stream (the read is short: caught up for now) and the next read starts
 a new pass. STOP_COPY source: HEADER if not sent yet, one last pass, REGS, END whose digest is
-computed over the shadow (exactly the memory content sent) and the REGS payload, so it is the
-digest of the state the destination will restore.
+computed over the shadow's page-CRC table (exactly the memory content sent, see
+:meth:`.ShadowTracker.memory_digest`) and the REGS payload, so it is the digest of the state
+the destination will restore.
 
-PAGES payloads are (prefix, view of the shadow) parts: the pages are copied once from device
-memory into the shadow and once from the shadow into the bytes a read returns. Each pass
-starts with a BARRIER: a read that spans a pass boundary first copies what it gathered, since
-the new pass may re-take (rewrite in the shadow) pages that read still references.
+HEADER and the first send of every block are *staged*: laid out in the tracker's staging
+buffer exactly as the stream bytes (see :mod:`.shadow`), the encoder only writing each record
+header in place, so a read of the first pass is a zero-copy view of it. A block sent again
+goes out as (prefix + page CRCs, view of the second shadow) parts, copied once into the bytes
+a read returns. Each pass starts with a BARRIER: a read that spans a pass boundary first
+copies what it gathered, since the new pass may re-take (rewrite in the second shadow) pages
+that read still references; staging bytes are never rewritten.
 """
 
 from __future__ import annotations
@@ -18,20 +22,23 @@ from __future__ import annotations
 import mmap
 from collections.abc import Callable, Iterator
 
-from vfio_user_mig.simulator.device.shadow import ShadowTracker
+from vfio_user_mig.simulator.device.shadow import ShadowTracker, StagedRun
 from vfio_user_mig.simulator.device.stream import (
     BARRIER,
     END_PAYLOAD,
     MAX_RUN_PAGES,
+    RECORD_HEADER,
     RecordItem,
     RecordType,
+    Staged,
     StreamEncoder,
     StreamGeometry,
     header_payload,
     pages_parts,
 )
 
-#: Digest of a state given the SHA-256 of its memory content and its REGS payload.
+#: Digest of a state given the fingerprint of its memory content
+#: (:func:`~.stream.memory_fingerprint`) and its REGS payload.
 DigestFn = Callable[[bytes, bytes], bytes]
 
 
@@ -51,8 +58,13 @@ class SaveSession:
         self._regs = regs
         self._digest = digest
         self._header_sent = False
-        self.tracker = ShadowTracker(memory, geometry.page_size)
-        self.encoder = StreamEncoder(self._precopy() if precopy else self._final())
+        self._header_payload = header_payload(geometry)
+        self.tracker = ShadowTracker(
+            memory, geometry.page_size, RECORD_HEADER.size + len(self._header_payload)
+        )
+        self.encoder = StreamEncoder(
+            self._precopy() if precopy else self._final(), self.tracker.staging
+        )
 
     def stop_copy(self) -> None:
         """PRE_COPY -> STOP_COPY: finish the stream after the record in flight."""
@@ -65,14 +77,23 @@ class SaveSession:
     def _header(self) -> Iterator[RecordItem]:
         if not self._header_sent:
             self._header_sent = True
-            yield RecordType.HEADER, header_payload(self._geo)
+            payload = self._header_payload
+            at = RECORD_HEADER.size
+            self.tracker.staging[at : at + len(payload)] = payload
+            yield RecordType.HEADER, Staged(0, len(payload))
 
     def _pass(self) -> Iterator[RecordItem]:
         # A pass may re-take pages whose shadow views the read in progress still holds.
         yield BARRIER
         ps = self._geo.page_size
-        for first, data in self.tracker.runs(MAX_RUN_PAGES):
-            yield RecordType.PAGES, pages_parts(first, data, ps)
+        tracker = self.tracker
+        for run in tracker.runs(MAX_RUN_PAGES):
+            if isinstance(run, StagedRun):
+                yield RecordType.PAGES, Staged(run.offset, run.length)
+                continue
+            first, data = run
+            crcs = tracker.crcs(first, len(data) // ps)
+            yield RecordType.PAGES, pages_parts(first, data, ps, crcs)
 
     def _precopy(self) -> Iterator[RecordItem]:
         yield from self._header()
