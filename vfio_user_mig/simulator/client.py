@@ -64,7 +64,7 @@ from vfio_user_mig.simulator.transport import (
     send_parts,
     set_recv_timeout,
 )
-from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY
+from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY, MIG_DATA_UNPADDED_KEY
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
 from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.msg_feature import MigDataSize
@@ -394,16 +394,25 @@ class Client:
                       max_msg_fds=self.max_msg_fds)
 
     # ----- protocol operations ---------------------------------------------------------------
-    def negotiate(self, minor: int = 2, *, mig_data_socket: bool = False) -> wire.VersionReply:
+    def negotiate(
+        self, minor: int = 2, *, mig_data_socket: bool = False, unpadded_mig_data: bool = True
+    ) -> wire.VersionReply:
         """VERSION: offer our limits, learn the server's.
 
         ``mig_data_socket``: also offer the experimental migration-data socket
         (:mod:`~vfio_user_mig.simulator.mig_channel`); when the server agrees, the socket it
-        sends becomes :attr:`mig_channel` and :attr:`data_client` uses it."""
-        extra = {MIG_DATA_SOCKET_KEY: {"supported": True}} if mig_data_socket else None
+        sends becomes :attr:`mig_channel` and :attr:`data_client` uses it.
+        ``unpadded_mig_data``: say that this client takes MIG_DATA_READ replies without zero
+        padding (``x-mig-data-unpadded``; it takes padded ones too, from servers that ignore
+        the key, such as libvfio-user)."""
+        extra: dict[str, Any] = {}
+        if mig_data_socket:
+            extra[MIG_DATA_SOCKET_KEY] = {"supported": True}
+        if unpadded_mig_data:
+            extra[MIG_DATA_UNPADDED_KEY] = True
         caps = wire.Capabilities.make(
             max_msg_fds=self.max_msg_fds, max_data_xfer_size=self.max_data_xfer_size,
-            extra=extra,
+            extra=extra or None,
         )
         reply, fds = self.request(
             wire.Version(major=0, minor=minor, capabilities=caps, msg_id=self._new_id())

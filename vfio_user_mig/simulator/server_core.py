@@ -54,7 +54,7 @@ from vfio_user_mig.simulator.irqs import EventfdTable
 from vfio_user_mig.simulator.mig_channel import MigDataChannel, NewChannel, open_channel
 from vfio_user_mig.simulator.socket_end import Parts, SocketEnd
 from vfio_user_mig.simulator.transport import close_fds
-from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY
+from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY, MIG_DATA_UNPADDED_KEY
 from vfio_user_mig.wire.constants import (
     U64_MAX,
     Command,
@@ -209,6 +209,9 @@ class ServerCore(SocketEnd):
         self._pending: _PendingOp | None = None
         self._next_id = 0x8000
         self._now = 0.0
+        #: Pad short MIG_DATA_READ replies to the size asked for (libvfio-user's behaviour)
+        #: unless the client said it takes them unpadded (``x-mig-data-unpadded``).
+        self._pad_mig_data = True
         #: The open migration-data channel (experimental), and one made by VERSION that the
         #: IO layer has not taken yet (:meth:`take_new_channel`).
         self.mig_channel: MigDataChannel | None = None
@@ -300,6 +303,7 @@ class ServerCore(SocketEnd):
         self._reset_socket_state()
         self.negotiated = False
         self.client_caps = None
+        self._pad_mig_data = True
         self._drop_channel()
 
     def _drop_channel(self) -> None:
@@ -418,6 +422,9 @@ class ServerCore(SocketEnd):
         self.negotiated = True
         extra: dict[str, Any] = {}
         reply_fds: list[int] = []
+        self._pad_mig_data = not client_caps.mig_data_unpadded
+        if not self._pad_mig_data:
+            extra[MIG_DATA_UNPADDED_KEY] = True
         if self.config.experimental_mig_data_socket and client_caps.mig_data_socket_supported:
             self._drop_channel()
             self._new_channel = new = open_channel(self)
@@ -781,7 +788,8 @@ class ServerCore(SocketEnd):
             data = self.device.mig_data_read(msg.size)
         except DeviceError as exc:
             raise _Failure(exc.errno, str(exc)) from None
-        return wire.MigDataReadReply(data, msg.size, msg_id=msg.msg_id), []
+        requested = msg.size if self._pad_mig_data else None
+        return wire.MigDataReadReply(data, requested, msg_id=msg.msg_id), []
 
     def _mig_data_write(self, msg: wire.MigDataWrite, fds: list[int]) -> tuple[Any, list[int]]:
         limit = self.config.max_data_xfer_size

@@ -12,6 +12,13 @@ shape of libvfio-user's ``twin_socket``: the client offers ``{"supported": true}
 that agrees answers ``{"fd_index": N}`` and attaches the client's end of the new socket as fd
 ``N`` of the VERSION reply. Peers that do not know the key ignore it (spec: unknown keys are
 ignored), so offering it is always safe.
+
+``x-mig-data-unpadded`` (:data:`MIG_DATA_UNPADDED_KEY`, also ours, boolean): a client that
+sends ``true`` declares it takes MIG_DATA_READ replies exactly as the spec defines them
+(``size`` data bytes, no zero padding up to the size asked for). libvfio-user pads every
+short reply, which costs up to the requested size in zeros at the end of every pre-copy round
+and of the stream, because its own client reads exactly the size it asked for; a server that
+knows the key and sees ``true`` does not pad, and says so by answering ``true``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ DEFAULT_MAX_DMA_MAPS = 65535
 _FIELD = "VERSION.capabilities"
 #: The experimental migration-data socket capability (see module docstring).
 MIG_DATA_SOCKET_KEY = "x-mig-data-socket"
+#: The client takes MIG_DATA_READ replies without padding (see module docstring).
+MIG_DATA_UNPADDED_KEY = "x-mig-data-unpadded"
 
 
 def _reject_constant(name: str) -> Any:
@@ -51,8 +60,9 @@ def _check(obj: Any) -> None:
     for key in ("max_msg_fds", "max_data_xfer_size", "pgsizes", "max_dma_maps"):
         if key in caps and not _is_uint(caps[key]):
             raise invalid(f"{_FIELD}.{key}", f"{caps[key]!r} is not an unsigned integer")
-    if "write_multiple" in caps and not isinstance(caps["write_multiple"], bool):
-        raise invalid(f"{_FIELD}.write_multiple", "not a boolean")
+    for key in ("write_multiple", MIG_DATA_UNPADDED_KEY):
+        if key in caps and not isinstance(caps[key], bool):
+            raise invalid(f"{_FIELD}.{key}", "not a boolean")
     mig = caps.get("migration", {})
     if not isinstance(mig, dict):
         raise invalid(f"{_FIELD}.migration", "not a JSON object")
@@ -192,6 +202,11 @@ class Capabilities:
     def twin_socket_fd_index(self) -> int | None:
         index = self._socket_cap("twin_socket").get("fd_index")
         return None if index is None else int(index)
+
+    @property
+    def mig_data_unpadded(self) -> bool:
+        """The peer takes (client) or sends (server) MIG_DATA_READ replies without padding."""
+        return self.caps.get(MIG_DATA_UNPADDED_KEY) is True
 
     @property
     def mig_data_socket_supported(self) -> bool:
