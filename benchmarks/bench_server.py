@@ -231,7 +231,7 @@ def _raw_bulk(chunks: int, cold: bool = False) -> Callable[[socket.socket], floa
 
 
 def run(quick: bool) -> dict[str, dict[str, float | str | None]]:
-    n, repeat = (2_000, 2) if quick else (20_000, 3)
+    n, repeat = (2_000, 2) if quick else (20_000, 5)
     mem_size = (8 << 20) if quick else (64 << 20)
     rr = max(_with_child(_serve, (1 << 16,), _region_reads(n)) for _ in range(repeat))
     echo = max(_with_child(_echo, (), _raw_echo(n)) for _ in range(repeat))
