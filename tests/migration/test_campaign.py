@@ -32,6 +32,9 @@ def test_campaign_of_300_seeded_runs_with_faults() -> None:
     assert set(FAULT_KINDS) <= set(kinds)
     assert all(row["fired"] > 0 for k, row in kinds.items() if k != "none")
     assert data["outcomes"].get("verified", 0) > 50 and data["outcomes"].get("failed", 0) > 50
+    # About a quarter of the runs carry migration data on the separate socket.
+    separate = data["transports"]["separate"]
+    assert 40 <= separate["runs"] <= 110 and separate["passed"] == separate["runs"]
 
 
 @pytest.mark.skipif(EXTRA_RUNS == 0, reason="set VFIO_USER_MIG_CAMPAIGN_RUNS for a big one")
@@ -119,7 +122,7 @@ def scenarios(draw_: st.DrawFn) -> Scenario:
         src_requests=requests, dst_requests=tuple(draw_(st.lists(states, max_size=2))),
         probes=tuple(draw_(st.lists(st.integers(0, 4), min_size=len(requests),
                                     max_size=len(requests)))),
-        fault=fault)
+        fault=fault, mig_data_socket=draw_(st.booleans()))
 
 
 @settings(max_examples=40, deadline=None, derandomize=True,

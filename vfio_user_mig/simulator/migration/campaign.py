@@ -85,12 +85,15 @@ class Scenario:
     dst_requests: tuple[int, ...]
     probes: tuple[int, ...]
     fault: Fault | None
+    mig_data_socket: bool = False
+    """Migration data on the experimental separate socket (``x-mig-data-socket``)."""
 
     def describe(self) -> str:
         """One line."""
         return (f"caps {caps_label(self.caps)}, device {self.device_mem // 1024} KiB, guest "
                 f"{self.guest_mem // 1024} KiB, chunk {self.chunk}, policy {self.policy}, "
                 f"dirty {self.dirty_rate / max(self.bandwidth, 1):.2f}x bandwidth, "
+                f"{'separate data socket, ' if self.mig_data_socket else ''}"
                 f"fault {self.fault.describe() if self.fault else 'none'}")
 
 
@@ -111,8 +114,10 @@ def draw(seed: int, faults: bool) -> Scenario:
     dst_requests = tuple(rng.choice(states) for _ in range(rng.randint(0, 3)))
     probes = tuple(rng.randrange(len(_PROBES)) for _ in range(len(src_requests)))
     fault = draw_fault(rng, caps, device_mem // chunk + 3) if faults else None
+    mig_data_socket = rng.random() < 0.25  # drawn last: earlier draws keep their seeds' values
     return Scenario(seed, caps, device_mem, guest_mem, chunk, bandwidth, dirty_rate, policy,
-                    iterations, downtime_limit, src_requests, dst_requests, probes, fault)
+                    iterations, downtime_limit, src_requests, dst_requests, probes, fault,
+                    mig_data_socket)
 
 
 class Predictor:
@@ -158,6 +163,8 @@ class RunResult:
     elapsed: float
     rounds: int = 0
     checks: int = 0
+    transport: str = "main"
+    """Where migration data went: ``main`` socket or ``separate`` (x-mig-data-socket)."""
 
 
 class _Run:
@@ -215,21 +222,37 @@ class _Run:
             self.dst_accepted_stream = True  # RESUMING -> STOP passed: the stream was taken
 
     def probe(self, client: Client, state: State, which: int) -> None:
-        """One command in ``state``; its errno must be the gate's."""
+        """One command in ``state``; its errno must be the gate's. Migration data goes where
+        the driver sends it (:attr:`Client.data_client`); with a migration-data channel open,
+        the same command on the main socket must also be refused (EINVAL)."""
         command = _PROBES[which]
         if command == Command.DEVICE_RESET:
             return  # exercised by the recovery paths; it would change the state here
         want = gate(state, command, self.sc.caps)
+        data = client.data_client
+        if data is not client and command in (Command.MIG_DATA_READ, Command.MIG_DATA_WRITE):
+            self.checks += 1
+            try:
+                if command == Command.MIG_DATA_READ:
+                    client.mig_data_read(1)
+                else:
+                    client.mig_data_write(b"M")
+                got_main: int | None = None
+            except VfioUserError as exc:
+                got_main = exc.errno
+            if got_main != _errno.EINVAL:
+                self.violate(f"{command.name} on the main socket with a migration-data socket "
+                             f"open: errno {got_main}, expected EINVAL")
         self.checks += 1
         try:
             if command == Command.MIG_DATA_READ:
-                client.mig_data_read(1)
+                data.mig_data_read(1)
             elif command == Command.MIG_DATA_WRITE:
                 # A valid prefix of a record (the magic), so only the gate can refuse it.
                 if want is None and self.resuming_bytes >= 4:
                     return
-                client.mig_data_write(b"MGDV"[self.resuming_bytes : self.resuming_bytes + 1]
-                                      or b"M")
+                data.mig_data_write(b"MGDV"[self.resuming_bytes : self.resuming_bytes + 1]
+                                    or b"M")
                 self.resuming_bytes += 1
             elif command == Command.DEVICE_GET_INFO:
                 client.device_info()
@@ -307,7 +330,7 @@ def run_scenario(sc: Scenario, trace: str | None = None) -> RunResult:
         bandwidth=sc.bandwidth, downtime_limit=sc.downtime_limit, policy=sc.policy,
         iterations=sc.iterations, max_rounds=8, caps=sc.caps, seed=sc.seed, chunk=sc.chunk,
         timeout=REQUEST_TIMEOUT, deadline=RUN_DEADLINE / 2, latency=20e-6, trace=trace,
-        extra={"campaign_seed": sc.seed})
+        mig_data_socket=sc.mig_data_socket, extra={"campaign_seed": sc.seed})
     hooks = Hooks(client_factory=run.client_factory, relay_filter=run.faults.relay,
                   observer=run.observe, on_ready=run.on_ready)
     outcome, rounds = "error", 0
@@ -331,7 +354,8 @@ def run_scenario(sc: Scenario, trace: str | None = None) -> RunResult:
         run.violate(f"fd leak: {fds} -> {_fd_count()}")
     fault = sc.fault.describe() if sc.fault else "none"
     return RunResult(sc.seed, not run.violations, "; ".join(run.violations), outcome, fault,
-                     run.fired(), elapsed, rounds, run.checks)
+                     run.fired(), elapsed, rounds, run.checks,
+                     "separate" if sc.mig_data_socket else "main")
 
 
 def run_checks(run: _Run, ok: bool, outcome: str, committed: bool, error: str = "") -> None:
@@ -390,6 +414,10 @@ class CampaignResult:
             "runs_per_s": round(runs / self.elapsed, 2) if self.elapsed > 0 else None,
             "outcomes": dict(Counter(r.outcome for r in self.results)),
             "fault_kinds": self.fault_table(),
+            "transports": {t: {"runs": sum(1 for r in self.results if r.transport == t),
+                               "passed": sum(1 for r in self.results
+                                             if r.transport == t and r.ok)}
+                           for t in ("main", "separate")},
             "checks": sum(r.checks for r in self.results),
             "failures": [
                 {"seed": r.seed, "reason": r.reason, "outcome": r.outcome, "fault": r.fault,

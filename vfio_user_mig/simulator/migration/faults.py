@@ -179,6 +179,12 @@ class FaultyClient(Client):
         self.faults.before_send(self.side, self.sock)
         super().send(msg, fds)
 
+    def _channel_client(self, sock: socket.socket) -> Client:
+        """The migration-data channel is faulty the same way: its messages count too."""
+        return FaultyClient(sock, side=self.side, faults=self.faults, timeout=self.timeout,
+                            max_data_xfer_size=self.max_data_xfer_size,
+                            max_msg_fds=self.max_msg_fds)
+
 
 __all__ = [
     "BENIGN",
