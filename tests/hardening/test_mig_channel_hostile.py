@@ -13,25 +13,21 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.simulator.test_mig_channel import Served
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.server_core import ServerConfig
-from vfio_user_mig.simulator.server_io import serve_socketpair
 from vfio_user_mig.simulator.transport import recv_into, send_parts
 
 BAR0 = 0
 _HEADER = struct.Struct("<HHIII")
 
 
-class Channel:
+class Channel(Served):
+    """A served migdev whose client negotiated the channel; ``raw`` is the channel socket."""
+
     def __init__(self) -> None:
-        config = ServerConfig(experimental_mig_data_socket=True)
-        self.hosted: HostedDevice = host_device("migdev", mem_size=1 << 20, config=config)
-        self.server_sock, client_sock = socket.socketpair()
-        self.thread, self.stop = serve_socketpair(self.hosted.core, self.server_sock)
-        self.client = Client(client_sock, timeout=5.0)
+        super().__init__()
         self.client.negotiate(mig_data_socket=True)
         assert self.client.mig_channel is not None
         self.raw = self.client.mig_channel.sock
@@ -51,13 +47,6 @@ class Channel:
         while rest:
             rest -= len(self.raw.recv(rest))
         return header
-
-    def close(self) -> None:
-        self.client.close()
-        self.thread.join(5)
-        assert not self.thread.is_alive()
-        self.server_sock.close()
-        self.hosted.close()
 
 
 @pytest.fixture
