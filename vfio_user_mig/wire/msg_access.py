@@ -9,6 +9,7 @@ These classes are the server's hot path: one struct unpack and one constructor p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vfio_user_mig.wire.constants import HEADER_SIZE, Command, MsgType
@@ -58,6 +59,33 @@ def _count_mismatch(name: str, count: int, n: int) -> Exception:
     return invalid(f"{name}.count", f"{count} != {n} data bytes")
 
 
+def _data_len(name: str, data: Data, count: int) -> int:
+    """``len(data)``, which must equal the message's ``count`` field (encoding)."""
+    n = len(data)
+    if n != count:
+        raise _count_mismatch(name, count, n)
+    return n
+
+
+def _parts(head: bytes, data: Data) -> Parts:
+    """Header + fixed part, then the data as its own part (none when empty)."""
+    return [head, data] if len(data) else [head]
+
+
+def _split(
+    name: str, payload: memoryview, size: int, unpack: Callable[[memoryview], tuple[int, ...]]
+) -> tuple[tuple[int, ...], memoryview]:
+    """(fixed fields, data) of a payload ``{fixed part of size bytes, data}`` whose last fixed
+    field is the data's ``count`` (decoding; the data is a view, not a copy)."""
+    n = len(payload)
+    if n < size:
+        expect_len(name, payload, size)
+    fixed = unpack(payload)
+    if n - size != fixed[-1]:
+        raise _count_mismatch(name, fixed[-1], n - size)
+    return fixed, payload[size:]
+
+
 # --------------------------------------------------------------------------- REGION_READ (9)
 
 
@@ -102,10 +130,7 @@ class RegionReadReply(Reply):
     bare: bool = False
 
     def _encode(self, strict: bool) -> Parts:
-        data = self.data
-        n = len(data)
-        if n != self.count:
-            raise _count_mismatch("REGION_READ.reply", self.count, n)
+        n = _data_len("REGION_READ.reply", self.data, self.count)
         if self.bare and not strict:
             if self.count:
                 raise invalid("REGION_READ.reply.bare", "only for count 0")
@@ -113,19 +138,14 @@ class RegionReadReply(Reply):
         head = _H_RA(
             self.msg_id, _C_RR, _RA_MSG + n, _REPLY, 0, self.offset, self.region, self.count
         )
-        return [head, data] if n else [head]
+        return _parts(head, self.data)
 
     @classmethod
     def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        n = len(payload)
-        if n < _RA:
-            if n == 0:
-                return cls(0, 0, 0, b"", True, msg_id=msg_id)
-            expect_len("REGION_READ.reply", payload, _RA)
-        offset, region, count = _RA_UNPACK(payload)
-        if n - _RA != count:
-            raise _count_mismatch("REGION_READ.reply", count, n - _RA)
-        return _new_rrr(msg_id, offset, region, count, payload[_RA:], False)
+        if not len(payload):
+            return cls(0, 0, 0, b"", True, msg_id=msg_id)
+        (offset, region, count), data = _split("REGION_READ.reply", payload, _RA, _RA_UNPACK)
+        return _new_rrr(msg_id, offset, region, count, data, False)
 
 
 # --------------------------------------------------------------------------- REGION_WRITE (10)
@@ -142,27 +162,17 @@ class RegionWrite(Request):
     data: Data
 
     def _encode(self, strict: bool) -> Parts:
-        data = self.data
-        n = len(data)
-        if n != self.count:
-            raise _count_mismatch("REGION_WRITE", self.count, n)
+        n = _data_len("REGION_WRITE", self.data, self.count)
         head = _H_RA(
             self.msg_id, _C_RW, _RA_MSG + n, NO_REPLY if self.no_reply else 0, 0,
             self.offset, self.region, self.count,
         )
-        return [head, data] if n else [head]
+        return _parts(head, self.data)
 
     @classmethod
     def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        n = len(payload)
-        if n < _RA:
-            expect_len("REGION_WRITE", payload, _RA)
-        offset, region, count = _RA_UNPACK(payload)
-        if n - _RA != count:
-            raise _count_mismatch("REGION_WRITE", count, n - _RA)
-        return _new_rw(
-            msg_id, flags & NO_REPLY != 0, offset, region, count, payload[_RA:]
-        )
+        (offset, region, count), data = _split("REGION_WRITE", payload, _RA, _RA_UNPACK)
+        return _new_rw(msg_id, flags & NO_REPLY != 0, offset, region, count, data)
 
 
 @register(Command.REGION_WRITE)
@@ -234,21 +244,14 @@ class DmaReadReply(Reply):
     data: Data
 
     def _encode(self, strict: bool) -> Parts:
-        n = len(self.data)
-        if n != self.count:
-            raise _count_mismatch("DMA_READ.reply", self.count, n)
+        n = _data_len("DMA_READ.reply", self.data, self.count)
         head = _H_DA(self.msg_id, _C_DR, _DA_MSG + n, _REPLY, 0, self.addr, self.count)
-        return [head, self.data] if n else [head]
+        return _parts(head, self.data)
 
     @classmethod
     def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        n = len(payload)
-        if n < _DA:
-            expect_len("DMA_READ.reply", payload, _DA)
-        addr, count = _DA_UNPACK(payload)
-        if n - _DA != count:
-            raise _count_mismatch("DMA_READ.reply", count, n - _DA)
-        return cls(addr, count, payload[_DA:], msg_id=msg_id)
+        (addr, count), data = _split("DMA_READ.reply", payload, _DA, _DA_UNPACK)
+        return cls(addr, count, data, msg_id=msg_id)
 
 
 # --------------------------------------------------------------------------- DMA_WRITE (12)
@@ -264,24 +267,17 @@ class DmaWrite(Request):
     data: Data
 
     def _encode(self, strict: bool) -> Parts:
-        n = len(self.data)
-        if n != self.count:
-            raise _count_mismatch("DMA_WRITE", self.count, n)
+        n = _data_len("DMA_WRITE", self.data, self.count)
         head = _H_DA(
             self.msg_id, _C_DW, _DA_MSG + n, NO_REPLY if self.no_reply else 0, 0,
             self.addr, self.count,
         )
-        return [head, self.data] if n else [head]
+        return _parts(head, self.data)
 
     @classmethod
     def _decode(cls, msg_id: int, flags: int, payload: memoryview) -> Message:
-        n = len(payload)
-        if n < _DA:
-            expect_len("DMA_WRITE", payload, _DA)
-        addr, count = _DA_UNPACK(payload)
-        if n - _DA != count:
-            raise _count_mismatch("DMA_WRITE", count, n - _DA)
-        return cls(addr, count, payload[_DA:], msg_id=msg_id, no_reply=bool(flags & NO_REPLY))
+        (addr, count), data = _split("DMA_WRITE", payload, _DA, _DA_UNPACK)
+        return cls(addr, count, data, msg_id=msg_id, no_reply=bool(flags & NO_REPLY))
 
 
 @register(Command.DMA_WRITE)
