@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.simulator.test_mig_channel import Served
+from tests.simulator.test_mig_channel import Served, _open_fds
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.server_core import ServerConfig
@@ -54,10 +54,6 @@ def ch() -> Iterator[Channel]:
     c = Channel()
     yield c
     c.close()
-
-
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def test_unknown_command_on_the_channel(ch: Channel) -> None:

@@ -124,10 +124,11 @@ def _opts(**kw: object) -> object:
     return MigrateOptions(**base)  # type: ignore[arg-type]
 
 
-def test_driver_uses_reported_pending_bytes() -> None:
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_driver_uses_reported_pending_bytes(isolation: str) -> None:
     from vfio_user_mig.simulator.migration.session import migrate
 
-    result = migrate(_opts(size_query=True))  # type: ignore[arg-type]
+    result = migrate(_opts(size_query=True, isolation=isolation))  # type: ignore[arg-type]
     assert result.ok
     probe = [e for e in result.trace_events if e["ev"] == "size_query"]
     assert len(probe) == 1 and probe[0]["supported"] is True and probe[0]["pending"] > 1 << 20

@@ -166,7 +166,7 @@ def _configure_migrate(p: argparse.ArgumentParser) -> None:
                    help="MIG_DATA_READ size (default 1M)")
     p.add_argument("--experimental-size-query", action="store_true",
                    help="ask the source device for its pending bytes (MIG_DATA_SIZE, an "
-                        "extension not in vfio-user; hosted thread servers only) and use them "
+                        "extension not in vfio-user; hosted servers only) and use them "
                         "for the switchover decision instead of the estimate")
     p.add_argument("--experimental-mig-data-socket", action="store_true",
                    help="carry MIG_DATA_READ/WRITE on a separate socket negotiated at VERSION "

@@ -39,13 +39,16 @@ class ServerSpec:
     device: str = "migdev"
     mig_data_socket: bool = False
     """Agree to the experimental migration-data socket (``x-mig-data-socket``)."""
+    mig_data_size: bool = False
+    """Answer the experimental MIG_DATA_SIZE query (DEVICE_FEATURE 9)."""
 
     def host(self) -> HostedDevice:
         """Build the device and its server core (a :class:`~..hosting.HostedDevice`)."""
         from vfio_user_mig.simulator.hosting import host_device
         from vfio_user_mig.simulator.server_core import ServerConfig
 
-        config = ServerConfig(experimental_mig_data_socket=self.mig_data_socket)
+        config = ServerConfig(experimental_mig_data_socket=self.mig_data_socket,
+                              experimental_mig_data_size=self.mig_data_size)
         return host_device(self.device, mem_size=self.mem_size, caps=self.caps, config=config)
 
 

@@ -77,10 +77,10 @@ class MigrateOptions:
     A server that does not know it (external servers) leaves migration data on the main
     socket."""
     size_query: bool = False
-    """Experimental: enable MIG_DATA_SIZE on the hosted servers (thread isolation: the
-    server core is in this process) and let the driver use the device's pending bytes instead
-    of its estimate (:attr:`DriverConfig.size_query`). A server that refuses it (process
-    isolation, external servers, libvfio-user) leaves the estimate in use; the trace says so."""
+    """Experimental: enable MIG_DATA_SIZE on the hosted servers (threads or processes) and let
+    the driver use the device's pending bytes instead of its estimate
+    (:attr:`DriverConfig.size_query`). A server that refuses it (external servers,
+    libvfio-user) leaves the estimate in use; the trace says so."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
@@ -130,14 +130,6 @@ def _fill(client: Client, guest: GuestRam, rng: random.Random, device_mem: int |
             client.region_write(BAR2, off, rng.randbytes(min(step, device_mem - off)))
 
 
-def _enable_size_query(ep: Endpoint) -> None:
-    """Turn on the experimental MIG_DATA_SIZE of a server core hosted in this process."""
-    core = getattr(getattr(ep, "hosted_device", None), "core", None)
-    config = getattr(core, "config", None)
-    if config is not None:
-        config.experimental_mig_data_size = True
-
-
 def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult:
     """Run one migration as ``opts`` say; everything built here is released here."""
     hooks = hooks or Hooks()
@@ -154,12 +146,10 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
             endpoints = [ExternalEndpoint(opts.src_socket, "src"),
                          ExternalEndpoint(opts.dst_socket, "dst")]
         else:
-            spec = ServerSpec(opts.device_mem, opts.caps, mig_data_socket=opts.mig_data_socket)
+            spec = ServerSpec(opts.device_mem, opts.caps, mig_data_socket=opts.mig_data_socket,
+                              mig_data_size=opts.size_query)
             endpoints = [make_endpoint(opts.isolation, spec, "src")]
             endpoints.append(make_endpoint(opts.isolation, spec, "dst"))
-            if opts.size_query:
-                for ep in endpoints:
-                    _enable_size_query(ep)
         sides: list[Side] = []
         for ep in endpoints:
             guest = GuestRam(opts.guest_mem, name=f"guest-{ep.label}")
