@@ -1,0 +1,402 @@
+"""Sequences: one connection to the server under test, the checks made on it, and the model's
+prediction of the device's migration state.
+
+A :class:`Checker` owns the target, the report and the options; ``with
+checker.sequence(group, title) as seq:`` opens a fresh connection (a fresh process for
+``--spawn``), negotiates VERSION, learns the migration capabilities (DEVICE_FEATURE
+MIGRATION GET, PROTOCOL.md section 3) and brings the device to RUNNING along the model's path
+(for ``--socket``, where an earlier sequence may have left it elsewhere).
+
+On a :class:`Sequence`, :meth:`Sequence.check` sends one request and counts one check whose
+outcome :func:`~vfio_user_mig.check.steps.judge` decides; :meth:`Sequence.verify` counts a check
+on something already received. Every message sent is recorded as a
+:class:`~vfio_user_mig.check.steps.Step`, so each finding carries the messages that reproduce
+it. A request that gets no reply in time (``hang``), a server that dies (``crash``) or closes
+where it must answer (``close``), or sends bytes that are no message (``reply``) ends the
+sequence: :class:`SequenceAborted` is raised after the finding is recorded and the checker
+moves on to the next sequence. The checker itself never waits without a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vfio_user_mig import wire
+from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout
+from vfio_user_mig.check.findings import Finding, Kind, Report
+from vfio_user_mig.check.profiles import Profile
+from vfio_user_mig.check.steps import (
+    OK,
+    Expect,
+    Step,
+    command_name,
+    judge,
+    make_fds,
+    refused,
+)
+from vfio_user_mig.check.target import Target
+from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
+from vfio_user_mig.model.graph import transition_graph
+
+#: What the checker offers at VERSION (PROTOCOL.md section 2, VERSION).
+CLIENT_MAX_MSG_FDS = 8
+CLIENT_MAX_DATA_XFER = 1024 * 1024
+#: Chunk size the checker asks for when it reads a migration stream.
+READ_CHUNK = 64 * 1024
+#: A stream longer than this is not read to its end by the checker (it stops and says so).
+STREAM_LIMIT = 256 * 1024 * 1024
+
+_FEATURE = struct.Struct("<II")
+_STATE = struct.Struct("<II")
+_MIG_DATA = struct.Struct("<II")
+_ECHO_SIZE = _FEATURE.size + _STATE.size
+
+
+class SequenceAborted(Exception):
+    """The sequence cannot go on; the finding that says why is already recorded."""
+
+
+@dataclass
+class ServerFacts:
+    """What the server said about itself (VERSION reply and MIGRATION feature)."""
+
+    version: tuple[int, int] = (0, 0)
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    caps: MigrationCaps | None = None
+
+    @property
+    def max_data_xfer_size(self) -> int:
+        value = self.capabilities.get("max_data_xfer_size", wire.DEFAULT_MAX_DATA_XFER_SIZE)
+        return int(value) if isinstance(value, int) else wire.DEFAULT_MAX_DATA_XFER_SIZE
+
+    @property
+    def migration_pgsize(self) -> int | None:
+        mig = self.capabilities.get("migration")
+        if isinstance(mig, dict) and isinstance(mig.get("pgsize"), int):
+            return int(mig["pgsize"])
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": f"{self.version[0]}.{self.version[1]}",
+            "capabilities": self.capabilities,
+            "migration": (None if self.caps is None
+                          else [f.name for f in MigrationCaps if f & self.caps]),
+        }
+
+
+def version_request(msg_id: int, minor: int = 2, max_xfer: int = CLIENT_MAX_DATA_XFER,
+                    extra: dict[str, Any] | None = None) -> bytes:
+    caps = {"capabilities": {"max_msg_fds": CLIENT_MAX_MSG_FDS, "max_data_xfer_size": max_xfer,
+                             **(extra or {})}}
+    text = json.dumps(caps, separators=(",", ":")).encode() + b"\0"
+    return raw_message(msg_id, wire.Command.VERSION, struct.pack("<HH", 0, minor) + text)
+
+
+def feature_request(msg_id: int, index: int, ops: int, data: bytes = b"",
+                    argsz: int | None = None) -> bytes:
+    """DEVICE_FEATURE {argsz, flags, data} by hand, so that any value can be sent."""
+    payload = _FEATURE.pack(_FEATURE.size + len(data) if argsz is None else argsz,
+                            (index & 0xFFFF) | ops) + data
+    return raw_message(msg_id, wire.Command.DEVICE_FEATURE, payload)
+
+
+def raw_message(msg_id: int, command: int, payload: bytes, flags: int = 0) -> bytes:
+    return wire.Header(msg_id, command, 16 + len(payload), flags).pack() + payload
+
+
+class Checker:
+    """The target, the options and the report shared by every sequence (module docstring)."""
+
+    def __init__(self, target: Target, *, timeout: float = 2.0,
+                 client_max_xfer: int = CLIENT_MAX_DATA_XFER,
+                 profile: Profile | None = None) -> None:
+        self.target = target
+        self.profile = profile
+        self.timeout = timeout
+        self.client_max_xfer = client_max_xfer
+        self.facts = ServerFacts()
+        self.report = Report(server=target.name, caps={})
+        #: A migration stream read from this server (for RESUMING checks), once one was read.
+        self.saved_stream: bytes | None = None
+
+    @contextlib.contextmanager
+    def sequence(self, group: str, title: str, *, setup: bool = True,
+                 max_xfer: int | None = None) -> Iterator[Sequence]:
+        """A fresh connection; ``setup`` negotiates and brings the device to RUNNING."""
+        sock = self.target.begin()
+        seq = Sequence(self, Conn(sock, self.timeout), group, title)
+        self.report.coverage.groups[group] += 1
+        try:
+            if setup:
+                seq.setup(max_xfer=max_xfer)
+            yield seq
+        except SequenceAborted:
+            pass
+        finally:
+            seq.conn.close()
+            self.target.end()
+
+
+class Sequence:
+    """One connection and the checks made on it (module docstring)."""
+
+    def __init__(self, checker: Checker, conn: Conn, group: str, title: str) -> None:
+        self.checker = checker
+        self.conn = conn
+        self.group = group
+        self.title = title
+        self.steps: list[Step] = []
+        self._id = 0
+        #: The model's prediction of the device state (``None``: not known).
+        self.state: State | None = None
+        self.caps: MigrationCaps | None = None
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        self._id = (self._id + 1) & 0x7FFF or 1
+        return self._id
+
+    def exchange(self, data: bytes, *, fds: tuple[str, ...] = (), expect: Expect = OK,
+                 note: str = "", timeout: float | None = None) -> Reply | None:
+        """Send ``data`` and return its reply (``None``: closed); hangs, crashes and bad frames
+        are recorded and abort the sequence. Counts no check."""
+        step = Step(data, fds, expect, note)
+        self.steps.append(step)
+        command = step.command
+        if self.state is not None and len(data) >= 16:
+            self.checker.report.coverage.requests[(self.state.name, command)] += 1
+        opened = make_fds(fds)
+        try:
+            reply = self.conn.request(data, opened, timeout)
+            if reply is not None:
+                self._track_dma(data, opened, reply)
+        except ReplyTimeout:
+            death = self.checker.target.death()
+            if death is not None:
+                self._abort(Kind.CRASH, f"server dies on {command}", death.describe(), command)
+            self._abort(Kind.HANG, f"no reply to {command}",
+                        f"no reply within {self.conn.timeout:g} s", command)
+        except BadFrame as exc:
+            self._abort(Kind.REPLY, f"unframeable bytes in reply to {command}", str(exc),
+                        command)
+        finally:
+            for fd in opened:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if reply is None:
+            death = self.checker.target.death()
+            if death is not None:
+                self._abort(Kind.CRASH, f"server dies on {command}", death.describe(), command)
+        return reply
+
+    def _track_dma(self, data: bytes, fds: list[int], reply: Reply) -> None:
+        """Keep the checker's guest memory in step with successful DMA_MAP/UNMAP requests."""
+        reply.close_fds()
+        if reply.is_error or len(data) < 16:
+            return
+        command = struct.unpack_from("<H", data, 2)[0]
+        if command == wire.Command.DMA_MAP and len(data) >= 16 + 32:
+            _argsz, _flags, _off, addr, size = struct.unpack_from("<IIQQQ", data, 16)
+            self.conn.memory.add(addr, size, fds[0] if fds else None)
+        elif command == wire.Command.DMA_UNMAP and len(data) >= 16 + 24:
+            _argsz, flags, addr, _size = struct.unpack_from("<IIQQ", data, 16)
+            if flags & wire.DmaUnmapFlag.ALL:
+                self.conn.memory.clear()
+            else:
+                self.conn.memory.remove(addr)
+
+    def _abort(self, kind: Kind, title: str, observed: str, command: str) -> None:
+        self.checker.report.checks += 1
+        self.finding(kind, title, "a reply within the timeout", observed,
+                     "vfio-user.rst: every command gets a reply", [command])
+        raise SequenceAborted(title)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def finding(self, kind: Kind, title: str, expected: str, observed: str, spec: str,
+                commands: list[str] | None = None) -> None:
+        self.checker.report.findings.append(Finding(
+            kind=kind, title=title,
+            commands=commands or sorted({s.command for s in self.steps[-1:]}),
+            expected=expected, observed=observed, spec=spec,
+            reproducer=[s.to_json() for s in self.steps], group=self.group))
+
+    def verify(self, ok: bool, kind: Kind, title: str, expected: str, observed: str,
+               spec: str, commands: list[str] | None = None) -> bool:
+        """Count one check on something already received; record a finding when not ``ok``."""
+        self.checker.report.checks += 1
+        if ok:
+            self.checker.report.passed += 1
+        else:
+            self.finding(kind, title, expected, observed, spec, commands)
+        return ok
+
+    def check(self, title: str, data: bytes, expect: Expect, *, fds: tuple[str, ...] = (),
+              spec: str = "", cell: bool = True) -> Reply | None:
+        """Send one request and count one check: its reply must meet ``expect``."""
+        state = self.state
+        reply = self.exchange(data, fds=fds, expect=expect)
+        verdict = judge(expect, reply)
+        if cell and state is not None:
+            self.checker.report.coverage.cells[(state.name, self.steps[-1].command)] += 1
+        self.verify(verdict.kind is None, verdict.kind or Kind.REPLY, title,
+                    expect.describe(), verdict.observed, spec or expect.rule)
+        if reply is None and not self.conn.closed:
+            self.conn.closed = True
+        if reply is None:
+            raise SequenceAborted(title) if verdict.kind is not None else SequenceAborted(
+                f"{title}: closed as allowed")
+        return reply
+
+    # -- setup and migration state ----------------------------------------------------------
+
+    def setup(self, max_xfer: int | None = None) -> None:
+        """VERSION, MIGRATION GET, then RUNNING along the model's path (module docstring)."""
+        facts = self.checker.facts
+        reply = self.check("VERSION is accepted",
+                           version_request(self.next_id(),
+                                           max_xfer=max_xfer or self.checker.client_max_xfer),
+                           Expect("ok", rule="vfio-user.rst: Version"), cell=False)
+        if reply is not None and len(reply.payload) >= 4:
+            facts.version = struct.unpack_from("<HH", reply.payload)
+            text = reply.payload[4:].rstrip(b"\0").decode("utf-8", "replace")
+            with contextlib.suppress(ValueError):
+                caps = json.loads(text).get("capabilities", {})
+                if isinstance(caps, dict):
+                    facts.capabilities = caps
+        reply = self.exchange(feature_request(self.next_id(), wire.FeatureIndex.MIGRATION,
+                                              wire.FeatureOp.GET, argsz=16))
+        if reply is not None and not reply.is_error and len(reply.payload) >= 16:
+            self.caps = facts.caps = MigrationCaps(struct.unpack_from("<Q", reply.payload, 8)[0]
+                                                   & 7)
+        self.checker.report.caps = facts.to_json()
+        if self.caps is None:
+            return
+        current = self.get_state()
+        if current is None:
+            return
+        self.state = current
+        if current == State.ERROR:
+            self.exchange(raw_message(self.next_id(), wire.Command.DEVICE_RESET, b""))
+            self.state = self.get_state()
+        if self.state is not None and self.state != State.RUNNING:
+            self.goto(State.RUNNING)
+
+    def supported_states(self) -> list[State]:
+        if self.caps is None:
+            return []
+        return sorted(transition_graph(self.caps).nodes)
+
+    def get_state(self) -> State | None:
+        """The device state by MIG_DEVICE_STATE GET, checked for form (one check)."""
+        reply = self.exchange(feature_request(self.next_id(), wire.FeatureIndex.MIG_DEVICE_STATE,
+                                              wire.FeatureOp.GET, argsz=_ECHO_SIZE))
+        ok = (reply is not None and not reply.is_error and len(reply.payload) >= _ECHO_SIZE)
+        if not self.verify(ok, Kind.REPLY, "MIG_DEVICE_STATE GET answers with the state",
+                           f"success with a {_ECHO_SIZE}-byte payload",
+                           "closed" if reply is None else f"{len(reply.payload)} bytes, error "
+                           f"{reply.errno}", "PROTOCOL.md section 3 (MIG_DEVICE_STATE)"):
+            return None
+        assert reply is not None
+        value = struct.unpack_from("<I", reply.payload, 8)[0]
+        try:
+            return State(value)
+        except ValueError:
+            self.finding(Kind.STATE, "MIG_DEVICE_STATE GET reports an unknown state",
+                         "a state 0-7", str(value), "PROTOCOL.md section 3")
+            return None
+
+    def set_state_request(self, target: int) -> bytes:
+        return feature_request(self.next_id(), wire.FeatureIndex.MIG_DEVICE_STATE,
+                               wire.FeatureOp.SET, _STATE.pack(target, 0))
+
+    def set_state(self, target: State | int, *, title: str | None = None) -> bool:
+        """SET ``target`` and check the reply and the state reached against the model.
+
+        Returns whether the device is now where the model says (``self.state`` follows the
+        model's prediction)."""
+        cur = self.state
+        if cur is None or self.caps is None:
+            raise SequenceAborted("state unknown")
+        data = self.set_state_request(int(target))
+        name = target.name if isinstance(target, State) else str(target)
+        title = title or f"SET {cur.name} -> {name}"
+        try:
+            path = transition_path(cur, State(target), self.caps)
+            expect = Expect("ok", payload=data[16:], rule="PROTOCOL.md section 5; section 3: "
+                            "a SET reply echoes the request")
+        except (InvalidTransition, ValueError):
+            path = None
+            expect = refused(22, rule="PROTOCOL.md section 5: an invalid transition is "
+                             "refused with EINVAL and the state is unchanged")
+        reply = self.check(title, data, expect)
+        if reply is None:
+            return False
+        if path is not None and not reply.is_error:
+            for a, b in itertools.pairwise(path):
+                self.checker.report.coverage.arcs[(a.name, b.name)] += 1
+            predicted = State(target)
+        else:
+            predicted = cur
+        observed = self.get_state()
+        if observed is None:
+            raise SequenceAborted("state unreadable")
+        self.state = observed
+        return self.verify(
+            observed == predicted or (reply.is_error and path is not None), Kind.STATE,
+            f"{title}: state reached", predicted.name, observed.name,
+            "PROTOCOL.md section 5 (the model's path)", ["DEVICE_FEATURE"])
+
+    def read_stream(self, chunk: int = READ_CHUNK, limit: int = STREAM_LIMIT) -> bytes | None:
+        """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error."""
+        out = bytearray()
+        while len(out) < limit:
+            payload = _MIG_DATA.pack(8 + chunk, chunk)
+            reply = self.exchange(raw_message(self.next_id(), wire.Command.MIG_DATA_READ,
+                                              payload))
+            if reply is None or reply.is_error or len(reply.payload) < 8:
+                return None
+            size = struct.unpack_from("<I", reply.payload, 4)[0]
+            out += reply.payload[8:8 + size]
+            if size < chunk:
+                return bytes(out)
+        return bytes(out)
+
+    def goto(self, target: State) -> None:
+        """Move to ``target`` as a well-behaved VMM does: read a saving state's data to its end
+        before leaving it, and feed RESUMING the stream saved earlier, if any."""
+        if self.state == target:
+            return
+        if self.state == State.STOP_COPY:
+            stream = self.read_stream()
+            if stream is not None and self.checker.saved_stream is None:
+                self.checker.saved_stream = stream
+        elif self.state in (State.PRE_COPY, State.PRE_COPY_P2P):
+            self.read_stream()
+        elif self.state == State.RESUMING and self.checker.saved_stream is not None:
+            self.write_stream(self.checker.saved_stream)
+        if not self.set_state(target, title=f"SET {self.state} -> {target.name} (setup)"):
+            raise SequenceAborted(f"cannot reach {target.name}")
+
+    def write_stream(self, stream: bytes) -> bool:
+        limit = min(self.checker.facts.max_data_xfer_size, CLIENT_MAX_DATA_XFER)
+        for at in range(0, len(stream), limit):
+            part = stream[at:at + limit]
+            reply = self.exchange(raw_message(self.next_id(), wire.Command.MIG_DATA_WRITE,
+                                              _MIG_DATA.pack(8 + len(part), len(part)) + part))
+            if reply is None or reply.is_error:
+                return False
+        return True
+
+
+def command_of(data: bytes) -> str:
+    return command_name(struct.unpack_from("<H", data, 2)[0])
