@@ -8,6 +8,7 @@ Every command that reports prints human text by default and one JSON object on s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -206,36 +207,83 @@ def size_arg(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run a vfio-user server on a UNIX socket until interrupted."""
-    import logging
+    """Run a vfio-user server on a UNIX socket until SIGINT/SIGTERM (or ``--max-connections``).
 
+    Human output: one "serving ..." line once the socket accepts connections, one summary line
+    at exit. ``--json``: exactly one JSON object on stdout, at exit (socket, device, device_mem,
+    caps, pid, connections, requests, errors, dma_messages, final_state, stopped_by); the
+    "serving ..." line then goes to stderr. Exit status 0 after a clean stop, 2 for bad
+    arguments (including a device memory size the device refuses), 1 when the socket cannot
+    be created. The socket file is removed at exit.
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    from vfio_user_mig.simulator.device.base import DeviceError
     from vfio_user_mig.simulator.hosting import host_device
     from vfio_user_mig.simulator.server_core import ServerConfig
     from vfio_user_mig.simulator.server_io import UnixServer
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
-    hosted = host_device(args.device, mem_size=args.device_mem, caps=args.caps,
-                         config=ServerConfig(
-                             strict_spec=args.strict_spec,
-                             experimental_mig_data_socket=args.experimental_mig_data_socket))
+    try:
+        hosted = host_device(args.device, mem_size=args.device_mem, caps=args.caps,
+                             config=ServerConfig(
+                                 strict_spec=args.strict_spec,
+                                 experimental_mig_data_socket=args.experimental_mig_data_socket))
+    except (DeviceError, ValueError) as exc:
+        print(f"vfio-user-mig serve: {exc}", file=sys.stderr)
+        return 2
     core = hosted.core
-    server = UnixServer(core, args.socket, verbose=args.verbose,
-                        max_connections=args.max_connections)
+    try:
+        server = UnixServer(core, args.socket, verbose=args.verbose,
+                            max_connections=args.max_connections)
+    except OSError as exc:
+        hosted.close()
+        print(f"vfio-user-mig serve: cannot listen on {args.socket}: {exc}", file=sys.stderr)
+        return 1
+    stopped_by: list[str] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopped_by.append(signal.Signals(signum).name)
+        server.stop_event.set()
+
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, on_signal)
     print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
-          f"{caps_label(args.caps)}) on {args.socket}", flush=True)
+          f"{caps_label(args.caps)}) on {args.socket}, pid {os.getpid()}",
+          file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         hosted.close()
-    summary = {"socket": args.socket, "connections": server.connections, **core.stats,
-               "final_state": core.state.name}
+        with contextlib.suppress(OSError):
+            os.unlink(args.socket)
+    reason = stopped_by[0] if stopped_by else "max-connections"
+    summary = {"socket": args.socket, "device": args.device, "device_mem": args.device_mem,
+               "caps": caps_label(args.caps), "pid": os.getpid(),
+               "connections": server.connections, **core.stats,
+               "final_state": core.state.name, "stopped_by": reason}
     _emit(args, summary, f"served {server.connections} connection(s); "
           f"{core.stats['requests']} requests, {core.stats['errors']} errors; "
-          f"final state {core.state.name}")
+          f"final state {core.state.name}; stopped by {reason}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _device_names() -> list[str]:
@@ -244,7 +292,8 @@ def _device_names() -> list[str]:
     return sorted(DEVICES)
 
 
-@command("serve", "run a vfio-user server with an emulated device on a UNIX socket")
+@command("serve", "run a vfio-user server with an emulated device on a UNIX socket until "
+         "SIGINT/SIGTERM or --max-connections")
 def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--socket", required=True, help="socket path (created with mode 0600)")
     p.add_argument("--device", choices=_device_names(), default="migdev")
@@ -256,10 +305,14 @@ def _configure_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experimental-mig-data-socket", action="store_true",
                    help="agree to a client's x-mig-data-socket capability: MIG_DATA_READ/WRITE "
                         "on a separate socket (an extension not in vfio-user)")
-    p.add_argument("--max-connections", type=int, default=None,
-                   help="exit after serving this many connections")
+    p.add_argument("--max-connections", type=_positive_int, default=None,
+                   help="exit after serving this many connections (one at a time)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
-    _add_json(p)
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON object on stdout, at exit: socket, device, "
+                        "device_mem, caps, pid, connections, requests, errors, dma_messages, "
+                        "final_state, stopped_by (the 'serving' line goes to stderr; the "
+                        "server is ready once the socket path exists)")
     p.set_defaults(handler=cmd_serve)
 
 
