@@ -250,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stopped_by.append(signal.Signals(signum).name)
         server.stop_event.set()
 
-    old: dict[int, Any] = {}
+    old: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
@@ -260,8 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for restored, handler in old.items():
+            signal.signal(restored, handler)
         hosted.close()
         with contextlib.suppress(OSError):
             os.unlink(args.socket)
