@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vfio_user_mig.proofs import (
+    Explored,
     Skip,
     Status,
     Theorem,
@@ -66,6 +67,26 @@ def test_skip_and_crash() -> None:
 
 def test_suite_totals_and_json() -> None:
     suite = run_all([_theorem(lambda: Verdict(3)), _theorem(lambda: Verdict(4))])
-    assert suite.ok and suite.total_cases == 7
+    assert suite.ok and suite.enumerated_cases == 7 and suite.explorations() == []
     data = suite.to_json()
-    assert data["total_cases"] == 7 and data["ok"] and len(data["results"]) == 2
+    assert data["enumerated_cases"] == 7 and data["ok"] and len(data["results"]) == 2
+    assert data["explorations"] == [] and "total_cases" not in data
+
+
+def test_a_shared_exploration_is_reported_once_not_summed() -> None:
+    space = Explored("cfg-a", states=100, transitions=250)
+    other = Explored("cfg-b", states=7, transitions=9)
+    suite = run_all([
+        _theorem(lambda: Verdict(5)),
+        _theorem(lambda: Verdict(100, explored=space)),
+        _theorem(lambda: Verdict(40, explored=space)),
+        _theorem(lambda: Verdict(7, explored=other)),
+    ])
+    assert suite.enumerated_cases == 5
+    assert [(s.key, s.states, s.transitions, len(names))
+            for s, names in suite.explorations()] == [("cfg-a", 100, 250, 2), ("cfg-b", 7, 9, 1)]
+    data = suite.to_json()
+    assert data["enumerated_theorems"] == 1
+    assert [(e["states"], e["transitions"], len(e["theorems"])) for e in data["explorations"]] \
+        == [(100, 250, 2), (7, 9, 1)]
+    assert data["results"][1]["explored"] == {"key": "cfg-a", "states": 100, "transitions": 250}

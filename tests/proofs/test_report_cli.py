@@ -20,7 +20,8 @@ def test_text_and_markdown_show_counterexamples() -> None:
     suite = run_all(fsm_theorems(KERNEL_UNFIXED, [VFIO_USER_CAPS]), "kernel-unfixed")
     text = render_text(suite)
     assert "UNEXPECTED" in text and "STOP_COPY -> PRE_COPY" in text
-    assert "cases in" in text and "[implementation: kernel-unfixed]" in text
+    assert "theorems over enumerated domains:" in text and " cases checked" in text
+    assert "[implementation: kernel-unfixed]" in text
     md = render_markdown(suite)
     assert md.startswith("# vfio-user-mig proofs") and "| ❌ |" in md
     assert "- counterexample: `STOP_COPY -> PRE_COPY`" in md
@@ -38,7 +39,14 @@ def test_prove_full_suite_json_and_markdown(tmp_path: Path,
     out = tmp_path / "proofs.md"
     assert main(["prove", "--json", "--markdown", str(out)]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["ok"] and data["unexpected"] == [] and data["total_cases"] > 100_000
+    assert data["ok"] and data["unexpected"] == [] and "total_cases" not in data
+    # Each figure once: the session theorems' exploration is reported once, not summed.
+    spaces = data["explorations"]
+    assert len(spaces) == 2 and [len(e["theorems"]) for e in spaces] == [5, 1]
+    assert spaces[0]["states"] > 10_000 and spaces[0]["transitions"] > spaces[0]["states"]
+    enumerated = [r for r in data["results"] if r["explored"] is None]
+    assert data["enumerated_cases"] == sum(r["cases"] for r in enumerated) > 1500
+    assert data["enumerated_theorems"] == len(enumerated) == data["theorems"] - 6
     names = {r["name"]: r for r in data["results"]}
     assert names["session.no-deadlock[non-serving driver]"]["status"] == "fails"
     assert names["session.no-deadlock[non-serving driver]"]["as_expected"]
@@ -51,7 +59,8 @@ def test_prove_full_suite_json_and_markdown(tmp_path: Path,
 def test_prove_text_reports_time_and_cases(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["prove", "--fsm-only", "--caps", "stop_copy,pre_copy"]) == 0
     text = capsys.readouterr().out
-    assert "0 unexpected outcomes" in text and " cases in " in text and " s " in text
+    assert "0 unexpected outcomes in " in text and " s [implementation: model]" in text
+    assert "theorems over enumerated domains:" in text and "exploration" not in text
 
 
 def test_prove_fails_on_a_mutant(capsys: pytest.CaptureFixture[str]) -> None:

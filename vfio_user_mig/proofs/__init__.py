@@ -29,6 +29,7 @@ every outcome matches its expectation.
 
 from vfio_user_mig.proofs.framework import (
     Counterexample,
+    Explored,
     Result,
     Skip,
     Status,
@@ -42,6 +43,7 @@ from vfio_user_mig.proofs.framework import (
 
 __all__ = [
     "Counterexample",
+    "Explored",
     "Result",
     "Skip",
     "Status",

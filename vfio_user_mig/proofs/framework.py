@@ -12,6 +12,12 @@ deadlocks", passes when it fails) or when it was skipped (:class:`Skip`).
 counting after the first failure and reports the failing case of smallest ``size`` (ties:
 the first in domain order), so the counterexample is minimal and the case count is always the
 size of the whole domain.
+
+Theorems about a reachable state space (the session theorems) re-walk one shared exploration:
+their verdicts carry the :class:`Explored` space, and a :class:`SuiteResult` reports each
+distinct space once (its states and transitions, and the theorems checked over it) instead of
+summing the cases of theorems that walk the same states. Only theorems over an enumerated
+domain of their own contribute to :attr:`SuiteResult.enumerated_cases`.
 """
 
 from __future__ import annotations
@@ -56,6 +62,20 @@ class Counterexample:
 
 
 @dataclass(frozen=True)
+class Explored:
+    """A reachable state space a theorem was checked over; theorems with the same ``key``
+    walked the same exploration."""
+
+    key: str
+    states: int
+    transitions: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"key": self.key, "states": self.states, "transitions": self.transitions}
+
+
+@dataclass(frozen=True)
 class Verdict:
     """What a checker returns: cases checked, failures, the minimal counterexample."""
 
@@ -63,6 +83,7 @@ class Verdict:
     counterexample: Counterexample | None = None
     failures: int = 0
     note: str = ""
+    explored: Explored | None = None
 
     @property
     def holds(self) -> bool:
@@ -94,6 +115,7 @@ class Result:
     counterexample: Counterexample | None = None
     failures: int = 0
     note: str = ""
+    explored: Explored | None = None
 
     @property
     def as_expected(self) -> bool:
@@ -118,6 +140,7 @@ class Result:
             "failures": self.failures,
             "seconds": round(self.seconds, 4),
             "note": self.note,
+            "explored": None if self.explored is None else self.explored.to_json(),
             "counterexample": None if self.counterexample is None
             else self.counterexample.to_json(),
         }
@@ -132,9 +155,19 @@ class SuiteResult:
     implementation: str = "model"
 
     @property
-    def total_cases(self) -> int:
-        """Sum of the cases of every checked theorem."""
-        return sum(r.cases for r in self.results)
+    def enumerated_cases(self) -> int:
+        """Cases checked by the theorems over an enumerated domain of their own (a case
+        checked by two theorems counts twice: two properties were checked); theorems over a
+        shared exploration are reported by :meth:`explorations` instead."""
+        return sum(r.cases for r in self.results if r.explored is None)
+
+    def explorations(self) -> list[tuple[Explored, list[str]]]:
+        """Each distinct explored state space once, with the theorems checked over it."""
+        spaces: dict[str, tuple[Explored, list[str]]] = {}
+        for r in self.results:
+            if r.explored is not None:
+                spaces.setdefault(r.explored.key, (r.explored, []))[1].append(r.theorem.name)
+        return list(spaces.values())
 
     @property
     def ok(self) -> bool:
@@ -152,7 +185,11 @@ class SuiteResult:
             "ok": self.ok,
             "seconds": round(self.seconds, 3),
             "theorems": len(self.results),
-            "total_cases": self.total_cases,
+            "enumerated_cases": self.enumerated_cases,
+            "enumerated_theorems": sum(1 for r in self.results
+                                       if r.explored is None and r.status is not Status.SKIPPED),
+            "explorations": [{**space.to_json(), "theorems": names}
+                             for space, names in self.explorations()],
             "unexpected": [r.theorem.name for r in self.unexpected()],
             "results": [r.to_json() for r in self.results],
         }
@@ -201,7 +238,7 @@ def run_theorem(theorem: Theorem) -> Result:
         return Result(theorem, Status.ERROR, 0, time.perf_counter() - start, cex, 1)
     status = Status.HOLDS if verdict.holds else Status.FAILS
     return Result(theorem, status, verdict.cases, time.perf_counter() - start,
-                  verdict.counterexample, verdict.failures, verdict.note)
+                  verdict.counterexample, verdict.failures, verdict.note, verdict.explored)
 
 
 def run_all(theorems: Iterable[Theorem], implementation: str = "model") -> SuiteResult:
@@ -214,6 +251,7 @@ def run_all(theorems: Iterable[Theorem], implementation: str = "model") -> Suite
 __all__ = [
     "Counterexample",
     "Expect",
+    "Explored",
     "Result",
     "Skip",
     "Status",

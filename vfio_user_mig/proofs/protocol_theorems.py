@@ -9,8 +9,10 @@ module exists (it is imported lazily; the theorem is skipped with a note otherwi
 may have a ``close()`` method, called when the check is done.
 
 Session: the abstract migration session of :mod:`vfio_user_mig.proofs.session_model`, explored
-exhaustively; every theorem reports the states and transitions it checked, and a failure comes
-with the shortest run that reaches it.
+exhaustively once per configuration; every theorem is checked over that one exploration (its
+verdict names the :class:`~vfio_user_mig.proofs.framework.Explored` space, reported once per
+suite), counts the items it checked (states, final states or MIG_DATA events), and a failure
+comes with the shortest run that reaches it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from collections.abc import Callable, Sequence
 from vfio_user_mig.model import VFIO_USER_CAPS, MigrationCaps, State, caps_label
 from vfio_user_mig.model.gating import CLIENT_COMMANDS, gate, legality_table
 from vfio_user_mig.model.graph import transition_graph
-from vfio_user_mig.proofs.framework import Counterexample, Skip, Theorem, Verdict, exhaust
+from vfio_user_mig.proofs.framework import (
+    Counterexample,
+    Explored,
+    Skip,
+    Theorem,
+    Verdict,
+    exhaust,
+)
 from vfio_user_mig.proofs.session_model import (
     DONE,
     END,
@@ -173,17 +182,24 @@ def _bind_model(caps: MigrationCaps) -> Callable[[], Verdict]:
 # ---------------------------------------------------------------------------------------------
 
 def _size_note(exp: Exploration) -> str:
-    return f"{exp.states} states, {exp.arcs} transitions"
+    return f"over {exp.states} states, {exp.arcs} transitions"
 
 
-def _state_verdict(exp: Exploration, bad: list[tuple[World, str]], cases: int) -> Verdict:
+def _explored(exp: Exploration) -> Explored:
+    """The exploration as the framework reports it: one entry per configuration."""
+    return Explored(repr(exp.config), exp.states, exp.arcs)
+
+
+def _state_verdict(exp: Exploration, bad: list[tuple[World, str]], cases: int,
+                   note: str = "") -> Verdict:
     """A verdict whose counterexample is the shallowest bad state, with its shortest trace."""
+    note = _size_note(exp) + note
     if not bad:
-        return Verdict(cases, None, 0, _size_note(exp))
+        return Verdict(cases, None, 0, note, _explored(exp))
     world, reason = min(bad, key=lambda item: exp.depth[item[0]])
     trace = exp.trace(world)
     cex = Counterexample(describe_world(world), reason, len(trace), trace)
-    return Verdict(cases, cex, len(bad), _size_note(exp))
+    return Verdict(cases, cex, len(bad), note, _explored(exp))
 
 
 def check_no_deadlock(cfg: SessionConfig) -> Verdict:
@@ -191,7 +207,7 @@ def check_no_deadlock(cfg: SessionConfig) -> Verdict:
     server or channel action (the guest dirtying memory does not count)."""
     exp = explore(cfg)
     bad = [(w, _why_stuck(w)) for w in exp.deadlocks()]
-    return _state_verdict(exp, bad, exp.states + exp.arcs)
+    return _state_verdict(exp, bad, exp.states)
 
 
 def _why_stuck(w: World) -> str:
@@ -226,8 +242,8 @@ def check_final_agreement(cfg: SessionConfig) -> Verdict:
     exp = explore(cfg)
     finals = exp.finals()
     if not finals:
-        return Verdict(exp.states, Counterexample("(none)", "no run completes"), 1,
-                       _size_note(exp))
+        return Verdict(0, Counterexample("(none)", "no run completes"), 1,
+                       _size_note(exp), _explored(exp))
     bad: list[tuple[World, str]] = []
     for w in finals:
         src, dst = w.devs
@@ -259,9 +275,7 @@ def check_mig_data_gating(cfg: SessionConfig) -> Verdict:
                 bad.append((after, f"{('src', 'dst')[event.dev]} {outcome} {command.name} in "
                                f"{event.state.name}; the table says "
                                f"{'accept' if allowed else 'EINVAL'}"))
-    verdict = _state_verdict(exp, bad, cases)
-    note = f"{verdict.note}; {len(cells)} (state, command) cells exercised"
-    return Verdict(verdict.cases, verdict.counterexample, verdict.failures, note)
+    return _state_verdict(exp, bad, cases, f"; {len(cells)} (state, command) cells exercised")
 
 
 def check_stream_in_order(cfg: SessionConfig) -> Verdict:

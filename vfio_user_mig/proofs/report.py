@@ -29,14 +29,28 @@ def _short(result: Result, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def _totals(suite: SuiteResult) -> str:
+    """What was checked, each figure once: the theorems over enumerated domains with the
+    cases they checked, then each explored state space once with the theorems checked over it
+    (theorems that re-walk one exploration do not add its states up again)."""
     checked = [r for r in suite.results if r.status is not Status.SKIPPED]
     skipped = len(suite.results) - len(checked)
     bad = len(suite.unexpected())
-    return (f"{len(suite.results)} theorems ({len(checked)} checked, {skipped} skipped), "
-            f"{bad} unexpected outcome{'s' if bad != 1 else ''}; "
-            f"{suite.total_cases} cases in {suite.seconds:.2f} s "
-            f"[implementation: {suite.implementation}]")
+    enumerated = sum(1 for r in checked if r.explored is None)
+    lines = [f"{_plural(len(suite.results), 'theorem')} ({len(checked)} checked, {skipped} "
+             f"skipped), {_plural(bad, 'unexpected outcome')} in {suite.seconds:.2f} s "
+             f"[implementation: {suite.implementation}]",
+             f"{_plural(enumerated, 'theorem')} over enumerated domains: "
+             f"{_plural(suite.enumerated_cases, 'case')} checked"]
+    for space, names in suite.explorations():
+        lines.append(f"{_plural(len(names), 'theorem')} over one exploration of "
+                     f"{_plural(space.states, 'state')} and "
+                     f"{_plural(space.transitions, 'transition')}")
+    return "\n".join(lines)
 
 
 def _details(result: Result) -> list[str]:
@@ -88,7 +102,8 @@ def _md(text: str) -> str:
 
 def render_markdown(suite: SuiteResult) -> str:
     """A Markdown report: summary table, then each theorem with statement and domain."""
-    out = ["# vfio-user-mig proofs", "", _totals(suite), "",
+    out = ["# vfio-user-mig proofs", "", *[f"- {line}" for line in _totals(suite).splitlines()],
+           "",
            "| | theorem | expect | result | cases | ms |", "|---|---|---|---|---:|---:|"]
     for r in suite.results:
         out.append(f"| {'✅' if r.as_expected else '❌'} | `{_md(r.theorem.name)}` | "
