@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vfio_user_mig.model import ALL_CAPS, MigrationCaps, State
+from vfio_user_mig.model.gating import gate
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.hosting import host_device
 from vfio_user_mig.simulator.migration import campaign
 from vfio_user_mig.simulator.migration.campaign import (
     Predictor,
@@ -18,6 +24,8 @@ from vfio_user_mig.simulator.migration.campaign import (
     run_scenario,
 )
 from vfio_user_mig.simulator.migration.faults import FAULT_KINDS, Fault, driver_arcs
+from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.wire.constants import Command
 
 #: Larger campaigns on demand: VFIO_USER_MIG_CAMPAIGN_RUNS=5000 pytest tests/migration
 EXTRA_RUNS = int(os.environ.get("VFIO_USER_MIG_CAMPAIGN_RUNS", "0"))
@@ -150,3 +158,74 @@ def test_device_memory_written_under_an_unread_record_tail() -> None:
     finally:
         src.close()
         dst.close()
+
+
+# ----- the probes: each one checks something real, counted after checking ----------------------
+@contextmanager
+def _probe_run(state: State) -> Iterator[tuple[campaign._Run, Client]]:
+    """A campaign run's checker and a client of a fresh migdev server in ``state``."""
+    hosted = host_device("migdev", mem_size=1 << 14)
+    server_sock, client_sock = socket.socketpair()
+    thread, stop = serve_socketpair(hosted.core, server_sock)
+    client = Client(client_sock, timeout=5.0)
+    try:
+        client.negotiate()
+        if state is not State.RUNNING:
+            client.set_state(state)
+        yield campaign._Run(Scenario(**{**draw(1, False).__dict__, "caps": MigrationCaps(5)})), \
+            client
+    finally:
+        client.close()
+        thread.join(5)
+        stop.set()
+        server_sock.close()
+        hosted.close()
+
+
+PROBE_NAMES = [c.name for c in campaign._PROBES]
+
+
+@pytest.mark.parametrize("state", [State.RUNNING, State.STOP, State.RESUMING, State.PRE_COPY],
+                         ids=lambda s: s.name)
+@pytest.mark.parametrize("which", range(len(campaign._PROBES)), ids=PROBE_NAMES)
+def test_every_probe_checks_the_server_and_counts_after(state: State, which: int) -> None:
+    command = campaign._PROBES[which]
+    with _probe_run(state) as (run, client):
+        for _ in range(6):  # MIG_DATA_WRITE: past the 4-byte record prefix too
+            before = run.checks
+            run.probe(client, client.get_state(), which)
+            assert run.violations == []
+            accepted_reset = command == Command.DEVICE_RESET and gate(state, command) is None
+            assert run.checks - before == (2 if accepted_reset else 1)
+            if accepted_reset:
+                assert client.get_state() is State.RUNNING
+                break
+
+
+@pytest.fixture
+def mutant_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers made meanwhile let every command through in STOP (the model's gate is kept)."""
+    from vfio_user_mig.simulator import server_core
+
+    real = server_core.gate_table
+
+    def open_stop(caps: MigrationCaps | int) -> dict[tuple[int, int], int | None]:
+        table = real(caps)
+        return {k: None if k[0] == int(State.STOP) else v for k, v in table.items()}
+
+    monkeypatch.setattr(server_core, "gate_table", open_stop)
+
+
+@pytest.mark.parametrize("which", [campaign._PROBES.index(Command.DEVICE_GET_INFO),
+                                   campaign._PROBES.index(Command.DEVICE_RESET)],
+                         ids=["DEVICE_GET_INFO", "DEVICE_RESET"])
+def test_a_probe_reports_a_mutant_server(mutant_server: None, which: int) -> None:
+    command = campaign._PROBES[which]
+    with _probe_run(State.STOP) as (run, client):
+        run.probe(client, State.STOP, which)
+    assert run.violations[0] == f"{command.name} in STOP: errno None, gate says 22"
+    # and the whole campaign run reports it
+    sc = Scenario(**{**draw(1, False).__dict__, "caps": MigrationCaps(5),
+                     "src_requests": (int(State.STOP),), "probes": (which,)})
+    r = run_scenario(sc)
+    assert not r.ok and f"{command.name} in STOP: errno None, gate says 22" in r.reason

@@ -10,7 +10,9 @@ thread-hosted servers with the simulated clock, and checks the invariants:
   RESUMING -> STOP), and so does the server's own state; a request lost with its connection
   leaves the server where it was;
 * **errno**: every command probed in every state gets the errno :func:`~vfio_user_mig.model.
-  gating.gate` predicts (or succeeds when the gate lets it through);
+  gating.gate` predicts (or succeeds when the gate lets it through); an accepted DEVICE_RESET
+  returns the device to RUNNING. :attr:`RunResult.checks` counts comparisons made, after
+  making them;
 * **no corrupted stream accepted**: with a truncated or bit-flipped stream the migration fails
   and the destination never completes RESUMING -> STOP;
 * **verification**: a run without a fault that fired (or with a benign one) verifies (or, with a
@@ -197,16 +199,19 @@ class _Run:
 
     def observe(self, side: str, cur: State, target: int, errno: int | None,
                 reached: State | None) -> None:
-        """State observer of the driver (and of the request sequence)."""
-        self.checks += 1
+        """State observer of the driver (and of the request sequence); counts one check per
+        SET it compared with the model (a request lost with its connection is compared only
+        when the server's state can be read)."""
         name = State(target).name if target in State._value2member_map_ else str(target)
         actual = self.server_state(side)
         if errno is not None and reached is None:
             # The request died with its connection: the server must not have moved.
-            if actual is not None and actual != cur and errno in (
-                    _errno.ECONNRESET, _errno.EPIPE, _errno.ENOTCONN):
-                self.violate(f"{side} {cur.name}->{name}: connection lost but server moved "
-                             f"to {actual.name}")
+            if actual is not None and errno in (_errno.ECONNRESET, _errno.EPIPE,
+                                                _errno.ENOTCONN):
+                if actual != cur:
+                    self.violate(f"{side} {cur.name}->{name}: connection lost but server moved "
+                                 f"to {actual.name}")
+                self.checks += 1
             return
         want_errno, want_state = self.predictor.predict(side, cur, target)
         if errno != want_errno:
@@ -217,6 +222,7 @@ class _Run:
         if actual is not None and actual != want_state:
             self.violate(f"{side} {cur.name}->{name}: server in {actual.name}, model says "
                          f"{want_state.name}")
+        self.checks += 1
         if (side == "dst" and self.faults.armed and cur is State.RESUMING
                 and target != State.RESUMING and errno is None):
             self.dst_accepted_stream = True  # RESUMING -> STOP passed: the stream was taken
@@ -224,14 +230,13 @@ class _Run:
     def probe(self, client: Client, state: State, which: int) -> None:
         """One command in ``state``; its errno must be the gate's. Migration data goes where
         the driver sends it (:attr:`Client.data_client`); with a migration-data channel open,
-        the same command on the main socket must also be refused (EINVAL)."""
+        the same command on the main socket must also be refused (EINVAL). An accepted
+        DEVICE_RESET must leave the device in RUNNING (PROTOCOL.md section 5). Each comparison
+        counts as one check once it has been made."""
         command = _PROBES[which]
-        if command == Command.DEVICE_RESET:
-            return  # exercised by the recovery paths; it would change the state here
         want = gate(state, command, self.sc.caps)
         data = client.data_client
         if data is not client and command in (Command.MIG_DATA_READ, Command.MIG_DATA_WRITE):
-            self.checks += 1
             try:
                 if command == Command.MIG_DATA_READ:
                     client.mig_data_read(1)
@@ -243,19 +248,21 @@ class _Run:
             if got_main != _errno.EINVAL:
                 self.violate(f"{command.name} on the main socket with a migration-data socket "
                              f"open: errno {got_main}, expected EINVAL")
-        self.checks += 1
+            self.checks += 1
         try:
             if command == Command.MIG_DATA_READ:
                 data.mig_data_read(1)
             elif command == Command.MIG_DATA_WRITE:
-                # A valid prefix of a record (the magic), so only the gate can refuse it.
-                if want is None and self.resuming_bytes >= 4:
-                    return
-                data.mig_data_write(b"MGDV"[self.resuming_bytes : self.resuming_bytes + 1]
-                                    or b"M")
-                self.resuming_bytes += 1
+                # The next byte of a valid record prefix (the magic), or once it is written an
+                # empty write: only the gate can refuse either.
+                prefix = b"MGDV"[self.resuming_bytes : self.resuming_bytes + 1]
+                data.mig_data_write(prefix if want is None else prefix or b"M")
+                if want is None:
+                    self.resuming_bytes += len(prefix)
             elif command == Command.DEVICE_GET_INFO:
                 client.device_info()
+            elif command == Command.DEVICE_RESET:
+                client.reset()
             else:
                 client.region_read(2, 0, 4)
             got: int | None = None
@@ -263,6 +270,14 @@ class _Run:
             got = exc.errno
         if got != want:
             self.violate(f"{command.name} in {state.name}: errno {got}, gate says {want}")
+        self.checks += 1
+        if command == Command.DEVICE_RESET and got is None:
+            self.predictor.broke["src"] = False
+            self.resuming_bytes = 0
+            after = client.get_state()
+            if after is not State.RUNNING:
+                self.violate(f"DEVICE_RESET in {state.name} left the device in {after.name}")
+            self.checks += 1
 
     def request_sequence(self, side: str, client: Client, requests: tuple[int, ...]) -> None:
         """The scenario's state requests on one side, then back to RUNNING."""
