@@ -12,7 +12,9 @@ raises ``AssertionError`` when a promise of issue #8 is broken:
   raises nothing but ``ConnectionError`` (after a framing error), answers every command that
   asked for a reply exactly once with the request's id and command (with the errno it
   reported), sends only decodable messages, closes every fd it was given by the time the
-  client is gone, keeps the device in a valid state, and serves a valid request afterwards.
+  client is gone, keeps the device in a valid state, and serves a valid request afterwards;
+  and no handler ever raised: ``ServerCore.internal_errors`` stays empty (the core answers an
+  internal error with EIO, which the reply checks alone would accept).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import errno as _errno
 import itertools
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from fuzz.seeds import VERSION
@@ -197,10 +199,14 @@ def server_stream(
     cuts: Sequence[int] = (),
     nfds: int = 0,
     config: ServerConfig | None = None,
+    setup: Callable[[ServerCore], None] | None = None,
 ) -> ServerOutcome:
-    """Run a fresh server core over ``data`` (see the module docstring for the oracle)."""
+    """Run a fresh server core over ``data`` (see the module docstring for the oracle).
+    ``setup`` may adjust the fresh core first (tests plant faults with it)."""
     hosted = host_device("migdev", mem_size=1 << 16, config=config)
     core = hosted.core
+    if setup is not None:
+        setup(core)
     outcome = ServerOutcome()
     stream = (VERSION if negotiate else b"") + data
     spans, _ = reference_frames(stream, core.config.max_msg_size)
@@ -229,6 +235,7 @@ def server_stream(
                     n = len(outcome.events)
                     assert n < len(headers), f"event {event} without a message"
                     _check_output(core, headers[n], event, out, outcome)
+                    assert not core.internal_errors, f"internal error: {core.internal_errors}"
                     outcome.events.append(event)
             assert core.next_event(now) is None  # no new bytes: no event (or the end)
         except ConnectionError:
@@ -257,6 +264,7 @@ def server_stream(
         assert isinstance(reply.data, wire.MigDeviceState)
         assert reply.data.device_state == core.state
         outcome.state = core.state
+        assert not core.internal_errors, f"internal error: {core.internal_errors}"
     finally:
         core.connection_lost()
         hosted.close()

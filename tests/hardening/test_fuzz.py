@@ -4,13 +4,18 @@ ones the atheris harnesses in ``fuzz/`` use for long campaigns)."""
 
 from __future__ import annotations
 
+import errno
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz.seeds import VERSION, seed_messages
 from fuzz.targets import framer_stream, server_stream, wire_decode
+from vfio_user_mig import wire
+from vfio_user_mig.simulator.hosting import host_device
+from vfio_user_mig.simulator.server_core import ServerCore
 
 SEEDS = [*seed_messages(), VERSION]
 #: Values that sit on the edges of the limits and of the u32/u64 fields.
@@ -60,3 +65,37 @@ def test_fuzz_framer(data: bytes, where: list[int]) -> None:
 @given(streams, cuts, st.integers(0, 3), st.booleans())
 def test_fuzz_server_core(data: bytes, where: list[int], nfds: int, negotiate: bool) -> None:
     server_stream(data, cuts=where, nfds=nfds, negotiate=negotiate)
+
+
+def _plant_region_read_bug(core: ServerCore) -> None:
+    """A device whose region read has a bug (raises RuntimeError): the core must answer EIO
+    and record it in ``internal_errors``."""
+
+    def broken_read(index: int, offset: int, count: int, now: float) -> bytes:
+        raise RuntimeError("planted device bug")
+
+    core.device.region_read = broken_read  # type: ignore[method-assign]
+
+
+def test_fuzz_oracle_fails_on_internal_error() -> None:
+    """A handler exception becomes an EIO reply that looks like any other refusal; the oracle
+    must still fail because ``ServerCore.internal_errors`` is not empty."""
+    request = wire.encode(wire.RegionRead(0, 0, 4, msg_id=7))
+    server_stream(request)  # the same request on a healthy device passes the oracle
+    with pytest.raises(AssertionError, match="internal error"):
+        server_stream(request, setup=_plant_region_read_bug)
+
+
+def test_internal_error_is_recorded_and_answered_eio() -> None:
+    """The record the oracle reads: one entry per handler exception, the reply is EIO."""
+    hosted = host_device("migdev", mem_size=1 << 16)
+    try:
+        core = hosted.core
+        _plant_region_read_bug(core)
+        core.receive_data(VERSION + wire.encode(wire.RegionRead(0, 0, 4, msg_id=7)))
+        assert core.next_event(0.0) is not None
+        event = core.next_event(0.0)
+        assert event is not None and event.errno == errno.EIO
+        assert len(core.internal_errors) == 1 and "planted device bug" in core.internal_errors[0]
+    finally:
+        hosted.close()

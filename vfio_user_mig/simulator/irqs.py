@@ -10,9 +10,47 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-from vfio_user_mig.simulator.device.base import DeviceError, IrqSpec
+from vfio_user_mig.simulator.device.base import DeviceError, IrqFlag, IrqSpec
+from vfio_user_mig.wire.constants import IrqSetFlag
 
 _ONE = (1).to_bytes(8, "little")
+
+
+def validate_set_irqs(
+    irqs: tuple[IrqSpec, ...], flags: int, index: int, start: int, count: int, nfds: int
+) -> None:
+    """Refuse (DeviceError EINVAL) a DEVICE_SET_IRQS the kernel's VFIO would refuse.
+
+    ``flags`` already has exactly one DATA and one ACTION bit and nothing else (the codec,
+    ``check_irq_set_flags``). In order, as ``vfio_set_irqs_validate_and_prepare`` and
+    libvfio-user's ``device_set_irqs_validate`` check them:
+
+    1. ``index`` must exist;
+    2. ``start`` must be below the index's count and ``start + count`` within it (so count 0
+       on an index with no vectors is refused too);
+    3. count 0 is only ACTION_TRIGGER with DATA_NONE ("disable the index");
+    4. MASK and UNMASK need an index reporting ``VFIO_IRQ_INFO_MASKABLE`` (uapi
+       ``struct vfio_irq_info``);
+    5. fds come only with DATA_EVENTFD, and then exactly ``count`` of them (none = disable).
+    """
+    if not 0 <= index < len(irqs):
+        raise DeviceError(f"SET_IRQS index {index}: no such interrupt index", _errno.EINVAL)
+    limit = irqs[index].count
+    if start >= limit or start + count > limit:
+        raise DeviceError(
+            f"SET_IRQS index {index}: start {start} count {count} outside its {limit} vectors",
+            _errno.EINVAL,
+        )
+    data = flags & (IrqSetFlag.DATA_NONE | IrqSetFlag.DATA_BOOL | IrqSetFlag.DATA_EVENTFD)
+    action = flags & (IrqSetFlag.ACTION_MASK | IrqSetFlag.ACTION_UNMASK | IrqSetFlag.ACTION_TRIGGER)
+    if count == 0 and (action != IrqSetFlag.ACTION_TRIGGER or data != IrqSetFlag.DATA_NONE):
+        raise DeviceError("SET_IRQS count 0 is only TRIGGER with DATA_NONE", _errno.EINVAL)
+    if action != IrqSetFlag.ACTION_TRIGGER and not irqs[index].flags & IrqFlag.MASKABLE:
+        raise DeviceError(f"SET_IRQS index {index} is not maskable", _errno.EINVAL)
+    if nfds and data != IrqSetFlag.DATA_EVENTFD:
+        raise DeviceError(f"SET_IRQS flags {flags:#x} take no fds", _errno.EINVAL)
+    if nfds and nfds != count:
+        raise DeviceError(f"SET_IRQS count {count} but {nfds} fds", _errno.EINVAL)
 
 
 class EventfdTable:
@@ -44,6 +82,14 @@ class EventfdTable:
         self._check(index, start, len(fds))
         for i, fd in enumerate(fds):
             self._replace((index, start + i), fd if fd >= 0 else None)
+
+    def trigger_range(self, index: int, start: int, values: bytes) -> None:
+        """ACTION_TRIGGER with DATA_NONE (``values`` all 1) or DATA_BOOL: signal the eventfd
+        of each vector ``start + i`` whose byte is non-zero (loopback triggering, as the
+        kernel and libvfio-user do)."""
+        for i, value in enumerate(values):
+            if value:
+                self.trigger(index, start + i)
 
     def disable(self, index: int, start: int, count: int) -> None:
         """DATA_NONE with count 0 on ACTION_TRIGGER: disable (start, count) or the whole index."""
@@ -81,4 +127,4 @@ class EventfdTable:
         self._fds.clear()
 
 
-__all__ = ["EventfdTable"]
+__all__ = ["EventfdTable", "validate_set_irqs"]

@@ -38,7 +38,7 @@ from vfio_user_mig import wire
 from vfio_user_mig.model import DeviceFSM, InvalidTransition, State
 from vfio_user_mig.model.gating import gate_table
 from vfio_user_mig.model.paths import path_table
-from vfio_user_mig.simulator.device.base import Device, DeviceError
+from vfio_user_mig.simulator.device.base import Device, DeviceError, RegionFlag
 from vfio_user_mig.simulator.device.dma import (
     DmaFault,
     DmaJob,
@@ -50,7 +50,7 @@ from vfio_user_mig.simulator.device.dma import (
     FdMemory,
     Route,
 )
-from vfio_user_mig.simulator.irqs import EventfdTable
+from vfio_user_mig.simulator.irqs import EventfdTable, validate_set_irqs
 from vfio_user_mig.simulator.mig_channel import MigDataChannel, NewChannel, open_channel
 from vfio_user_mig.simulator.socket_end import Parts, SocketEnd
 from vfio_user_mig.simulator.transport import close_fds
@@ -66,7 +66,13 @@ from vfio_user_mig.wire.constants import (
     IrqSetFlag,
     RegionInfoFlag,
 )
-from vfio_user_mig.wire.layouts import DEVICE_INFO, REGION_INFO
+from vfio_user_mig.wire.layouts import (
+    DEVICE_FEATURE,
+    DEVICE_INFO,
+    FEATURE_LOGGING_REPORT,
+    REGION_ACCESS,
+    REGION_INFO,
+)
 from vfio_user_mig.wire.msg_feature import MigDataSize
 
 log = logging.getLogger("vfio_user_mig.server")
@@ -155,10 +161,30 @@ class Handled:
 class _Failure(Exception):
     """Internal: reply with ``errno``; ``echo`` the request payload when set."""
 
-    def __init__(self, errno: int, detail: str, echo: bool = False) -> None:
+    def __init__(
+        self, errno: int, detail: str, echo: bool = False, payload: bytes | None = None
+    ) -> None:
         super().__init__(detail)
         self.errno = errno
         self.echo = echo
+        self.payload = payload
+
+
+def _access_echo(msg: Any, data_bytes: int) -> bytes:
+    """The payload of libvfio-user's error reply when the device refused a REGION_READ or
+    REGION_WRITE that passed validation: {offset, region, count} and ``data_bytes`` zeros
+    (its ``handle_region_access`` builds the reply before the access). Like any error payload
+    it is dropped with ``strict_spec`` (docs/wire-compat.md row 2)."""
+    return REGION_ACCESS.pack(msg.offset, msg.region, msg.count) + bytes(data_bytes)
+
+
+def _unknown_command_errno(exc: wire.WireError) -> int:
+    """The errno replied for a request the codec refused: EINVAL for an unknown or reserved
+    command (libvfio-user's ``handle_request`` default case; the codec says ENOTSUP,
+    docs/wire-compat.md row 15), the codec's errno otherwise."""
+    if exc.field == "header.command" and exc.errno == _errno.ENOTSUP:
+        return _errno.EINVAL
+    return exc.errno
 
 
 @dataclass
@@ -217,6 +243,10 @@ class ServerCore(SocketEnd):
         self.mig_channel: MigDataChannel | None = None
         self._new_channel: NewChannel | None = None
         self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dma_messages": 0}
+        #: One line per handler exception turned into an EIO reply (a bug in this server or in
+        #: the device, never the client's fault): empty in a correct run. Fuzz oracles and
+        #: tests assert it stays empty; it is never cleared by the core.
+        self.internal_errors: list[str] = []
         self._handlers: dict[Command, Callable[[Any, list[int]], Any]] = {
             Command.VERSION: self._version,
             Command.DMA_MAP: self._dma_map,
@@ -261,6 +291,7 @@ class ServerCore(SocketEnd):
             close_fds(exc.fds)
             exc.fds.clear()  # the framer may still hold this list: never close them twice
             header = exc.header
+            err = _unknown_command_errno(exc)
             if header is None or header.is_reply:
                 return Handled(
                     header.command if header else 0,
@@ -269,8 +300,8 @@ class ServerCore(SocketEnd):
                     exc.errno,
                     str(exc),
                 )
-            self._send_error(header, exc.errno, None, header.no_reply, end._out)
-            return Handled(header.command, header.msg_id, False, exc.errno, str(exc))
+            self._send_error(header, err, None, header.no_reply, end._out)
+            return Handled(header.command, header.msg_id, False, err, str(exc))
         end._framing_error = None
         if item is None:
             self._tick(now)
@@ -353,6 +384,7 @@ class ServerCore(SocketEnd):
                 raise
             except Exception as exc:  # a bug must cost one request, never the server
                 log.exception("internal error handling %s", command.name)
+                self.internal_errors.append(f"{command.name}: {exc!r}")
                 raise _Failure(_errno.EIO, f"internal error: {exc!r}") from exc
         except wire.WireError as exc:
             close_fds(fds)
@@ -360,7 +392,7 @@ class ServerCore(SocketEnd):
             return Handled(command, msg.msg_id, False, exc.errno, str(exc))
         except _Failure as failure:
             close_fds(fds)
-            echo = self._echo_payload(msg) if failure.echo else None
+            echo = self._echo_payload(msg) if failure.echo else failure.payload
             self._send_error(msg, failure.errno, echo, msg.no_reply, out)
             return Handled(command, msg.msg_id, False, failure.errno, str(failure))
         if not msg.no_reply:
@@ -451,6 +483,9 @@ class ServerCore(SocketEnd):
             raise _Failure(
                 _errno.EINVAL, f"DMA_MAP addr={msg.addr:#x} size={msg.size:#x}: empty or wraps"
             )
+        if msg.flags & (DmaMapFlag.MMAP | DmaMapFlag.FILE_IO) and not fds:
+            # libvfio-user's own flags (docs/wire-compat.md row 6) name an fd access mode
+            raise _Failure(_errno.EINVAL, f"DMA_MAP flags {msg.flags:#x} need a file descriptor")
         readable = bool(msg.flags & DmaMapFlag.READ)
         writable = bool(msg.flags & DmaMapFlag.WRITE)
         memory: FdMemory | None = None
@@ -591,7 +626,16 @@ class ServerCore(SocketEnd):
         return reply, fds_out
 
     def _region_io_fds(self, msg: wire.RegionIoFds, fds: list[int]) -> tuple[Any, list[int]]:
-        self._region(msg.index)
+        # libvfio-user's handle_device_get_region_io_fds order: flags and count must be 0
+        # (vfio-user.rst), the index must exist, the region must have an access flag, argsz
+        # must hold the 16-byte reply and stay within max_data_xfer_size.
+        if msg.flags or msg.count:
+            raise _Failure(_errno.EINVAL, "GET_REGION_IO_FDS flags and count must be 0")
+        spec = self._region(msg.index)
+        if not spec.flags & (RegionFlag.READ | RegionFlag.WRITE | RegionFlag.MMAP):
+            raise _Failure(_errno.EINVAL, f"region {msg.index} has no access flags")
+        if msg.argsz > self.config.max_data_xfer_size:
+            raise _Failure(_errno.EINVAL, f"GET_REGION_IO_FDS argsz {msg.argsz} too large")
         return wire.RegionIoFdsReply(index=msg.index, msg_id=msg.msg_id), []
 
     def _irq_info(self, msg: wire.IrqInfo, fds: list[int]) -> tuple[Any, list[int]]:
@@ -603,21 +647,26 @@ class ServerCore(SocketEnd):
         ), []
 
     def _set_irqs(self, msg: wire.IrqSet, fds: list[int]) -> tuple[Any, list[int]]:
+        """vfio-user.rst "VFIO_USER_DEVICE_SET_IRQS", validated as the kernel's VFIO does
+        (:func:`validate_set_irqs`). TRIGGER: eventfds install, no fds or count 0 with
+        DATA_NONE disable (libvfio-user), DATA_NONE/BOOL signal; MASK/UNMASK on a maskable
+        index are accepted and have no effect here."""
         flags = IrqSetFlag(msg.flags)
-        if fds and not flags & IrqSetFlag.DATA_EVENTFD:
-            raise _Failure(_errno.EINVAL, f"SET_IRQS flags {msg.flags:#x} take no fds")
         try:
-            if flags & IrqSetFlag.DATA_EVENTFD:
-                if len(fds) != msg.count:
-                    raise _Failure(_errno.EINVAL, f"SET_IRQS count {msg.count} but {len(fds)} fds")
+            validate_set_irqs(
+                self.device.irqs, msg.flags, msg.index, msg.start, msg.count, len(fds)
+            )
+            if not flags & IrqSetFlag.ACTION_TRIGGER:
+                pass
+            elif flags & IrqSetFlag.DATA_EVENTFD and fds:
                 self.irqs.set_eventfds(msg.index, msg.start, list(fds))
                 fds.clear()
-            elif flags & IrqSetFlag.DATA_NONE and flags & IrqSetFlag.ACTION_TRIGGER:
+            elif flags & IrqSetFlag.DATA_EVENTFD or msg.count == 0:
                 self.irqs.disable(msg.index, msg.start, msg.count)
-            elif flags & IrqSetFlag.DATA_NONE or flags & IrqSetFlag.DATA_BOOL:
-                pass  # mask/unmask and bool triggers are accepted and have no effect here
+            elif flags & IrqSetFlag.DATA_BOOL:
+                self.irqs.trigger_range(msg.index, msg.start, bytes(msg.data))
             else:
-                raise _Failure(_errno.EINVAL, f"SET_IRQS flags {msg.flags:#x} unsupported")
+                self.irqs.trigger_range(msg.index, msg.start, b"\x01" * msg.count)
         except DeviceError as exc:
             raise _Failure(exc.errno, str(exc)) from None
         return wire.IrqSetReply(msg_id=msg.msg_id), []
@@ -636,22 +685,45 @@ class ServerCore(SocketEnd):
                 f"{what} count {count} > max_data_xfer_size {self.config.max_data_xfer_size}",
             )
 
+    def _check_access(self, region: int, offset: int, count: int, what: str) -> bool:
+        """libvfio-user's ``is_valid_region_access`` order: count limit, region index, bounds
+        (offset + count, saturating, within the region size); True when ``count`` is 0, which
+        is then answered without asking the device, on every region alike."""
+        self._check_count(count, what)
+        spec = self._region(region)
+        if offset + count > spec.size:
+            raise _Failure(
+                _errno.EINVAL,
+                f"{what} {offset:#x}+{count:#x} past the end of region {region} "
+                f"({spec.size:#x} bytes)",
+            )
+        return count == 0
+
+    def _empty_access_reply(self, msg: Any, cls: Any) -> Any:
+        """A count-0 access: libvfio-user's header-only reply; strict_spec echoes the 16
+        bytes (docs/wire-compat.md row 5)."""
+        if self.config.strict_spec:
+            return cls(offset=msg.offset, region=msg.region, count=0, msg_id=msg.msg_id)
+        return cls(offset=0, region=0, count=0, bare=True, msg_id=msg.msg_id)
+
     def _region_read(self, msg: wire.RegionRead, fds: list[int]) -> tuple[Any, list[int]]:
-        self._check_count(msg.count, "REGION_READ")
+        if self._check_access(msg.region, msg.offset, msg.count, "REGION_READ"):
+            return self._empty_access_reply(msg, wire.RegionReadReply), []
         try:
             data = self.device.region_read(msg.region, msg.offset, msg.count, self._now)
-        except DeviceError as exc:
-            raise _Failure(exc.errno, str(exc)) from None
+        except DeviceError as exc:  # libvfio-user: the reply it had prepared, zero data
+            raise _Failure(exc.errno, str(exc), payload=_access_echo(msg, msg.count)) from None
         return wire.RegionReadReply(
             offset=msg.offset, region=msg.region, count=msg.count, data=data, msg_id=msg.msg_id
         ), []
 
     def _region_write(self, msg: wire.RegionWrite, fds: list[int]) -> tuple[Any, list[int]]:
-        self._check_count(msg.count, "REGION_WRITE")
+        if self._check_access(msg.region, msg.offset, msg.count, "REGION_WRITE"):
+            return self._empty_access_reply(msg, wire.RegionWriteReply), []
         try:
             self.device.region_write(msg.region, msg.offset, bytes(msg.data), self._now)
-        except DeviceError as exc:
-            raise _Failure(exc.errno, str(exc)) from None
+        except DeviceError as exc:  # libvfio-user: the reply it had prepared
+            raise _Failure(exc.errno, str(exc), payload=_access_echo(msg, 0)) from None
         return wire.RegionWriteReply(
             offset=msg.offset, region=msg.region, count=msg.count, msg_id=msg.msg_id
         ), []
@@ -682,15 +754,13 @@ class ServerCore(SocketEnd):
         if feature == FeatureIndex.MIG_DATA_SIZE and self._mig_data_size_fn() is not None:
             allowed_ops[feature] = FeatureOp.GET
         allowed = allowed_ops.get(feature)
-        if allowed is None:
-            raise _Failure(_errno.ENOTSUP, f"device feature {feature} unsupported")
+        if allowed is None:  # libvfio-user: device_feature_flags_supported() == 0 -> EINVAL
+            raise _Failure(_errno.EINVAL, f"device feature {feature} unsupported")
         asked = ops & (FeatureOp.GET | FeatureOp.SET)
         if asked & ~allowed:
             raise _Failure(_errno.EINVAL, f"feature {feature}: operation not supported")
-        if ops & FeatureOp.PROBE:
-            return wire.DeviceFeatureReply(
-                feature=msg.feature, ops=msg.ops, data=None, argsz=msg.argsz, msg_id=msg.msg_id
-            ), []
+        if ops & FeatureOp.PROBE:  # PROTOCOL.md section 3: the reply echoes the request
+            return wire.DeviceFeatureReply.echo(msg), []
         handler = {
             FeatureIndex.MIGRATION: self._feat_migration,
             FeatureIndex.MIG_DEVICE_STATE: self._feat_state,
@@ -700,9 +770,20 @@ class ServerCore(SocketEnd):
             FeatureIndex.MIG_DATA_SIZE: self._feat_mig_data_size,
         }[FeatureIndex(feature)]
         data = handler(msg)
-        return wire.DeviceFeatureReply(
+        if ops & FeatureOp.SET:  # PROTOCOL.md section 3: a SET reply echoes the request
+            return wire.DeviceFeatureReply.echo(msg), []
+        reply = wire.DeviceFeatureReply(
             feature=msg.feature, ops=msg.ops, data=data, msg_id=msg.msg_id
-        ), []
+        )
+        # ``argsz`` is the largest reply the client takes (vfio-user.rst "argsz"): a GET whose
+        # reply does not fit is refused with EINVAL (libvfio-user's
+        # handle_migration_device_feature_get). These GETs have no side effect, so checking
+        # after building the reply is safe; DMA_LOGGING_REPORT (read-and-clear) checks first.
+        if (reply.argsz or 0) > (msg.argsz or 0):
+            raise _Failure(
+                _errno.EINVAL, f"feature {feature} GET: argsz {msg.argsz} < reply {reply.argsz}"
+            )
+        return reply, []
 
     def _feat_migration(self, msg: wire.DeviceFeature) -> Any:
         return wire.MigrationInfo(self.device.migration_caps)
@@ -731,7 +812,7 @@ class ServerCore(SocketEnd):
     def _feat_mig_data_size(self, msg: wire.DeviceFeature) -> Any:
         fn = self._mig_data_size_fn()
         if fn is None:  # not reached: _feature checked it
-            raise _Failure(_errno.ENOTSUP, "MIG_DATA_SIZE unsupported")
+            raise _Failure(_errno.EINVAL, "MIG_DATA_SIZE unsupported")
         try:
             size = int(fn())
         except DeviceError as exc:
@@ -768,10 +849,22 @@ class ServerCore(SocketEnd):
         page_size = data.page_size
         if page_size <= 0 or page_size & (page_size - 1):
             raise _Failure(_errno.EINVAL, f"DMA_LOGGING_REPORT page_size {page_size:#x}")
+        if data.length < page_size:  # libvfio-user's get_bitmap_size()
+            raise _Failure(
+                _errno.EINVAL, f"DMA_LOGGING_REPORT length {data.length:#x} < page_size"
+            )
         size = wire.bitmap_len(data.length, page_size)
+        need = DEVICE_FEATURE.size + FEATURE_LOGGING_REPORT.size + size
+        if (msg.argsz or 0) < need:  # argsz: the largest reply taken (vfio-user.rst)
+            raise _Failure(_errno.EINVAL, f"DMA_LOGGING_REPORT argsz {msg.argsz} < {need}")
         limit = min(self.config.max_bitmap_size, self._client_limit())
         if size > limit:  # checked before anything is allocated or cleared
             raise _Failure(_errno.E2BIG, f"DMA_LOGGING_REPORT bitmap {size} bytes > {limit}")
+        if not self.dma.covers(data.iova, data.length):  # libvfio-user: dma_addr_to_sgl
+            raise _Failure(
+                _errno.ENOENT,
+                f"DMA_LOGGING_REPORT {data.iova:#x}+{data.length:#x} is not all DMA-mapped",
+            )
         try:
             pages = self.device.dirty_log.report(data.iova, data.length, data.page_size)
             bitmap = wire.DirtyBitmap.from_pages(data.iova, data.length, data.page_size, pages)
@@ -781,9 +874,13 @@ class ServerCore(SocketEnd):
 
     # ----- handlers: migration data ------------------------------------------------------------
     def _mig_data_read(self, msg: wire.MigDataRead, fds: list[int]) -> tuple[Any, list[int]]:
-        limit = self.config.max_data_xfer_size
+        # The reply goes to the client: its max_data_xfer_size bounds it (PROTOCOL.md section
+        # 4, libvfio-user's handle_mig_data_read); ours bounds what we buffer (SECURITY.md).
+        limit = min(self.config.max_data_xfer_size, self._client_limit())
         if msg.size > limit:
             raise _Failure(_errno.EINVAL, f"MIG_DATA_READ size {msg.size} > {limit}")
+        if msg.size == 0:  # nothing asked, nothing read (libvfio-user: a 0-byte read_data)
+            return wire.MigDataReadReply(b"", None, msg_id=msg.msg_id), []
         try:
             data = self.device.mig_data_read(msg.size)
         except DeviceError as exc:

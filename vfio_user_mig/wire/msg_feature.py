@@ -310,6 +310,8 @@ def _parse_data(feature: int, ops: int, reply: bool, data: memoryview) -> Featur
     typ = PAYLOAD_TYPES.get(key) if key else None
     if typ is None:
         return data if len(data) else None
+    if feature == FeatureIndex.DMA_LOGGING_STOP and not len(data):
+        return None  # the kernel's DMA_LOGGING_STOP takes no data; libvfio-user accepts none
     return typ._unpack(data)
 
 

@@ -16,7 +16,6 @@ The bitmap encoding is the wire layer's job; this module deals in page numbers.
 
 from __future__ import annotations
 
-import errno as _errno
 import itertools
 from collections.abc import Iterable
 
@@ -67,11 +66,18 @@ class DirtyLog:
     def start(self, page_size: int, ranges: Iterable[tuple[int, int]] = ()) -> None:
         """Start logging; no ranges means all of the IOVA space.
 
-        EBUSY if already started; EINVAL for a bad page size, an empty/wrapping range or
-        overlapping ranges. On error nothing changes.
+        While logging, a second start with the same page size succeeds and changes nothing
+        (the dirty pages and ranges are kept); another page size is EINVAL (libvfio-user's
+        ``dma_controller_dirty_page_logging_start``; the spec is silent). EINVAL for a bad page
+        size, an empty/wrapping range or overlapping ranges. On error nothing changes.
         """
         if self.active:
-            raise DeviceError("DMA_LOGGING_START: logging already started", _errno.EBUSY)
+            if page_size != self._page_size:
+                raise DeviceError(
+                    f"DMA_LOGGING_START: logging already started with page size "
+                    f"{self._page_size:#x}, not {page_size:#x}"
+                )
+            return
         _check_page_size(page_size, "DMA_LOGGING_START")
         sorted_ranges = sorted(ranges)
         for iova, length in sorted_ranges:

@@ -261,6 +261,18 @@ class DmaSpace:
         """All mappings, by increasing IOVA."""
         return tuple(self._maps)
 
+    def covers(self, iova: int, length: int) -> bool:
+        """True when every byte of ``[iova, iova + length)`` is in some mapping (adjacent
+        mappings may share the range); an empty range is covered."""
+        pos, end = iova, iova + length
+        i = bisect.bisect_right(self._starts, pos) - 1
+        while pos < end:
+            if i < 0 or i >= len(self._maps) or not self._maps[i].iova <= pos < self._maps[i].end:
+                return False
+            pos = self._maps[i].end
+            i += 1
+        return True
+
     def map(
         self,
         iova: int,

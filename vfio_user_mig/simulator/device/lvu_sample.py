@@ -9,8 +9,9 @@ Regions (vfio-pci indexes; the other five have size 0):
 index   size    flags       contents
 ======  ======  ==========  =========================================================
 BAR0    8       RW          a ``time_t`` deadline (signed 64-bit Unix seconds)
-BAR1    0x3000  RW, MMAP    device memory (a memfd); sparse mmap (0, 0x1000), (0x2000,
-                            0x1000); every access through REGION_READ/WRITE is allowed
+BAR1    0x4000  RW, MMAP    device memory (a 0x3000-byte memfd; the region is a power of two
+                            as PCI requires); sparse mmap (0, 0x1000), (0x2000, 0x1000);
+                            REGION_READ/WRITE anywhere in the first 0x3000 bytes
 CONFIG  256     RW          vendor 0xdead, device 0xbeef, subsystem 0xcafe/0xbabe
 ======  ======  ==========  =========================================================
 
@@ -86,6 +87,10 @@ from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMode, DmaOp
 PROFILE = "lvu-sample"
 BAR0_SIZE = 8
 BAR1_SIZE = 0x3000
+#: BAR1's region size: the next power of two (PCI: a BAR's size is a power of two; libvfio-user
+#: refuses to register 0x3000). Only the first BAR1_SIZE bytes hold data; accesses past them
+#: are refused (EINVAL), as the sample's ``bar1_access`` does.
+BAR1_REGION_SIZE = 0x4000
 BAR1_SPARSE = ((0x0000, 0x1000), (0x2000, 0x1000))
 CONFIG_SIZE = 256
 VENDOR_ID, DEVICE_ID, SUBSYS_VENDOR_ID, SUBSYS_ID = 0xDEAD, 0xBEEF, 0xCAFE, 0xBABE
@@ -178,7 +183,8 @@ class LvuSample(BookkeepingDevice):
         table = [RegionSpec(i, 0, RegionFlag(0)) for i in range(PCI_NUM_REGIONS)]
         table[PciRegion.BAR0] = RegionSpec(PciRegion.BAR0, BAR0_SIZE, rw)
         table[PciRegion.BAR1] = RegionSpec(
-            PciRegion.BAR1, BAR1_SIZE, rw | RegionFlag.MMAP, sparse_mmap=BAR1_SPARSE, fd=self._fd
+            PciRegion.BAR1, BAR1_REGION_SIZE, rw | RegionFlag.MMAP, sparse_mmap=BAR1_SPARSE,
+            fd=self._fd,
         )
         table[PciRegion.CONFIG] = RegionSpec(PciRegion.CONFIG, CONFIG_SIZE, rw)
         self._regions = tuple(table)
@@ -223,6 +229,9 @@ class LvuSample(BookkeepingDevice):
             raise DeviceError(
                 f"{what}: region {index} [{offset:#x}, +{count:#x}) outside its {size:#x}"
             )
+        if index == PciRegion.BAR1 and offset + count > BAR1_SIZE:
+            raise DeviceError(f"{what}: BAR1 [{offset:#x}, +{count:#x}) past its {BAR1_SIZE:#x} "
+                              "bytes of memory")
         if index == PciRegion.BAR0 and (offset, count) != (0, BAR0_SIZE):
             raise DeviceError(f"{what}: bad BAR0 access {offset:#x}+{count} (8 bytes at 0 only)")
 
