@@ -60,10 +60,15 @@ def test_scenarios_are_deterministic_and_replayable() -> None:
 
 
 def test_workers_give_the_same_results() -> None:
-    one = run_campaign(12, 3, faults=True, workers=1)
-    two = run_campaign(12, 3, faults=True, workers=2)
-    key = [(r.seed, r.ok, r.outcome, r.fault) for r in one.results]
-    assert key == [(r.seed, r.ok, r.outcome, r.fault) for r in two.results]
+    runs: dict[int, list[campaign.RunResult]] = {1: [], 2: []}
+    summaries = {w: run_campaign(12, 3, faults=True, workers=w, progress=runs[w].append,
+                                 batch_size=2).to_json() for w in runs}
+    key = {w: sorted((r.seed, r.ok, r.outcome, r.fault, r.arcs, r.cells) for r in runs[w])
+           for w in runs}
+    assert key[1] == key[2] and len(key[1]) == 12
+    for s in summaries.values():
+        del s["elapsed_s"], s["runs_per_s"], s["workers"]
+    assert summaries[1] == summaries[2]
 
 
 def test_predictor_follows_the_model() -> None:

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import errno as _errno
 import itertools
-import multiprocessing as mp
 import os
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +41,12 @@ from vfio_user_mig.model import ALL_CAPS, InvalidTransition, MigrationCaps, Stat
 from vfio_user_mig.model import transition_path as _path
 from vfio_user_mig.model.gating import gate
 from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.executor import run_batched
+from vfio_user_mig.simulator.migration.campaign_stats import (
+    CampaignStats,
+    RunCoverage,
+    replay_command,
+)
 from vfio_user_mig.simulator.migration.faults import (
     BENIGN,
     CORRUPTING,
@@ -167,6 +171,10 @@ class RunResult:
     checks: int = 0
     transport: str = "main"
     """Where migration data went: ``main`` socket or ``separate`` (x-mig-data-socket)."""
+    arcs: dict[str, int] = field(default_factory=dict)
+    """FSM arcs the run's SETs walked (``RUNNING->STOP``: count), see :class:`RunCoverage`."""
+    cells: dict[str, int] = field(default_factory=dict)
+    """(state, command) cells probed (``STOP_COPY/MIG_DATA_READ``: count)."""
 
 
 class _Run:
@@ -181,6 +189,7 @@ class _Run:
         self.checks = 0
         self.dst_accepted_stream = False
         self.resuming_bytes = 0
+        self.coverage = RunCoverage(sc.caps)
 
     def fired(self) -> bool:
         """Whether the fault took place (an injected arc failure: whether it was walked)."""
@@ -223,6 +232,7 @@ class _Run:
             self.violate(f"{side} {cur.name}->{name}: server in {actual.name}, model says "
                          f"{want_state.name}")
         self.checks += 1
+        self.coverage.set_state(cur, target, reached)
         if (side == "dst" and self.faults.armed and cur is State.RESUMING
                 and target != State.RESUMING and errno is None):
             self.dst_accepted_stream = True  # RESUMING -> STOP passed: the stream was taken
@@ -271,6 +281,7 @@ class _Run:
         if got != want:
             self.violate(f"{command.name} in {state.name}: errno {got}, gate says {want}")
         self.checks += 1
+        self.coverage.probe(state, command.name)
         if command == Command.DEVICE_RESET and got is None:
             self.predictor.broke["src"] = False
             self.resuming_bytes = 0
@@ -370,7 +381,8 @@ def run_scenario(sc: Scenario, trace: str | None = None) -> RunResult:
     fault = sc.fault.describe() if sc.fault else "none"
     return RunResult(sc.seed, not run.violations, "; ".join(run.violations), outcome, fault,
                      run.fired(), elapsed, rounds, run.checks,
-                     "separate" if sc.mig_data_socket else "main")
+                     "separate" if sc.mig_data_socket else "main",
+                     dict(run.coverage.arcs), dict(run.coverage.cells))
 
 
 def run_checks(run: _Run, ok: bool, outcome: str, committed: bool, error: str = "") -> None:
@@ -391,96 +403,45 @@ def run_checks(run: _Run, ok: bool, outcome: str, committed: bool, error: str = 
             run.violate(f"source not recovered: in {state.name if state is not None else None}")
 
 
-def replay_command(seed: int, faults: bool) -> str:
-    """The command line that reproduces run ``seed``."""
-    return f"vfio-user-mig simulate --replay {seed}{' --faults' if faults else ''}"
-
-
 def _work(item: tuple[int, bool]) -> RunResult:
     return run_scenario(draw(item[0], item[1]))
 
 
-@dataclass
-class CampaignResult:
-    """All runs of a campaign."""
-
-    seed: int
-    faults: bool
-    workers: int
-    results: list[RunResult] = field(default_factory=list)
-    elapsed: float = 0.0
-
-    @property
-    def failed(self) -> list[RunResult]:
-        """Runs that broke an invariant."""
-        return [r for r in self.results if not r.ok]
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``--json`` object."""
-        runs = len(self.results)
-        return {
-            "runs": runs,
-            "passed": runs - len(self.failed),
-            "failed": len(self.failed),
-            "seed": self.seed,
-            "faults": self.faults,
-            "workers": self.workers,
-            "elapsed_s": round(self.elapsed, 3),
-            "runs_per_s": round(runs / self.elapsed, 2) if self.elapsed > 0 else None,
-            "outcomes": dict(Counter(r.outcome for r in self.results)),
-            "fault_kinds": self.fault_table(),
-            "transports": {t: {"runs": sum(1 for r in self.results if r.transport == t),
-                               "passed": sum(1 for r in self.results
-                                             if r.transport == t and r.ok)}
-                           for t in ("main", "separate")},
-            "checks": sum(r.checks for r in self.results),
-            "failures": [
-                {"seed": r.seed, "reason": r.reason, "outcome": r.outcome, "fault": r.fault,
-                 "replay": replay_command(r.seed, self.faults)}
-                for r in self.failed
-            ],
-        }
-
-    def fault_table(self) -> dict[str, dict[str, int]]:
-        """Per fault kind: runs, fired, passed."""
-        table: dict[str, dict[str, int]] = {}
-        for r in self.results:
-            kind = r.fault.split(" ")[0]
-            row = table.setdefault(kind, {"runs": 0, "fired": 0, "passed": 0})
-            row["runs"] += 1
-            row["fired"] += int(r.fired)
-            row["passed"] += int(r.ok)
-        return dict(sorted(table.items()))
+#: The summary of a campaign: streaming counters, bounded failures and coverage.
+CampaignResult = CampaignStats
 
 
-def iter_campaign(seeds: list[int], faults: bool, workers: int) -> Iterator[RunResult]:
-    """Run ``seeds``, yielding results as they finish (worker processes if ``workers > 1``)."""
-    items = [(s, faults) for s in seeds]
-    if workers <= 1:
-        for item in items:
-            yield _work(item)
-        return
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        yield from pool.imap_unordered(_work, items, chunksize=4)
+def iter_campaign(seeds: Iterable[int], faults: bool, workers: int, *, executor: str = "local",
+                  scheduler: str | None = None, batch_size: int | None = None,
+                  total: int | None = None) -> Iterator[RunResult]:
+    """Run ``seeds``, yielding results as they finish (in batches, on ``executor``: see
+    :func:`~vfio_user_mig.simulator.executor.run_batched`)."""
+    return run_batched(_work, ((s, faults) for s in seeds), executor=executor,
+                       scheduler=scheduler, workers=workers, batch_size=batch_size,
+                       total=total if total is not None else
+                       (len(seeds) if isinstance(seeds, Sized) else None))
 
 
 def run_campaign(runs: int, seed: int, *, faults: bool = False, workers: int = 1,
-                 progress: Callable[[RunResult], None] | None = None) -> CampaignResult:
-    """Run ``runs`` scenarios of campaign ``seed``."""
-    result = CampaignResult(seed, faults, workers)
+                 progress: Callable[[RunResult], None] | None = None, executor: str = "local",
+                 scheduler: str | None = None, batch_size: int | None = None) -> CampaignStats:
+    """Run ``runs`` scenarios of campaign ``seed``; every result goes to ``progress`` (in
+    completion order) and into the streaming summary, none is kept."""
+    result = CampaignStats(seed, faults, workers, executor)
     t0 = time.monotonic()
-    for r in iter_campaign([run_seed(seed, i) for i in range(runs)], faults, workers):
-        result.results.append(r)
+    for r in iter_campaign((run_seed(seed, i) for i in range(runs)), faults, workers,
+                           executor=executor, scheduler=scheduler, batch_size=batch_size,
+                           total=runs):
+        result.add(r)
         if progress is not None:
             progress(r)
     result.elapsed = time.monotonic() - t0
-    result.results.sort(key=lambda r: r.seed)
     return result
 
 
 __all__ = [
     "CampaignResult",
+    "CampaignStats",
     "Predictor",
     "RunResult",
     "Scenario",
