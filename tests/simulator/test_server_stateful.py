@@ -5,14 +5,23 @@ of bounds, MIG_DATA_READ/WRITE in any state, DMA_MAP/UNMAP without fd, DEVICE_RE
 reply is checked against ``vfio_user_mig.model.transition_path`` / ``InvalidTransition`` and
 ``vfio_user_mig.model.gating.gate``; the device memory (region 2), the DMA map table and the
 migration state are modelled and compared after every step.
+
+MIG_DATA_WRITE in RESUMING feeds the next bytes of a real stream (saved once from another
+migdev holding :data:`PATTERN`), so every write must succeed except for a stated reason: bytes
+after the stream's END, or any write once the device refused one (its decoder stays failed).
+The device loads each page of a PAGES record as soon as it is whole (the model knows where in
+the stream each page ends), and leaving RESUMING succeeds exactly when the whole stream was
+written and region 2 still matches the digest END carries (a region write after its page was
+loaded breaks that: a stated reason for EINVAL, after which the device is in ERROR).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 from collections.abc import Callable
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -27,6 +36,12 @@ from tests.simulator.conftest import Session, close_session, make_session
 from vfio_user_mig.model import InvalidTransition, State, transition_path
 from vfio_user_mig.model.gating import gate
 from vfio_user_mig.simulator.client import VfioUserError
+from vfio_user_mig.simulator.device.stream import (
+    PAGES_PREFIX,
+    RECORD_HEADER,
+    RecordType,
+    pages_crc_span,
+)
 from vfio_user_mig.wire.constants import Command
 
 MEM = 1 << 14  # device memory (region 2) size
@@ -34,6 +49,46 @@ BAR0, BAR2 = 0, 2
 PAGE = 0x1000
 #: Offsets near the start (so reads see earlier writes) and around the end (out of bounds).
 OFFSETS = st.one_of(st.integers(0, 64), st.integers(MEM - 300, MEM + 64))
+#: Region 2 of the device whose migration stream the machine restores.
+PATTERN = bytes((i * 7 + 3) & 0xFF for i in range(MEM))
+
+
+@functools.cache
+def source_stream() -> bytes:
+    """The complete migration stream of a migdev holding :data:`PATTERN`, read from a live
+    server in STOP_COPY until the short read that ends it: any prefix is a valid sequence of
+    MIG_DATA_WRITEs for a device of the same geometry."""
+    source = make_session(mem_size=MEM)
+    try:
+        client = source.client
+        client.negotiate()
+        client.region_write(BAR2, 0, PATTERN)
+        client.set_state(State.STOP_COPY)
+        out = bytearray()
+        while True:
+            chunk = client.mig_data_read(PAGE)
+            out += chunk
+            if len(chunk) < PAGE:
+                return bytes(out)
+    finally:
+        close_session(source)
+
+
+def page_ends(stream: bytes) -> list[tuple[int, int]]:
+    """(offset in ``stream`` where page ``p`` is whole, ``p``) for every page of its PAGES
+    records (the record layout of :mod:`vfio_user_mig.simulator.device.stream`)."""
+    out: list[tuple[int, int]] = []
+    at = 0
+    while at < len(stream):
+        _magic, _version, rtype, _seq, length, _crc = RECORD_HEADER.unpack_from(stream, at)
+        body = at + RECORD_HEADER.size
+        if rtype == RecordType.PAGES:
+            first, count = PAGES_PREFIX.unpack_from(stream, body)
+            pages = body + pages_crc_span(count)
+            out += [(pages + (k + 1) * PAGE, first + k) for k in range(count)]
+        at = body + length
+    assert at == len(stream) and sorted(p for _, p in out) == list(range(MEM // PAGE))
+    return out
 
 
 class ServerMachine(RuleBasedStateMachine):
@@ -48,7 +103,10 @@ class ServerMachine(RuleBasedStateMachine):
         self.state = State.RUNNING
         self.memory = bytearray(MEM)
         self.maps: dict[int, int] = {}
-        self.resume_fed = False  # nothing valid is ever fed: leaving RESUMING must fail
+        self.stream = source_stream()
+        self.fed = 0  # bytes of the stream written in this RESUMING session
+        self.refused = False  # a write was refused in this RESUMING session
+        self.page_ends = page_ends(self.stream)
 
     def teardown(self) -> None:
         close_session(self.session)
@@ -86,10 +144,14 @@ class ServerMachine(RuleBasedStateMachine):
             want: int | None = exc.errno
             new = cur
         else:
-            if cur is State.RESUMING and len(path) > 1:
+            restored = (self.fed == len(self.stream) and not self.refused
+                        and self.memory == PATTERN)  # END's digest covers region 2
+            if cur is State.RESUMING and len(path) > 1 and not restored:
                 want, new = errno.EINVAL, State.ERROR  # incomplete stream: RESUMING -> STOP fails
             else:
                 want, new = None, State(wanted)
+                if cur is State.RESUMING and len(path) > 1:
+                    event("restored the whole stream")
         try:
             client.set_state(wanted)
         except VfioUserError as exc:
@@ -99,7 +161,20 @@ class ServerMachine(RuleBasedStateMachine):
             assert want is None, f"SET {cur.name}->{wanted} accepted, expected errno {want}"
         if new is not cur and new in (State.ERROR, State.RESUMING):
             self._power_on()  # entering ERROR (device cleared) or a restore session
+        if new is State.RESUMING and cur is not State.RESUMING:
+            self.fed, self.refused = 0, False
         self.state = new
+
+    @rule()
+    def enter_resuming(self) -> None:
+        """SET RESUMING (a restore session is rare among random SETs)."""
+        self.set_state(int(State.RESUMING))
+
+    @precondition(lambda self: self.state is State.RESUMING)
+    @rule()
+    def leave_resuming(self) -> None:
+        """SET STOP from RESUMING: succeeds exactly when the whole stream was written."""
+        self.set_state(int(State.STOP))
 
     @rule(offset=OFFSETS, count=st.integers(1, 256))
     def read_mem(self, offset: int, count: int) -> None:
@@ -134,17 +209,35 @@ class ServerMachine(RuleBasedStateMachine):
         if data is not None:
             assert isinstance(data, bytes) and len(data) <= size
 
-    @rule(data=st.binary(min_size=1, max_size=64))
-    def mig_write(self, data: bytes) -> None:
+    @rule(size=st.sampled_from([1, 7, 64, 4096, 1 << 16]),
+          junk=st.binary(min_size=1, max_size=64))
+    def mig_write(self, size: int, junk: bytes) -> None:
+        """Outside RESUMING ``junk`` (the gate refuses it); in RESUMING the next ``size`` bytes
+        of the stream, refused only after END (then ``junk`` is trailing data) or once a
+        write was refused."""
         client = self.session.client
-        want = gate(self.state, Command.MIG_DATA_WRITE)
-        try:
-            client.mig_data_write(data)
-        except VfioUserError as exc:
-            # Allowed: the device may refuse garbage (EINVAL), never anything else.
-            assert exc.errno == (want if want is not None else errno.EINVAL)
-        else:
-            assert want is None, f"MIG_DATA_WRITE in {self.state.name} accepted"
+        data, device_errno = junk, None
+        if self.state is State.RESUMING:
+            data = self.stream[self.fed : self.fed + size] or junk
+            if self.refused or self.fed == len(self.stream):
+                device_errno = errno.EINVAL
+        self.call(Command.MIG_DATA_WRITE, lambda: client.mig_data_write(data), device_errno)
+        if self.state is State.RESUMING:
+            if device_errno is None:
+                for end, page in self.page_ends:  # pages whole by now are loaded
+                    if self.fed < end <= self.fed + len(data):
+                        self.memory[page * PAGE : (page + 1) * PAGE] = \
+                            PATTERN[page * PAGE : (page + 1) * PAGE]
+                self.fed += len(data)
+            else:
+                event("MIG_DATA_WRITE refused in RESUMING")
+                self.refused = True
+
+    @precondition(lambda self: self.state is State.RESUMING)
+    @rule(junk=st.binary(min_size=1, max_size=8))
+    def mig_write_rest(self, junk: bytes) -> None:
+        """The rest of the stream at once (so leaving RESUMING can succeed)."""
+        self.mig_write(len(self.stream), junk)
 
     @rule(page=st.integers(0, 15), pages=st.integers(0, 4))
     def dma_map(self, page: int, pages: int) -> None:
@@ -191,6 +284,7 @@ class ServerMachine(RuleBasedStateMachine):
         if gate(self.state, Command.DEVICE_RESET) is None:
             self.state = State.RUNNING
             self._power_on()
+            self.fed, self.refused = 0, False
 
     # ----- invariants ---------------------------------------------------------------------------
     @invariant()
@@ -207,6 +301,38 @@ class ServerMachine(RuleBasedStateMachine):
 def test_server_against_model() -> None:
     run_state_machine_as_test(
         ServerMachine,
-        settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
+        settings=settings(max_examples=50, stateful_step_count=30, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow]),
     )
+
+
+def test_restore_of_the_source_stream_and_trailing_data() -> None:
+    """The directed version of the machine's stream rules: the whole stream restores region 2;
+    one byte after END is refused, and leaving RESUMING then fails into ERROR."""
+    stream = source_stream()
+    s = make_session(mem_size=MEM)
+    try:
+        c = s.client
+        c.negotiate()
+        c.set_state(State.RESUMING)
+        for at in range(0, len(stream), 4096):
+            c.mig_data_write(stream[at : at + 4096])
+        c.set_state(State.RUNNING)
+        assert c.region_read(BAR2, 0, 4096) == PATTERN[:4096]
+        c.set_state(State.RESUMING)
+        c.mig_data_write(stream)
+        try:
+            c.mig_data_write(b"\0")
+        except VfioUserError as exc:
+            assert exc.errno == errno.EINVAL
+        else:
+            raise AssertionError("a byte after END was accepted")
+        try:
+            c.set_state(State.STOP)
+        except VfioUserError as exc:
+            assert exc.errno == errno.EINVAL
+        else:
+            raise AssertionError("RESUMING -> STOP passed after a refused write")
+        assert c.get_state() is State.ERROR
+    finally:
+        close_session(s)
