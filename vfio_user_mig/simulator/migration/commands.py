@@ -177,23 +177,48 @@ def _configure_migrate(p: argparse.ArgumentParser) -> None:
 
 
 # ----- simulate -----------------------------------------------------------------------------
+def render_coverage(cov: dict[str, Any]) -> list[str]:
+    """The coverage lines of a campaign summary: arcs, (state, command) cells, faults."""
+    arcs = ", ".join(f"{a} {n}" for a, n in cov["arcs"].items()) or "none"
+    lines = [f"coverage: {cov['arcs_exercised']}/{cov['arcs_total']} FSM arcs, "
+             f"{cov['cells_exercised']}/{cov['cells_total']} (state, command) cells, "
+             f"{sum(1 for k in cov['fault_kinds'] if k != 'none')} fault kind(s), "
+             f"{len(cov['outcomes'])} outcome(s)",
+             f"arcs walked: {arcs}"]
+    if cov["arcs_missing"]:
+        lines.append(f"arcs never walked: {', '.join(cov['arcs_missing'])}")
+    if cov["cells"]:
+        commands = list(next(iter(cov["cells"].values())))
+        rows = [["probes in state", *commands]]
+        for state, row in cov["cells"].items():
+            rows.append([state, *(str(row[c]) for c in commands)])
+        lines.append(_table(rows))
+    return lines
+
+
 def render_campaign(data: dict[str, Any]) -> str:
     """The human summary of a campaign."""
     rows = [["fault", "runs", "fired", "passed"]]
     for kind, row in data["fault_kinds"].items():
         rows.append([kind, str(row["runs"]), str(row["fired"]), str(row["passed"])])
-    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(data["outcomes"].items()))
+    outcomes = ", ".join(f"{k} {v}" for k, v in data["outcomes"].items())
+    where = data.get("executor", "local")
     lines = [
         f"{data['runs']} runs (seed {data['seed']}, faults {'on' if data['faults'] else 'off'}, "
-        f"{data['workers']} worker(s)): {data['passed']} passed, {data['failed']} failed "
-        f"in {data['elapsed_s']:.1f} s ({data['runs_per_s']} runs/s), "
+        f"{data['workers']} worker(s), {where} executor): {data['passed']} passed, "
+        f"{data['failed']} failed in {data['elapsed_s']:.1f} s ({data['runs_per_s']} runs/s), "
         f"{data['checks']} invariant checks",
         f"migrations: {outcomes}",
         _table(rows),
     ]
+    if "coverage" in data:
+        lines += render_coverage(data["coverage"])
     for f in data["failures"]:
         lines.append(f"FAILED seed {f['seed']} ({f['fault']}): {f['reason']}")
         lines.append(f"  replay: {f['replay']}")
+    if data["failed"] > len(data["failures"]):
+        lines.append(f"... {data['failed'] - len(data['failures'])} more failure(s) not kept "
+                     "(see --out)")
     return "\n".join(lines)
 
 
@@ -207,7 +232,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"seed": r.seed, "ok": r.ok, "reason": r.reason,
                               "outcome": r.outcome, "fault": r.fault, "fired": r.fired,
-                              "scenario": sc.describe(), "elapsed_s": round(r.elapsed, 3)}))
+                              "scenario": sc.describe(), "elapsed_s": round(r.elapsed, 3),
+                              "arcs": r.arcs, "cells": r.cells}))
         else:
             print(f"seed {r.seed}: {sc.describe()}")
             print(f"migration {r.outcome}, fault fired: {'yes' if r.fired else 'no'}, "
@@ -216,33 +242,84 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             if args.trace:
                 print(f"trace: {args.trace}")
         return 0 if r.ok else 1
+    if args.runs < 0 or args.workers < 1 or (args.batch_size is not None
+                                              and args.batch_size < 1):
+        print("vfio-user-mig simulate: --runs must be >= 0, --workers and --batch-size >= 1",
+              file=sys.stderr)
+        return 2
+    return _campaign(args)
 
+
+def _campaign(args: argparse.Namespace) -> int:
+    from vfio_user_mig.simulator.executor import ExecutorError
+    from vfio_user_mig.simulator.migration import campaign
+    from vfio_user_mig.simulator.migration.campaign_stats import replay_command, run_record
+
+    try:
+        out = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
+    except OSError as exc:
+        print(f"vfio-user-mig simulate: --out {args.out}: {exc}", file=sys.stderr)
+        return 2
     bar: Any = None
     if not args.json and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(total=args.runs, unit="run", file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(total=args.runs, unit="run", file=sys.stderr, dynamic_ncols=True,
+                   smoothing=0.1)
     failed = 0
 
     def progress(r: campaign.RunResult) -> None:
         nonlocal failed
-        failed += int(not r.ok)
+        if out is not None:
+            out.write(json.dumps(run_record(r, args.faults)) + "\n")
+        if not r.ok:
+            failed += 1
+            text = (f"FAILED seed {r.seed} ({r.fault}): {r.reason}\n"
+                    f"  replay: {replay_command(r.seed, args.faults)}")
+            if bar is not None:
+                bar.write(text, file=sys.stderr)
+            else:
+                print(text, file=sys.stderr, flush=True)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(failed=failed, refresh=False)
 
     try:
         result = campaign.run_campaign(args.runs, args.seed, faults=args.faults,
-                                       workers=args.workers, progress=progress)
+                                       workers=args.workers, progress=progress,
+                                       executor=args.executor, scheduler=args.scheduler,
+                                       batch_size=args.batch_size)
+    except ExecutorError as exc:
+        print(f"vfio-user-mig simulate: {exc}", file=sys.stderr)
+        return 2
     finally:
         if bar is not None:
             bar.close()
+        if out is not None:
+            out.close()
     data = result.to_json()
     if args.json:
         print(json.dumps(data))
     else:
         print(render_campaign(data))
+        if args.out:
+            print(f"runs: {args.out}")
     return 0 if not data["failed"] else 1
+
+
+def executor_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--executor``, ``--scheduler`` (and ``--batch-size``) for commands that fan out."""
+    p.add_argument("--executor", choices=("local", "dask"), default="local",
+                   help=f"where {what} run: local (default: this process, or --workers forked "
+                        "processes) or dask (a local Dask cluster of --workers processes, or "
+                        "the cluster at --scheduler; needs pip install "
+                        "'vfio-user-mig[cluster]')")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: the scheduler of an existing cluster "
+                        "(tcp://HOST:PORT)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"{what} per task (default: from the count and the workers, 50 to 500 "
+                        "for campaigns)")
 
 
 @command("simulate", "randomized client/server migration campaigns, with faults")
@@ -252,7 +329,13 @@ def _configure_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faults", action="store_true",
                    help="inject one random fault per run (disconnects, corrupted or truncated "
                         "stream, failing device action, destination crash, slow peer)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes (default 1; with --executor dask and no --scheduler: "
+                        "the local cluster's workers)")
+    executor_args(p, "runs")
+    p.add_argument("--out", metavar="FILE.jsonl",
+                   help="write one JSON line per run (as runs complete: seed, ok, outcome, "
+                        "fault, arcs, cells, replay command of a failure)")
     p.add_argument("--replay", type=int, metavar="SEED",
                    help="run only the run with this seed (as printed for a failure)")
     p.add_argument("--trace", metavar="FILE", help="with --replay: write the run's trace")
@@ -260,4 +343,5 @@ def _configure_simulate(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_simulate)
 
 
-__all__ = ["cmd_migrate", "cmd_simulate", "render_campaign", "render_migration"]
+__all__ = ["cmd_migrate", "cmd_simulate", "executor_args", "render_campaign",
+           "render_coverage", "render_migration"]
