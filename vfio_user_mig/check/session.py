@@ -57,6 +57,8 @@ _FEATURE = struct.Struct("<II")
 _STATE = struct.Struct("<II")
 _MIG_DATA = struct.Struct("<II")
 _ECHO_SIZE = _FEATURE.size + _STATE.size
+#: How :class:`~vfio_user_mig.check.target.Death` describes a process that exited cleanly.
+CLEAN_EXIT = "exited with status 0"
 
 
 class SequenceAborted(Exception):
@@ -166,9 +168,13 @@ class Sequence:
         return self._id
 
     def exchange(self, data: bytes, *, fds: tuple[str, ...] = (), expect: Expect = OK,
-                 note: str = "", timeout: float | None = None) -> Reply | None:
+                 note: str = "", timeout: float | None = None,
+                 close_ok: bool = False) -> Reply | None:
         """Send ``data`` and return its reply (``None``: closed); hangs, crashes and bad frames
-        are recorded and abort the sequence. Counts no check."""
+        are recorded and abort the sequence. Counts no check.
+
+        ``close_ok``: the server may close the connection here, and a spawned server that then
+        exits with status 0 (one-client servers) has not crashed."""
         step = Step(data, fds, expect, note)
         self.steps.append(step)
         command = step.command
@@ -194,7 +200,7 @@ class Sequence:
                     os.close(fd)
         if reply is None:
             death = self.checker.target.death()
-            if death is not None:
+            if death is not None and not (close_ok and death.status == CLEAN_EXIT):
                 self._abort(Kind.CRASH, f"server dies on {command}", death.describe(), command)
         return reply
 
@@ -241,10 +247,11 @@ class Sequence:
         return ok
 
     def check(self, title: str, data: bytes, expect: Expect, *, fds: tuple[str, ...] = (),
-              spec: str = "", cell: bool = True) -> Reply | None:
-        """Send one request and count one check: its reply must meet ``expect``."""
+              spec: str = "", cell: bool = True, close_ok: bool = False) -> Reply | None:
+        """Send one request and count one check: its reply must meet ``expect``
+        (``close_ok`` as for :meth:`exchange`)."""
         state = self.state
-        reply = self.exchange(data, fds=fds, expect=expect)
+        reply = self.exchange(data, fds=fds, expect=expect, close_ok=close_ok)
         verdict = judge(expect, reply)
         if cell and state is not None:
             self.checker.report.coverage.cells[(state.name, self.steps[-1].command)] += 1
@@ -319,11 +326,17 @@ class Sequence:
         return feature_request(self.next_id(), wire.FeatureIndex.MIG_DEVICE_STATE,
                                wire.FeatureOp.SET, _STATE.pack(target, 0))
 
-    def set_state(self, target: State | int, *, title: str | None = None) -> bool:
+    def set_state(self, target: State | int, *, title: str | None = None,
+                  may_fail: bool = False) -> bool:
         """SET ``target`` and check the reply and the state reached against the model.
 
         Returns whether the device is now where the model says (``self.state`` follows the
-        model's prediction)."""
+        model's prediction). ``may_fail``: the device's action on an arc of a valid path may
+        legitimately fail (e.g. RESUMING -> STOP with no or invalid data): a refusal is then
+        accepted when the device is left in a state of the path before ``target`` (the last
+        state reached) or in ERROR (PROTOCOL.md section 5)."""
+        if may_fail:
+            return self._set_state_may_fail(target, title)
         cur = self.state
         if cur is None or self.caps is None:
             raise SequenceAborted("state unknown")
@@ -355,6 +368,43 @@ class Sequence:
             observed == predicted or (reply.is_error and path is not None), Kind.STATE,
             f"{title}: state reached", predicted.name, observed.name,
             "PROTOCOL.md section 5 (the model's path)", ["DEVICE_FEATURE"])
+
+    def _set_state_may_fail(self, target: State | int, title: str | None) -> bool:
+        cur = self.state
+        if cur is None or self.caps is None:
+            raise SequenceAborted("state unknown")
+        name = target.name if isinstance(target, State) else str(target)
+        title = title or f"SET {cur.name} -> {name}"
+        try:
+            path = transition_path(cur, State(target), self.caps)
+        except (InvalidTransition, ValueError):
+            return self.set_state(target, title=title)
+        data = self.set_state_request(int(target))
+        self.checker.report.coverage.cells[(cur.name, "DEVICE_FEATURE")] += 1
+        reply = self.exchange(data, expect=Expect("any", rule="PROTOCOL.md section 5"))
+        if reply is None:
+            self.verify(False, Kind.CLOSE, title, "a reply", "the connection closed",
+                        "vfio-user.rst: every command gets a reply")
+            raise SequenceAborted(title)
+        if reply.is_error:
+            self.verify(True, Kind.ERRNO, title, "", "", "")
+            allowed = set(path[:-1]) | {State.ERROR}
+        else:
+            self.verify(bytes(reply.payload) == data[16:], Kind.REPLY, f"{title}: echo",
+                        f"the request payload {data[16:].hex()}", reply.payload.hex(),
+                        "PROTOCOL.md section 3: a SET reply echoes the request")
+            for a, b in itertools.pairwise(path):
+                self.checker.report.coverage.arcs[(a.name, b.name)] += 1
+            allowed = {State(target)}
+        observed = self.get_state()
+        if observed is None:
+            raise SequenceAborted("state unreadable")
+        self.state = observed
+        return self.verify(
+            observed in allowed, Kind.STATE, f"{title}: state reached",
+            " or ".join(sorted(s.name for s in allowed)), observed.name,
+            "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR",
+            ["DEVICE_FEATURE"])
 
     def read_stream(self, chunk: int = READ_CHUNK, limit: int = STREAM_LIMIT) -> bytes | None:
         """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error."""

@@ -1,0 +1,66 @@
+"""Group ``disconnect``: the client goes away in each state, and comes back.
+
+For each supported state a sequence brings the device there and closes the connection
+without a word (a VMM that dies). A spawned server may exit then (servers of one client do),
+but only with status 0: being killed by a signal or a failure status is a ``crash``.
+
+For ``--socket`` targets a second connection follows: VERSION must be accepted whatever the
+migration state (:func:`vfio_user_mig.model.gating.legality_table`: VERSION is allowed in
+every state) and MIG_DEVICE_STATE GET must answer a valid state (the spec does not say which
+state survives a lost connection). With ``--spawn`` each sequence is a fresh process, so a
+reconnection cannot be checked and nothing is counted for it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vfio_user_mig.check.findings import Kind
+from vfio_user_mig.check.session import CLEAN_EXIT, Checker, version_request
+from vfio_user_mig.check.steps import Expect
+from vfio_user_mig.check.target import SocketTarget
+from vfio_user_mig.model import State
+from vfio_user_mig.model.gating import legality_table
+from vfio_user_mig.wire import Command
+
+
+def _leave(checker: Checker, state: State) -> None:
+    with checker.sequence("disconnect", f"disconnect in {state.name}") as seq:
+        if seq.caps is None:
+            return
+        seq.goto(state)
+        seq.conn.close()
+        time.sleep(0.05)
+        death = checker.target.death()
+        seq.verify(death is None or death.status == CLEAN_EXIT, Kind.CRASH,
+                   f"server survives a client leaving in {state.name}",
+                   "the server lives, or exits with status 0", death.describe() if death else "",
+                   "vfio-user.rst: a client may disconnect at any time")
+
+
+def _come_back(checker: Checker, state: State) -> None:
+    with checker.sequence("disconnect", f"reconnect after leaving in {state.name}",
+                          setup=False) as seq:
+        seq.state = state
+        seq.caps = checker.facts.caps
+        allowed = seq.caps is None or legality_table(seq.caps)[(state, Command.VERSION)] is None
+        seq.check(f"VERSION accepted on a new connection after leaving in {state.name}",
+                  version_request(seq.next_id()),
+                  Expect("ok" if allowed else "error",
+                         rule="vfio-user.rst: Version; model.gating: VERSION in every state"))
+        seq.state = None
+        seq.get_state()
+
+
+def run(checker: Checker) -> None:
+    """The ``disconnect`` group (module docstring)."""
+    states: list[State] = []
+    with checker.sequence("disconnect", "capabilities") as seq:
+        states = seq.supported_states()
+    reconnect = isinstance(checker.target, SocketTarget)
+    for state in states:
+        if state == State.ERROR:
+            continue
+        _leave(checker, state)
+        if reconnect:
+            _come_back(checker, state)

@@ -1,0 +1,210 @@
+"""Group ``malformed``: messages that break the framing or a payload's rules.
+
+Each case must get an error reply or a clean close (vfio-user.rst "Header"; PROTOCOL.md
+section 1), never a hang or a crash; where the server keeps the connection it must still serve
+the next request (a MIG_DEVICE_STATE GET, no new VERSION), and where it closes a new
+connection must work (the next case runs on one). Cases: header lies (msg_size below 16,
+huge), type and flag bits, a reply flag on a request, unknown commands (0, 14, 19, 0xFFFF),
+argsz and size lies in each command with an argsz, truncated payloads, trailing bytes after
+fixed payloads (accepted or refused: the spec is silent; libvfio-user ignores them), and a
+msg_size larger than the bytes sent (then the client half-closes; the server must not hang on
+the read or crash).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from vfio_user_mig import wire
+from vfio_user_mig.check.conn import BadFrame, ReplyTimeout
+from vfio_user_mig.check.findings import Kind
+from vfio_user_mig.check.session import (
+    CLEAN_EXIT,
+    Checker,
+    Sequence,
+    SequenceAborted,
+    feature_request,
+)
+from vfio_user_mig.check.steps import Expect, Step
+from vfio_user_mig.check.target import TargetError
+from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
+from vfio_user_mig.wire.constants import RESERVED_COMMAND
+
+_HDR = struct.Struct("<HHIII")
+_S1 = "PROTOCOL.md section 1; vfio-user.rst: Header"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One malformed message: ``command`` and ``payload`` with ``msg_size`` and ``flags`` as
+    given (``None``: the true size), what the reply must be."""
+
+    title: str
+    command: int
+    payload: bytes = b""
+    msg_size: int | None = None
+    flags: int = 0
+    reply: str = "error_or_close"
+    rule: str = _S1
+
+    def data(self, msg_id: int) -> bytes:
+        size = 16 + len(self.payload) if self.msg_size is None else self.msg_size
+        return _HDR.pack(msg_id, self.command, size, self.flags, 0) + self.payload
+
+
+def _state_get() -> bytes:
+    return feature_request(0, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET, argsz=16)[16:]
+
+
+def _cases() -> list[Case]:
+    get = _state_get()
+    s2 = "PROTOCOL.md section 2 (payload layouts, argsz)"
+    out = [
+        Case("msg_size 8, below the header size", Command.DEVICE_FEATURE, b"", 8),
+        Case("msg_size 0", Command.DEVICE_FEATURE, b"", 0),
+        Case("huge msg_size (0xFFFFFFF0), header only", Command.DEVICE_FEATURE, b"",
+             0xFFFFFFF0),
+        Case("reply flag on a request", Command.DEVICE_FEATURE, get, flags=1,
+             reply="error_or_drop", rule=f"{_S1}: a reply the server did not ask for is "
+             "refused (libvfio-user EINVAL) or dropped; it is never executed"),
+        Case("type 2 in the flags", Command.DEVICE_FEATURE, get, flags=2),
+        Case("error flag on a request", Command.DEVICE_FEATURE, get, flags=0x20),
+        Case("unknown flag bit 0x40", Command.DEVICE_FEATURE, get, flags=0x40, reply="any"),
+        Case("request with no payload (DEVICE_GET_INFO)", Command.DEVICE_GET_INFO),
+    ]
+    for command in (0, RESERVED_COMMAND, 19, 0xFFFF):
+        out.append(Case(f"unknown command {command}", command, bytes(8),
+                        rule=f"{_S1}: commands 1-18 (14 reserved)"))
+    lies = [
+        ("DMA_MAP argsz 8", Command.DMA_MAP, struct.pack("<IIQQQ", 8, 3, 0, 0x7000_0000, 4096)),
+        ("DMA_UNMAP argsz 8", Command.DMA_UNMAP, struct.pack("<IIQQ", 8, 0, 0x7000_0000, 4096)),
+        ("DEVICE_GET_INFO argsz 4", Command.DEVICE_GET_INFO, struct.pack("<IIII", 4, 0, 0, 0)),
+        ("DEVICE_GET_REGION_INFO argsz 8", Command.DEVICE_GET_REGION_INFO,
+         struct.pack("<IIIIQQ", 8, 0, 0, 0, 0, 0)),
+        ("DEVICE_GET_IRQ_INFO argsz 4", Command.DEVICE_GET_IRQ_INFO,
+         struct.pack("<IIII", 4, 0, 0, 0)),
+        ("DEVICE_SET_IRQS argsz 8", Command.DEVICE_SET_IRQS,
+         struct.pack("<IIIII", 8, 0x21, 0, 0, 0)),
+        ("DEVICE_SET_IRQS count 4 with one eventfd's worth of data", Command.DEVICE_SET_IRQS,
+         struct.pack("<IIIII", 20 + 16, 0x22, 0, 0, 4) + bytes(1)),
+        ("DEVICE_FEATURE argsz 0", Command.DEVICE_FEATURE, struct.pack("<II", 0, 0x10002)),
+        ("REGION_READ count 0xFFFFFFFF", Command.REGION_READ,
+         struct.pack("<QII", 0, 0, 0xFFFFFFFF)),
+        ("REGION_WRITE count 64 with 8 bytes", Command.REGION_WRITE,
+         struct.pack("<QII", 0, 0, 64) + bytes(8)),
+        ("MIG_DATA_READ argsz 0", Command.MIG_DATA_READ, struct.pack("<II", 0, 64)),
+        ("MIG_DATA_WRITE size 4096 with 8 bytes", Command.MIG_DATA_WRITE,
+         struct.pack("<II", 8 + 4096, 4096) + bytes(8)),
+    ]
+    out += [Case(title, cmd, payload, rule=s2) for title, cmd, payload in lies]
+    truncated = [
+        ("DMA_MAP payload of 16 bytes", Command.DMA_MAP, struct.pack("<IIQ", 32, 3, 0)),
+        ("DMA_UNMAP payload of 12 bytes", Command.DMA_UNMAP, struct.pack("<III", 24, 0, 0)),
+        ("DEVICE_FEATURE payload of 4 bytes", Command.DEVICE_FEATURE, struct.pack("<I", 16)),
+        ("REGION_READ payload of 8 bytes", Command.REGION_READ, struct.pack("<Q", 0)),
+        ("MIG_DATA_READ payload of 4 bytes", Command.MIG_DATA_READ, struct.pack("<I", 72)),
+        ("DEVICE_GET_REGION_INFO payload of 8 bytes", Command.DEVICE_GET_REGION_INFO,
+         struct.pack("<II", 32, 0)),
+    ]
+    out += [Case(f"truncated {title}", cmd, payload, rule=s2) for title, cmd, payload in truncated]
+    trailing = [
+        ("DEVICE_GET_INFO", Command.DEVICE_GET_INFO, struct.pack("<IIII", 16, 0, 0, 0)),
+        ("DEVICE_GET_IRQ_INFO", Command.DEVICE_GET_IRQ_INFO, struct.pack("<IIII", 16, 0, 0, 0)),
+        ("DEVICE_FEATURE GET", Command.DEVICE_FEATURE, get[:8] + bytes(8)),
+    ]
+    out += [Case(f"8 trailing bytes after a {title}", cmd, payload + bytes(8), reply="any",
+                 rule=f"{s2}: the spec is silent on trailing bytes (accepted or refused)")
+            for title, cmd, payload in trailing]
+    return out
+
+
+def _probe(seq: Sequence, case: Case) -> None:
+    """The next request on a kept connection must be served."""
+    reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
+                                         FeatureOp.GET, argsz=16), close_ok=True)
+    if reply is None:  # the server answered the case, then closed: allowed
+        raise SequenceAborted(case.title)
+    ok = not reply.is_error and len(reply.payload) >= 16
+    seq.verify(ok, Kind.REPLY,
+               f"serves the next request after: {case.title}",
+               "MIG_DEVICE_STATE GET succeeds (no new VERSION)",
+               f"error {reply.errno}" if reply.is_error else f"{len(reply.payload)}-byte payload",
+               f"{_S1}: a server that keeps the connection keeps its framing")
+
+
+def _unsolicited(seq: Sequence, case: Case) -> None:
+    """A reply-typed message: an error reply, or nothing, and the next request is served."""
+    data = case.data(seq.next_id())
+    seq.steps.append(Step(data, (), Expect("any", rule=case.rule), "no reply required"))
+    if not seq.conn.send(data):
+        raise SequenceAborted(case.title)
+    reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
+                                         FeatureOp.GET, argsz=16), close_ok=True)
+    if reply is None:
+        raise SequenceAborted(case.title)
+    ok = not reply.is_error and len(reply.payload) >= 16
+    seq.verify(ok, Kind.REPLY, f"serves the next request after: {case.title}",
+               "MIG_DEVICE_STATE GET succeeds", f"error {reply.errno}" if reply.is_error
+               else f"{len(reply.payload)}-byte payload", case.rule)
+
+
+def _cases_run(checker: Checker, cases: list[Case]) -> None:
+    at = 0
+    while at < len(cases):
+        start = at
+        try:
+            with checker.sequence("malformed", f"malformed messages from {start}") as seq:
+                while at < len(cases):
+                    case = cases[at]
+                    at += 1
+                    if case.reply == "error_or_drop":
+                        _unsolicited(seq, case)
+                        continue
+                    expect = Expect(case.reply, rule=case.rule)
+                    seq.check(f"{case.title}: an error reply or a clean close",
+                              case.data(seq.next_id()), expect, close_ok=True)
+                    _probe(seq, case)
+        except TargetError:
+            return
+        if at == start:
+            return
+
+
+def _short_body(checker: Checker) -> None:
+    """msg_size larger than the bytes sent, then a half-close (module docstring)."""
+    try:
+        ctx = checker.sequence("malformed", "msg_size larger than the bytes sent")
+        with ctx as seq:
+            data = _HDR.pack(seq.next_id(), Command.DEVICE_FEATURE, 64, 0, 0) + _state_get()
+            seq.steps.append(Step(data, (), Expect("error_or_close"), "then shutdown(SHUT_WR)"))
+            seq.conn.send(data)
+            with contextlib.suppress(OSError):
+                seq.conn.sock.shutdown(socket.SHUT_WR)
+            observed = "a clean close"
+            ok = True
+            try:
+                msg = seq.conn.receive(time.monotonic() + checker.timeout)
+                if msg is not None and not msg.is_error:
+                    ok, observed = False, "a success reply to an incomplete message"
+            except ReplyTimeout:
+                ok, observed = False, f"no reply and no close within {checker.timeout:g} s"
+            except BadFrame as exc:
+                ok, observed = False, str(exc)
+            death = checker.target.death()
+            if death is not None and death.status != CLEAN_EXIT:
+                ok, observed = False, death.describe()
+            seq.verify(ok, Kind.CRASH if death and death.status != CLEAN_EXIT else Kind.HANG,
+                       "incomplete message then half-close: error reply or clean close",
+                       "an error reply or a clean close", observed, _S1)
+    except TargetError:
+        return
+
+
+def run(checker: Checker) -> None:
+    """The ``malformed`` group (module docstring)."""
+    _cases_run(checker, _cases())
+    _short_body(checker)
