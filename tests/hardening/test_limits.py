@@ -246,7 +246,7 @@ def _report(d: Driver, length: int, page: int = 4096) -> object:
 @pytest.mark.parametrize("limit", [DEFAULT.max_bitmap_size, 4096])
 def test_bitmap_length_limit(limit: int) -> None:
     with Driver(ServerConfig(max_bitmap_size=limit)) as d:
-        d.ok(wire.DmaMap(0, 1 << 16))
+        d.ok(wire.DmaMap(0, 1 << 40))  # a report range must be DMA-mapped (else ENOENT)
         control = wire.DmaLoggingControl(4096, ())
         assert d.feature(FeatureIndex.DMA_LOGGING_START, FeatureOp.SET, control).errno is None
         d.core.device.dirty_log.mark(0x3000, 1)
@@ -260,6 +260,7 @@ def test_bitmap_length_limit(limit: int) -> None:
 
 def test_bitmap_never_larger_than_the_clients_max_data_xfer_size() -> None:
     with Driver(client_xfer=4096) as d:
+        d.ok(wire.DmaMap(0, 1 << 40))  # a report range must be DMA-mapped (else ENOENT)
         control = wire.DmaLoggingControl(4096, ())
         assert d.feature(FeatureIndex.DMA_LOGGING_START, FeatureOp.SET, control).errno is None
         assert _report(d, 4096 * 8 * 4096).errno is None  # type: ignore[attr-defined]

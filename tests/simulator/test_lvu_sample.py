@@ -34,6 +34,7 @@ from vfio_user_mig.simulator.device import (
     run_job,
 )
 from vfio_user_mig.simulator.device.lvu_sample import (
+    BAR1_REGION_SIZE,
     BAR1_SIZE,
     PROBE_LIMIT,
     STOP_COPY_SIZE,
@@ -172,7 +173,7 @@ def test_samples_client_flow(memory: GuestMemory) -> None:
             with mmap.mmap(fds[0], 0x1000, offset=0x2000) as area:
                 assert area[:6] == b"mapped"
             os.close(fds[0])
-        assert sizes == [8, BAR1_SIZE, 0, 0, 0, 0, 0, 256, 0]
+        assert sizes == [8, BAR1_REGION_SIZE, 0, 0, 0, 0, 0, 256, 0]  # PCI: power of two
         # 4. config space ids
         cfg = c.region_read(CONFIG, 0, 64)
         assert struct.unpack_from("<HH", cfg, 0) == (0xDEAD, 0xBEEF)

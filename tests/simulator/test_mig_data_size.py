@@ -42,18 +42,18 @@ def _drain(s: Session) -> int:
             return total
 
 
-def test_enotsup_by_default(session: Session) -> None:
+def test_einval_by_default(session: Session) -> None:
     assert session.core.config.experimental_mig_data_size is False
     for ops in (FeatureOp.GET, FeatureOp.PROBE | FeatureOp.GET):
         with pytest.raises(VfioUserError) as exc:
             session.client.feature(FeatureIndex.MIG_DATA_SIZE, ops)
-        assert exc.value.errno == errno.ENOTSUP
+        assert exc.value.errno == errno.EINVAL
     with pytest.raises(VfioUserError) as exc:
         session.client.mig_data_size()
-    assert exc.value.errno == errno.ENOTSUP
+    assert exc.value.errno == errno.EINVAL
 
 
-def test_enotsup_without_pending_bytes(enabled: Session) -> None:
+def test_einval_without_pending_bytes(enabled: Session) -> None:
     class Plain:  # a device without pending_bytes
         pass
 
@@ -62,7 +62,7 @@ def test_enotsup_without_pending_bytes(enabled: Session) -> None:
     try:
         with pytest.raises(VfioUserError) as exc:
             enabled.client.mig_data_size()
-        assert exc.value.errno == errno.ENOTSUP
+        assert exc.value.errno == errno.EINVAL
     finally:
         enabled.core.device = device
 
@@ -161,7 +161,7 @@ def test_driver_falls_back_when_refused() -> None:
     assert result.ok
     probe = [e for e in result.trace_events if e["ev"] == "size_query"]
     assert len(probe) == 1 and probe[0]["supported"] is False
-    assert probe[0]["errno"] == errno.ENOTSUP
+    assert probe[0]["errno"] == errno.EINVAL
     rounds = [e for e in result.trace_events if e["ev"] == "round"]
     assert rounds and not any("pending_device_reported" in r for r in rounds)
 

@@ -118,8 +118,8 @@ class ServerConfig:
 
     ``experimental_mig_data_size``: answer DEVICE_FEATURE MIG_DATA_SIZE (9) GET with the
     device's ``pending_bytes()`` (an extension, not in the spec nor libvfio-user: the kernel's
-    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``; docs/wire-compat.md). Off by default: ENOTSUP, like
-    any unknown feature; also ENOTSUP when the device has no ``pending_bytes``.
+    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``; docs/wire-compat.md). Off by default: EINVAL, like
+    any unknown feature; also EINVAL when the device has no ``pending_bytes``.
 
     ``experimental_mig_data_socket``: agree to a client's ``x-mig-data-socket`` VERSION
     capability (:mod:`.mig_channel`): a second socket that carries MIG_DATA_READ/WRITE only.
