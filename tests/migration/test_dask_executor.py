@@ -119,6 +119,14 @@ def test_run_batched_on_the_cluster_propagates_results_and_errors(scheduler: str
                          batch_size=1))
 
 
+def test_convergence_grid_on_the_cluster_equals_the_local_one(scheduler: str) -> None:
+    from vfio_user_mig.studies.convergence import QUICK_GRID, run_grid
+
+    local = run_grid(QUICK_GRID, workers=2)
+    assert run_grid(QUICK_GRID, executor="dask", scheduler=scheduler, batch_size=3) == local
+    assert len(local) == QUICK_GRID.size
+
+
 def test_without_distributed_dask_is_refused_with_the_install_hint() -> None:
     code = ("import sys; sys.modules['distributed'] = None\n"
             "from vfio_user_mig.cli import main\n"

@@ -23,6 +23,7 @@ types be importable on the workers: a remote cluster must run the same package v
 
 from __future__ import annotations
 
+import argparse
 import math
 import multiprocessing as mp
 import os
@@ -223,12 +224,29 @@ def _run_dask(distributed: Any, fn: Callable[[T], R], batches: Iterator[list[T]]
             cluster.close()
 
 
+def add_executor_args(p: argparse.ArgumentParser, what: str, sizes: str) -> None:
+    """``--executor``, ``--scheduler`` and ``--batch-size`` for a command that fans out
+    ``what`` (``sizes``: the default batch sizes, for the help)."""
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help=f"where the {what} run: local (default: this process, or --workers "
+                        "forked processes) or dask (a local Dask cluster of --workers "
+                        "processes, or the cluster at --scheduler; needs "
+                        f"{INSTALL_HINT})")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --executor dask: the scheduler of an existing cluster "
+                        "(tcp://HOST:PORT)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"{what} per task (default: from their count and the workers, "
+                        f"{sizes})")
+
+
 __all__ = [
     "EXECUTORS",
     "INSTALL_HINT",
     "ExecutorError",
     "ExecutorName",
     "ExecutorUnavailable",
+    "add_executor_args",
     "auto_batch_size",
     "run_batched",
 ]

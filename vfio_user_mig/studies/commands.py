@@ -21,6 +21,7 @@ import sys
 import time
 
 from vfio_user_mig.cli import command
+from vfio_user_mig.simulator.executor import add_executor_args
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -34,12 +35,18 @@ def cmd_study(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         grid = replace(grid, seed=args.seed)
+    from vfio_user_mig.simulator.executor import ExecutorError
+
     workers = args.workers if args.workers is not None else min(2, os.cpu_count() or 1)
+    if workers < 1 or (args.batch_size is not None and args.batch_size < 1):
+        print("vfio-user-mig study: --workers and --batch-size must be >= 1", file=sys.stderr)
+        return 2
     start = time.monotonic()
     try:
-        cells = convergence.run_grid(grid, workers=workers)
+        cells = convergence.run_grid(grid, workers=workers, executor=args.executor,
+                                     scheduler=args.scheduler, batch_size=args.batch_size)
         paths = convergence.write_study(cells, args.output, figures=not args.no_figures)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ExecutorError) as exc:
         print(f"vfio-user-mig study: {exc}", file=sys.stderr)
         return 2
     converged = sum(1 for c in cells if c.converged)
@@ -49,6 +56,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         "not_converged": sum(1 for c in cells if c.outcome == "not_converged"),
         "failed": sum(1 for c in cells if c.outcome == "failed"),
         "over_limit": sum(1 for c in cells if c.over_limit),
+        "executor": args.executor,
         "elapsed_s": round(time.monotonic() - start, 3), **paths,
     }
     _report(args, payload, convergence.summary_markdown(cells),
@@ -75,6 +83,10 @@ def _transport(args: argparse.Namespace) -> int:
 
     from vfio_user_mig.studies import transport
 
+    if args.executor != "local" or args.scheduler is not None:
+        print("vfio-user-mig study: the transport study measures wall-clock time and runs "
+              "locally, one migration at a time (no --executor dask)", file=sys.stderr)
+        return 2
     grid = transport.QUICK_GRID if args.quick else transport.DEFAULT_GRID
     if args.seed is not None:
         grid = replace(grid, seed=args.seed)
@@ -116,8 +128,10 @@ def _configure_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a small grid (a few seconds)")
     p.add_argument("--workers", type=int,
-                   help="worker processes for convergence (default: up to 2); the transport "
+                   help="worker processes for convergence (default: up to 2; with --executor "
+                        "dask and no --scheduler: the local cluster's workers); the transport "
                         "study always runs one migration at a time (it measures time)")
+    add_executor_args(p, "convergence cells", "1 to 8")
     p.add_argument("--seed", type=int, help="seed of content and workload (default 0)")
     p.add_argument("--no-figures", action="store_true", help="only results.csv and summary.md")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -1,4 +1,4 @@
-"""The pre-copy convergence study (issue #7 item 2): a sweep through the real simulator.
+"""The pre-copy convergence study: a sweep through the real simulator.
 
 Every cell of the grid (bandwidth x dirty rate x downtime limit x device state size x
 switchover policy, optionally with the experimental size query) is one real migration
@@ -18,7 +18,8 @@ the summary compares their downtime-over-limit rate with the same policy without
 
 * :class:`Grid` describes a sweep; :data:`QUICK_GRID` (a few seconds) and
   :data:`DEFAULT_GRID` (well under a minute on two cores) are the two the CLI offers;
-* :func:`run_grid` runs it (optionally on worker processes) and returns :class:`Cell` rows;
+* :func:`run_grid` runs it (on worker processes or a Dask cluster through
+  :func:`~vfio_user_mig.simulator.executor.run_batched`) and returns :class:`Cell` rows;
 * :func:`write_csv`, :func:`summary_markdown` and :func:`write_study` write the results;
   figures come from :mod:`vfio_user_mig.studies.figures` (the same functions the notebook
   calls).
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import multiprocessing as mp
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -192,24 +192,29 @@ def run_cell(spec: CellSpec) -> Cell:
     )
 
 
-def run_grid(grid: Grid, *, workers: int = 1,
-             progress: Callable[[Cell], None] | None = None) -> list[Cell]:
-    """Every cell of ``grid`` (in :meth:`Grid.specs` order); ``workers`` > 1 forks a pool."""
+def _indexed_cell(item: tuple[int, CellSpec]) -> tuple[int, Cell]:
+    return item[0], run_cell(item[1])
+
+
+def run_grid(grid: Grid, *, workers: int = 1, progress: Callable[[Cell], None] | None = None,
+             executor: str = "local", scheduler: str | None = None,
+             batch_size: int | None = None) -> list[Cell]:
+    """Every cell of ``grid``, in :meth:`Grid.specs` order whatever the completion order;
+    ``progress`` sees each cell as it completes. ``executor``/``scheduler``/``workers``: see
+    :func:`~vfio_user_mig.simulator.executor.run_batched` (cells are whole migrations, so
+    batches are small: at most 8 cells)."""
+    from vfio_user_mig.simulator.executor import auto_batch_size, run_batched
+
     specs = grid.specs()
-    cells: list[Cell] = []
-    if workers <= 1 or len(specs) < 2:
-        for spec in specs:
-            cells.append(run_cell(spec))
-            if progress is not None:
-                progress(cells[-1])
-        return cells
-    ctx = mp.get_context("fork")
-    with ctx.Pool(min(workers, len(specs))) as pool:
-        for cell in pool.imap(run_cell, specs):
-            cells.append(cell)
-            if progress is not None:
-                progress(cell)
-    return cells
+    workers = max(1, min(workers, len(specs)))
+    size = batch_size or auto_batch_size(len(specs), workers, low=1, high=8)
+    cells: list[Cell | None] = [None] * len(specs)
+    for index, cell in run_batched(_indexed_cell, list(enumerate(specs)), executor=executor,
+                                   scheduler=scheduler, workers=workers, batch_size=size):
+        cells[index] = cell
+        if progress is not None:
+            progress(cell)
+    return [c for c in cells if c is not None]
 
 
 # ----- output -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 from vfio_user_mig.cli import caps_arg, command, size_arg
 from vfio_user_mig.model import VFIO_USER_CAPS, caps_label
+from vfio_user_mig.simulator.executor import add_executor_args
 
 _POLICIES = ("qemu", "iterations", "dirty-rate")
 
@@ -307,21 +308,6 @@ def _campaign(args: argparse.Namespace) -> int:
     return 0 if not data["failed"] else 1
 
 
-def executor_args(p: argparse.ArgumentParser, what: str) -> None:
-    """``--executor``, ``--scheduler`` (and ``--batch-size``) for commands that fan out."""
-    p.add_argument("--executor", choices=("local", "dask"), default="local",
-                   help=f"where {what} run: local (default: this process, or --workers forked "
-                        "processes) or dask (a local Dask cluster of --workers processes, or "
-                        "the cluster at --scheduler; needs pip install "
-                        "'vfio-user-mig[cluster]')")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="with --executor dask: the scheduler of an existing cluster "
-                        "(tcp://HOST:PORT)")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help=f"{what} per task (default: from the count and the workers, 50 to 500 "
-                        "for campaigns)")
-
-
 @command("simulate", "randomized client/server migration campaigns, with faults")
 def _configure_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=100, help="number of runs (default 100)")
@@ -332,7 +318,7 @@ def _configure_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes (default 1; with --executor dask and no --scheduler: "
                         "the local cluster's workers)")
-    executor_args(p, "runs")
+    add_executor_args(p, "runs", "50 to 500")
     p.add_argument("--out", metavar="FILE.jsonl",
                    help="write one JSON line per run (as runs complete: seed, ok, outcome, "
                         "fault, arcs, cells, replay command of a failure)")
@@ -343,5 +329,5 @@ def _configure_simulate(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_simulate)
 
 
-__all__ = ["cmd_migrate", "cmd_simulate", "executor_args", "render_campaign",
+__all__ = ["cmd_migrate", "cmd_simulate", "render_campaign",
            "render_coverage", "render_migration"]
