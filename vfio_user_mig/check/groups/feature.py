@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import struct
 
-from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     EINVAL,
     FEATURE_OPS,
     UNKNOWN_FEATURE_ERRNOS,
     UNKNOWN_FEATURE_RULE,
-    feature,
 )
 from vfio_user_mig.check.session import Checker, Sequence, feature_request
 from vfio_user_mig.check.steps import Expect, refused
@@ -47,7 +45,7 @@ def _probes(seq: Sequence) -> None:
         data = _SAMPLE_DATA[index]
         for op in (FeatureOp(0), FeatureOp.GET, FeatureOp.SET):
             req = feature_request(seq.next_id(), index, int(FeatureOp.PROBE | op), data)
-            what = f"PROBE{'|' + op.name if op else ''} {index.name}"
+            what = f"PROBE{'|' + str(op.name) if op else ''} {index.name}"
             if op and not op & ops:
                 seq.check(f"{what} refused: {op.name} unsupported", req,
                           refused(EINVAL, rule=f"{_S3}: {index.name} supports "
@@ -80,10 +78,10 @@ def _unsupported(seq: Sequence) -> None:
     req = feature_request(seq.next_id(), FeatureIndex.MIGRATION, 0, argsz=16)
     seq.check("DEVICE_FEATURE with no operation bit refused", req,
               refused(EINVAL, rule=f"{_S3}: one of GET, SET, PROBE is required"))
-    for index in (0, 3, 0x100, 0xFFFF):
+    for unknown in (0, 3, 0x100, 0xFFFF):
         for ops in (FeatureOp.GET, FeatureOp.PROBE | FeatureOp.GET):
-            req = feature_request(seq.next_id(), index, int(ops), argsz=64)
-            seq.check(f"{ops!r} of unknown feature {index} refused", req,
+            req = feature_request(seq.next_id(), unknown, int(ops), argsz=64)
+            seq.check(f"{ops!r} of unknown feature {unknown} refused", req,
                       refused(*UNKNOWN_FEATURE_ERRNOS, rule=UNKNOWN_FEATURE_RULE))
 
 
@@ -157,5 +155,3 @@ def run(checker: Checker) -> None:
             _get(seq)
             _set(seq)
 
-
-__all__ = ["feature", "run", "wire"]

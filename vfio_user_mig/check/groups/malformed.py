@@ -19,7 +19,6 @@ import struct
 import time
 from dataclasses import dataclass
 
-from vfio_user_mig import wire
 from vfio_user_mig.check.conn import BadFrame, ReplyTimeout
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.session import (

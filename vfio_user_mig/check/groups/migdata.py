@@ -24,7 +24,7 @@ from vfio_user_mig.check.groups.common import (
     mig_write,
     read_stream_checked,
 )
-from vfio_user_mig.check.session import Checker, Sequence
+from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
 
