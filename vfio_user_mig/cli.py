@@ -340,6 +340,7 @@ def _configure_prove(p: argparse.ArgumentParser) -> None:
 COMMAND_MODULES: tuple[str, ...] = (
     "vfio_user_mig.simulator.migration.commands",
     "vfio_user_mig.studies.commands",
+    "vfio_user_mig.check.commands",
 )
 
 

@@ -70,6 +70,8 @@ class Coverage:
     arcs: Counter[tuple[str, str]] = field(default_factory=Counter)
     requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     groups: Counter[str] = field(default_factory=Counter)
+    #: Covered and possible cells and arcs for the server's capabilities (set at the end).
+    totals: dict[str, Any] = field(default_factory=dict)
 
     def merge(self, other: Coverage) -> None:
         self.cells.update(other.cells)
@@ -83,6 +85,7 @@ class Coverage:
             "arcs": {f"{a}->{b}": n for (a, b), n in sorted(self.arcs.items())},
             "requests": {f"{s}/{c}": n for (s, c), n in sorted(self.requests.items())},
             "groups": dict(sorted(self.groups.items())),
+            "totals": self.totals,
         }
 
 

@@ -1,0 +1,180 @@
+"""The ``vfio-user-mig check`` command: point the checker at a server and report.
+
+Exit status: 0 when the server shows no finding, 1 when it shows at least one, 2 when the
+arguments are wrong or the server cannot be started or reached at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vfio_user_mig.check.findings import Report
+from vfio_user_mig.check.session import Checker
+from vfio_user_mig.check.target import SocketTarget, SpawnTarget, Target, TargetError
+from vfio_user_mig.cli import command
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def make_target(args: argparse.Namespace) -> Target:
+    if args.spawn:
+        return SpawnTarget(args.spawn)
+    return SocketTarget(args.socket)
+
+
+def coverage_totals(report: Report) -> dict[str, Any]:
+    """Covered and possible (state, command) cells and FSM arcs for the server's caps."""
+    from vfio_user_mig.model import MigrationCaps
+    from vfio_user_mig.model.gating import CLIENT_COMMANDS
+    from vfio_user_mig.model.graph import transition_graph
+
+    names = report.caps.get("migration") if report.caps else None
+    if not names:
+        return {}
+    caps = MigrationCaps(0)
+    for name in names:
+        caps |= MigrationCaps[name]
+    graph = transition_graph(caps)
+    cells = {(s.name, c.name) for s in graph.nodes for c in CLIENT_COMMANDS}
+    arcs = {(a.name, b.name) for a, b in graph.edges}
+    return {
+        "cells_covered": len(cells & set(report.coverage.cells)),
+        "cells_total": len(cells),
+        "arcs_covered": len(arcs & set(report.coverage.arcs)),
+        "arcs_total": len(arcs),
+        "arcs_missed": sorted(f"{a}->{b}" for a, b in arcs - set(report.coverage.arcs)),
+    }
+
+
+def human_summary(report: Report, elapsed: float) -> str:
+    data = report.to_json()
+    lines = [f"server: {report.server}"]
+    caps = report.caps or {}
+    if caps:
+        lines.append(f"version {caps.get('version')}, migration caps: "
+                     f"{', '.join(caps.get('migration') or []) or 'none'}")
+    lines.append(f"{data['checks']} checks, {data['passed']} passed, "
+                 f"{len(data['findings'])} distinct finding(s) "
+                 f"({data['finding_count']} occurrences) in {elapsed:.1f} s")
+    totals = data.get("coverage", {}).get("totals") or {}
+    if totals:
+        lines.append(f"coverage: {totals['cells_covered']}/{totals['cells_total']} "
+                     f"(state, command) cells, {totals['arcs_covered']}/{totals['arcs_total']} "
+                     "FSM arcs")
+    for finding in report.distinct():
+        lines.append(f"  [{finding.kind}] {finding.title}")
+        lines.append(f"      expected {finding.expected}; observed {finding.observed}")
+        if finding.spec:
+            lines.append(f"      rule: {finding.spec}")
+    diff = report.extra.get("differential")
+    if isinstance(diff, dict) and "summary" in diff:
+        lines.append(f"differential: {diff['summary']}")
+    return "\n".join(lines)
+
+
+def run_check(args: argparse.Namespace) -> Report:
+    """Run what the arguments ask for and return the report."""
+    profile = None
+    if args.profile:
+        from vfio_user_mig.check.profiles import get_profile
+
+        profile = get_profile(args.profile)
+    target = make_target(args)
+    checker = Checker(target, timeout=args.timeout, profile=profile)
+    try:
+        if args.replay:
+            from vfio_user_mig.check.replay import replay
+
+            replay(checker, Path(args.replay))
+            return checker.report
+        if args.against:
+            from vfio_user_mig.check.differential import run_differential
+
+            report = run_differential(target, SpawnTarget(args.against),
+                                      runs=args.random or 100, seed=args.seed,
+                                      timeout=args.timeout)
+            return report
+        if not args.no_suite:
+            from vfio_user_mig.check.groups import run_suite
+
+            run_suite(checker, set(args.only) if args.only else None)
+        if args.random:
+            from vfio_user_mig.check.explore import run_random
+
+            run_random(checker, args.random, args.seed, Path(args.out_dir))
+        return checker.report
+    finally:
+        target.end()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check a vfio-user server against the model and the spec (module docstring)."""
+    if bool(args.spawn) == bool(args.socket):
+        print("vfio-user-mig check: give exactly one of --socket PATH or --spawn 'CMD {socket}'",
+              file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        report = run_check(args)
+    except (TargetError, ValueError, OSError) as exc:
+        print(f"vfio-user-mig check: {exc}", file=sys.stderr)
+        return 2
+    elapsed = time.monotonic() - started
+    report.extra["elapsed_s"] = round(elapsed, 3)
+    report.coverage.totals = coverage_totals(report)
+    if args.markdown:
+        from vfio_user_mig.check.markdown import render_markdown
+
+        Path(args.markdown).write_text(render_markdown(report))
+    if args.json:
+        print(report.dumps())
+    else:
+        print(human_summary(report, elapsed))
+    return 1 if report.findings else 0
+
+
+@command("check", "check any vfio-user server against the migration model and the spec: "
+         "a conformance and bug-finding suite with reproducers")
+def _configure_check(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH",
+                       help="a running server's socket, reconnected for each sequence")
+    where.add_argument("--spawn", metavar="'CMD ... {socket} ...'",
+                       help="start a fresh server for each sequence, {socket} replaced by a "
+                            "fresh path; the process is stopped after the sequence")
+    p.add_argument("--timeout", type=_positive_float, default=2.0,
+                   help="seconds a request may wait for its reply before it is a hang "
+                        "(default 2)")
+    p.add_argument("--only", action="append", metavar="GROUP",
+                   help="run only this group of the suite (repeatable): fsm, gating, feature, "
+                        "dma, migdata, reset, disconnect, malformed")
+    p.add_argument("--no-suite", action="store_true",
+                   help="skip the deterministic suite (e.g. with --random)")
+    p.add_argument("--random", type=int, default=0, metavar="N",
+                   help="also run N random sequences with the model as the oracle")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    p.add_argument("--out-dir", default="vfio-user-check-failures",
+                   help="where --random writes each shrunk failing sequence as JSON")
+    p.add_argument("--replay", metavar="FILE",
+                   help="run a reproducer again (a file written by --random, or --json output)")
+    p.add_argument("--profile", metavar="NAME",
+                   help="device stimulus profile: migdev or lvu-sample (checks that every "
+                        "page the device writes is reported dirty)")
+    p.add_argument("--against", metavar="'CMD ... {socket} ...'",
+                   help="differential mode: send the same sequences to this reference server "
+                        "too and report every difference in reply")
+    p.add_argument("--markdown", metavar="FILE", help="also write a report for people")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(handler=cmd_check)
