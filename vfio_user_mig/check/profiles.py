@@ -1,22 +1,33 @@
-"""Device stimulus profiles: how the checker makes a known device act by itself.
-
-Some rules only show when the device acts on its own, e.g. dirty page logging must report every
-page the device wrote into guest memory (PROTOCOL.md section 3, DMA_LOGGING_REPORT). A profile
-knows one device model and how to make it write guest memory through the checker's DMA
-mappings. ``check --profile NAME`` selects one; without a profile those checks are skipped.
+"""Device profiles: what the checker must do to make a device write guest memory through the
+checker's DMA mappings. ``check --profile NAME`` selects one; without a profile those checks are
+skipped.
 
 Contract of a :class:`Profile`:
 
 * :attr:`Profile.dma_maps`: the DMA regions (iova, size, with an fd) the device needs mapped
   before :meth:`Profile.stimulate`;
-* :meth:`Profile.prepare`: called once per sequence after VERSION and the move to RUNNING;
+* :meth:`Profile.prepare`: called once per sequence after VERSION and the move to RUNNING; maps
+  :attr:`Profile.dma_maps` (those the connection has not mapped yet, in order, memfd-backed where
+  flagged) and sets the device up (interrupts, bus mastering). DMA logging, if wanted, is the
+  caller's to start between :meth:`prepare` and :meth:`stimulate`;
 * :meth:`Profile.stimulate`: makes the device write guest memory while RUNNING, waits until it
-  has, and returns the IOVAs written (any address in each page written).
+  has, and returns the IOVAs written (any address in each page written) through the mappings.
+  Pages the server writes with DMA_WRITE messages are the client's own to track (the server
+  does not log them) and are not returned.
+
+Profiles: ``migdev`` (our MigDev, its BAR0 DMA engine: :mod:`vfio_user_mig.simulator.device.regs`)
+and ``lvu-sample`` (libvfio-user's ``samples/server`` and our ``serve --device lvu-sample``;
+INTEROP.md "What samples/server does"). :func:`get_profile` looks one up by name and
+:func:`profile_names` lists them.
 """
 
 from __future__ import annotations
 
+import struct
+import time
 from typing import TYPE_CHECKING, Protocol
+
+from vfio_user_mig import wire
 
 if TYPE_CHECKING:
     from vfio_user_mig.check.session import Sequence
@@ -33,5 +44,189 @@ class Profile(Protocol):
     def stimulate(self, seq: Sequence) -> set[int]: ...
 
 
-#: Profiles by name (filled in below by each profile's module).
-PROFILES: dict[str, type] = {}
+class ProfileError(ValueError):
+    """No profile of that name."""
+
+
+PAGE = 0x1000
+_OK_MAP = "PROTOCOL.md section 2: DMA_MAP"
+
+
+def map_profile_regions(seq: Sequence, maps: tuple[tuple[int, int, bool], ...],
+                        name: str) -> None:
+    """DMA_MAP each of ``maps`` not mapped on this connection yet, in order (one check each)."""
+    from vfio_user_mig.check.steps import Expect
+
+    for iova, size, with_fd in maps:
+        if iova in seq.conn.memory.regions:
+            continue
+        seq.check(f"profile {name}: DMA_MAP {iova:#x}+{size:#x}",
+                  wire.encode(wire.DmaMap(addr=iova, size=size, msg_id=seq.next_id())),
+                  Expect("ok", payload_len=0, rule=_OK_MAP),
+                  fds=(f"memfd:{size}",) if with_fd else ())
+
+
+def _write(seq: Sequence, name: str, region: int, offset: int, data: bytes) -> None:
+    from vfio_user_mig.check.steps import Expect
+
+    seq.check(f"profile {name}: REGION_WRITE {region}@{offset:#x}",
+              wire.encode(wire.RegionWrite(offset=offset, region=region, count=len(data),
+                                           data=data, msg_id=seq.next_id())),
+              Expect("ok", payload_len=16, rule="PROTOCOL.md section 2: REGION_WRITE"))
+
+
+def _read(seq: Sequence, region: int, offset: int, count: int) -> bytes | None:
+    from vfio_user_mig.check.steps import Expect
+
+    reply = seq.exchange(wire.encode(wire.RegionRead(offset=offset, region=region, count=count,
+                                                     msg_id=seq.next_id())),
+                         expect=Expect("ok", payload_len=16 + count))
+    if reply is None or reply.is_error or len(reply.payload) < 16 + count:
+        return None
+    return bytes(reply.payload[16:16 + count])
+
+
+class MigDevProfile:
+    """``migdev``: the BAR0 DMA engine copies device memory (BAR2) to guest pages.
+
+    prepare: maps one 4-page memfd-backed region at :attr:`IOVA` and turns bus mastering on
+    (config COMMAND). stimulate: writes a pattern to BAR2, then one DMA job per page of
+    :attr:`PAGES` (DMA_DIR TO_CLIENT, DMA_MODE MAPPED_ONLY: through the mapping), polling
+    STATUS until each job is DONE; returns those pages' IOVAs."""
+
+    name = "migdev"
+    IOVA = 0x200000
+    SIZE = 4 * PAGE
+    PAGES = (0, 2)
+    dma_maps: tuple[tuple[int, int, bool], ...] = ((IOVA, SIZE, True),)
+    #: BAR0 registers (regs.Reg), BAR indexes, config COMMAND bits, job codes.
+    BAR0, BAR2, CONFIG = 0, 2, 7
+    STATUS, DOORBELL, DEV_OFFSET, DMA_IOVA, DMA_LEN, DMA_DIR, DMA_MODE = (
+        0x0C, 0x10, 0x18, 0x20, 0x28, 0x30, 0x34)
+    COMMAND_OFF, MEMORY_AND_BUS_MASTER = 0x04, 0x0006
+    BUSY, DONE, FAULT, REFUSED, ABORTED = 1, 2, 4, 8, 16
+    TO_CLIENT, MAPPED_ONLY = 0, 1
+    JOB_TIMEOUT = 5.0
+
+    def prepare(self, seq: Sequence) -> None:
+        map_profile_regions(seq, self.dma_maps, self.name)
+        _write(seq, self.name, self.CONFIG, self.COMMAND_OFF,
+               struct.pack("<H", self.MEMORY_AND_BUS_MASTER))
+
+    def stimulate(self, seq: Sequence) -> set[int]:
+        from vfio_user_mig.check.findings import Kind
+
+        pattern = bytes((i * 7 + 1) & 0xFF for i in range(64))
+        _write(seq, self.name, self.BAR2, 0, pattern)
+        written: set[int] = set()
+        for page in self.PAGES:
+            iova = self.IOVA + page * PAGE
+            for reg, value, size in ((self.DEV_OFFSET, 0, 8), (self.DMA_IOVA, iova, 8),
+                                     (self.DMA_LEN, PAGE, 8), (self.DMA_DIR, self.TO_CLIENT, 4),
+                                     (self.DMA_MODE, self.MAPPED_ONLY, 4),
+                                     (self.DOORBELL, 1, 4)):
+                _write(seq, self.name, self.BAR0, reg, value.to_bytes(size, "little"))
+            status = self._wait(seq)
+            done = status is not None and bool(status & self.DONE)
+            seq.verify(done, Kind.DATA, "profile migdev: the DMA job completes",
+                       "STATUS.DONE", f"STATUS {status}", "regs.py: the DMA engine")
+            if done:
+                written.add(iova)
+                if iova in self._mapped(seq):
+                    got = seq.conn.memory.read(iova, len(pattern))
+                    seq.verify(got == pattern, Kind.DATA,
+                               "profile migdev: the DMA job writes device memory to the page",
+                               pattern.hex(), got.hex(), "regs.py: DMA_DIR TO_CLIENT")
+        return written
+
+    def _mapped(self, seq: Sequence) -> set[int]:
+        return {self.IOVA + p * PAGE for p in self.PAGES if self.IOVA in seq.conn.memory.regions}
+
+    def _wait(self, seq: Sequence) -> int | None:
+        deadline = time.monotonic() + self.JOB_TIMEOUT
+        while time.monotonic() < deadline:
+            raw = _read(seq, self.BAR0, self.STATUS, 4)
+            if raw is None:
+                return None
+            status = int.from_bytes(raw, "little")
+            if not status & self.BUSY:
+                return status
+            time.sleep(0.005)
+        return None
+
+
+class LvuSampleProfile:
+    """``lvu-sample``: libvfio-user's ``samples/server`` (and ours, ``--device lvu-sample``).
+
+    prepare: maps iova 0 (one page, no fd: reached by DMA_WRITE/DMA_READ messages) and 0x1000
+    (one page, memfd: written directly), in that order (the sample's regions 0 and 1), and gives
+    INTx one eventfd (DEVICE_SET_IRQS), which the sample needs before its timer fires.
+    stimulate: writes a ``time_t`` deadline one second ahead to BAR0 offset 0 (RUNNING arms the
+    timer); at expiry the server signals INTx, writes iova 0x1000 through its mapping, then
+    sends DMA_WRITE and DMA_READ messages for iova 0, which :meth:`Conn.drain` answers.
+    Returns ``{0x1000}`` once the messages have come and stopped. Afterwards BAR0 holds a
+    deadline in the past: the sample then refuses SET RUNNING (EINVAL) until BAR0 is rewritten.
+    """
+
+    name = "lvu-sample"
+    dma_maps: tuple[tuple[int, int, bool], ...] = ((0x0, PAGE, False), (PAGE, PAGE, True))
+    BAR0, INTX = 0, 0
+    WAIT = 6.0
+    QUIET = 0.3
+
+    def prepare(self, seq: Sequence) -> None:
+        from vfio_user_mig.check.steps import Expect
+
+        map_profile_regions(seq, self.dma_maps, self.name)
+        flags = wire.IrqSetFlag.DATA_EVENTFD | wire.IrqSetFlag.ACTION_TRIGGER
+        seq.check(f"profile {self.name}: DEVICE_SET_IRQS INTx eventfd",
+                  wire.encode(wire.IrqSet(flags=int(flags), index=self.INTX, start=0, count=1,
+                                          msg_id=seq.next_id())),
+                  Expect("ok", payload_len=0, rule="PROTOCOL.md section 2: DEVICE_SET_IRQS"),
+                  fds=("eventfd",))
+
+    def stimulate(self, seq: Sequence) -> set[int]:
+        from vfio_user_mig.check.findings import Kind
+
+        start = len(seq.conn.server_requests)
+        _write(seq, self.name, self.BAR0, 0, struct.pack("<q", int(time.time()) + 1))
+        deadline = time.monotonic() + self.WAIT
+        reads = 0
+        while time.monotonic() < deadline and not seq.conn.closed:
+            before = len(seq.conn.server_requests)
+            seq.conn.drain(self.QUIET)
+            new = seq.conn.server_requests[start:]
+            reads = sum(1 for cmd, _a, _c in new if cmd == wire.Command.DMA_READ)
+            if reads and len(seq.conn.server_requests) == before:
+                break
+        seq.verify(reads > 0, Kind.DATA, "profile lvu-sample: the timer's DMA comes",
+                   "DMA_WRITE and DMA_READ requests for iova 0 after the BAR0 deadline",
+                   f"{len(seq.conn.server_requests) - start} server requests",
+                   "INTEROP.md: what samples/server does")
+        return {PAGE} if reads else set()
+
+
+#: Profiles by name.
+PROFILES: dict[str, type] = {
+    MigDevProfile.name: MigDevProfile,
+    LvuSampleProfile.name: LvuSampleProfile,
+}
+
+
+def profile_names() -> list[str]:
+    return sorted(PROFILES)
+
+
+def get_profile(name: str) -> Profile:
+    """A fresh profile object by name (:class:`ProfileError` for an unknown name)."""
+    try:
+        cls = PROFILES[name]
+    except KeyError:
+        raise ProfileError(f"unknown profile {name!r} (one of {', '.join(profile_names())})"
+                           ) from None
+    profile: Profile = cls()
+    return profile
+
+
+__all__ = ["PROFILES", "LvuSampleProfile", "MigDevProfile", "Profile", "ProfileError",
+           "get_profile", "map_profile_regions", "profile_names"]

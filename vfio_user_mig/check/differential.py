@@ -1,0 +1,252 @@
+"""``check --against 'CMD ... {socket}'``: the same messages to the server under test and to a
+reference server, and every difference in their replies.
+
+For each random sequence (:func:`~.explore.draw_ops`), the model's oracle runs the ops against
+the server under test, which fixes the exact messages (setup included); those messages are then
+sent, on fresh connections, to both servers, and each pair of replies is compared: header flags,
+errno, payload length, payload bytes, or how a side failed (hang, crash, close). A difference
+is classified (:data:`CLASSES`) and, when one of the known-difference rules (:data:`RULES`,
+from docs/wire-compat.md and the device profiles) matches, marked explained with the rule's
+reason. Unexplained differences after the first one in a sequence may be its consequences
+(``first`` is false). The comparison of a sequence ends where either side stops answering.
+
+The result goes into ``Report.extra["differential"]``: the counts by class and by rule,
+explained and unexplained, the most frequent kinds of difference, and each difference with its
+messages (the first unexplained difference of a sequence also carries a reproducer).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vfio_user_mig.check.conn import Reply
+from vfio_user_mig.check.explore import draw_ops, learn_world, run_ops
+from vfio_user_mig.check.findings import Report
+from vfio_user_mig.check.oracle import FEATURE_OPS
+from vfio_user_mig.check.session import Checker, SequenceAborted
+from vfio_user_mig.check.steps import Step, errname
+from vfio_user_mig.check.target import Target, TargetError
+
+GROUP = "differential"
+#: Longest message or payload shown in a difference, in bytes (the reproducer has them whole).
+SHOW = 256
+
+#: How two replies can differ, from the most to the least severe.
+CLASSES = ("hang/crash on one side", "one closes, the other answers",
+           "one refuses, the other accepts", "errno differs", "header flags differ",
+           "payload length differs", "payload differs")
+
+
+@dataclass
+class Outcome:
+    """What one side did with one request: ``how`` is reply, closed, hang or crash."""
+
+    how: str
+    reply: Reply | None = None
+    detail: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        if self.reply is None:
+            return {"how": self.how, "detail": self.detail}
+        r = self.reply
+        return {"how": "reply", "flags": r.flags, "errno": errname(r.errno) if r.is_error else 0,
+                "payload_len": len(r.payload), "payload": r.payload[:SHOW].hex()}
+
+
+def capture(target: Target, steps: list[Step], timeout: float, title: str) -> list[Outcome]:
+    """Send ``steps`` on a fresh connection to ``target``; one outcome per step sent."""
+    sub = Checker(target, timeout=timeout)
+    out: list[Outcome] = []
+    with sub.sequence(GROUP, title, setup=False) as seq:
+        for step in steps:
+            try:
+                reply = seq.exchange(step.data, fds=step.fds, expect=step.expect, close_ok=True)
+            except SequenceAborted:
+                last = sub.report.findings[-1] if sub.report.findings else None
+                out.append(Outcome(str(last.kind) if last else "closed", None,
+                                   last.observed if last else ""))
+                raise
+            out.append(Outcome("reply" if reply is not None else "closed", reply))
+            if reply is None:
+                break
+    return out
+
+
+def classify(a: Outcome, b: Outcome) -> str | None:
+    """The class of difference between two outcomes, ``None`` when they agree."""
+    if a.how != b.how:
+        if "hang" in (a.how, b.how) or "crash" in (a.how, b.how):
+            return CLASSES[0]
+        return CLASSES[1]
+    if a.reply is None or b.reply is None:
+        return None
+    ra, rb = a.reply, b.reply
+    if ra.is_error != rb.is_error:
+        return CLASSES[2]
+    if ra.errno != rb.errno:
+        return CLASSES[3]
+    if ra.flags != rb.flags:
+        return CLASSES[4]
+    if len(ra.payload) != len(rb.payload):
+        return CLASSES[5]
+    if ra.payload != rb.payload:
+        return CLASSES[6]
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A known difference: which replies it covers and why they may differ."""
+
+    name: str
+    reason: str
+    matches: Callable[[Step, list[Step], str, Outcome, Outcome], bool]
+
+
+def _feature(step: Step) -> int:
+    return int.from_bytes(step.data[20:22], "little") if len(step.data) >= 24 else -1
+
+
+def _both_ok(a: Outcome, b: Outcome) -> bool:
+    return (a.reply is not None and b.reply is not None and not a.reply.is_error
+            and not b.reply.is_error)
+
+
+def _both_error(a: Outcome, b: Outcome) -> bool:
+    return (a.reply is not None and b.reply is not None and a.reply.is_error
+            and b.reply.is_error)
+
+
+def _after_write(step: Step, before: list[Step]) -> bool:
+    return any(s.command == "MIG_DATA_WRITE" for s in before)
+
+
+#: Differences expected between conforming servers (docs/wire-compat.md, device profiles).
+RULES: tuple[Rule, ...] = (
+    Rule("version-capabilities", "the VERSION JSON is each server's own text: formatting, "
+         "limits and extra keys such as libvfio-user's migration.pgsize or our experimental "
+         "x-mig-data-* keys (docs/wire-compat.md difference 8 and the experimental sections)",
+         lambda s, p, c, a, b: s.command == "VERSION" and _both_ok(a, b)),
+    Rule("device-layout", "regions, interrupts and their sizes are the device's own",
+         lambda s, p, c, a, b: s.command in ("DEVICE_GET_INFO", "DEVICE_GET_REGION_INFO",
+                                             "DEVICE_GET_IRQ_INFO") and _both_ok(a, b)),
+    Rule("device-data", "region contents and the migration stream (its length too) are the "
+         "device's own state; libvfio-user's sample BAR0 read gives the time elapsed",
+         lambda s, p, c, a, b: s.command in ("REGION_READ", "MIG_DATA_READ") and _both_ok(a, b)),
+    Rule("foreign-stream", "each server resumes from a stream saved by the server under test; "
+         "a stream is device-specific, so the reference may refuse it or judge it incomplete",
+         lambda s, p, c, a, b: s.command in ("MIG_DATA_WRITE", "DEVICE_FEATURE")
+         and _after_write(s, p) and c in CLASSES[2:]),
+    Rule("unknown-feature-errno", "an unsupported DEVICE_FEATURE index: our server answers "
+         "ENOTSUP (as for an unknown command, docs/wire-compat.md difference 15), libvfio-user "
+         "EINVAL",
+         lambda s, p, c, a, b: s.command == "DEVICE_FEATURE" and _feature(s) not in FEATURE_OPS
+         and _both_error(a, b)),
+    Rule("logging-restart", "DMA_LOGGING_START while logging: libvfio-user accepts the same "
+         "page size again, our server refuses it (EBUSY); the spec is silent",
+         lambda s, p, c, a, b: s.command == "DEVICE_FEATURE" and _feature(s) == 6
+         and c in CLASSES[2:4]),
+    Rule("error-echo", "a failed DEVICE_FEATURE SET carries the echoed request in "
+         "libvfio-user, the header only per the spec (docs/wire-compat.md difference 2)",
+         lambda s, p, c, a, b: _both_error(a, b) and c == CLASSES[5]),
+    Rule("dma-map-policy", "a repeated or fd-less DMA map, an unmap of an unmapped range and a "
+         "dirty report of a range that is not one fd-backed map are implementation-defined "
+         "(libvfio-user: exact repeats accepted, ENOENT, EINVAL/ENOTSUP)",
+         lambda s, p, c, a, b: (s.command in ("DMA_MAP", "DMA_UNMAP")
+                                or (s.command == "DEVICE_FEATURE" and _feature(s) == 8))
+         and c in CLASSES[2:4]),
+)
+
+
+def explain(step: Step, before: list[Step], cls: str, a: Outcome, b: Outcome) -> Rule | None:
+    for rule in RULES:
+        if rule.matches(step, before, cls, a, b):
+            return rule
+    return None
+
+
+def compare(steps: list[Step], target: list[Outcome], reference: list[Outcome],
+            sequence: int) -> tuple[int, list[dict[str, Any]]]:
+    """(steps compared, every difference) between two outcome lists of the same steps. The
+    comparison ends at the first step where either side stopped answering (hang, crash,
+    close): what follows was sent to one side only."""
+    diffs: list[dict[str, Any]] = []
+    compared = 0
+    for index, step in enumerate(steps):
+        if index >= len(target) or index >= len(reference):
+            break
+        a, b = target[index], reference[index]
+        compared += 1
+        cls = classify(a, b)
+        if cls is not None:
+            rule = explain(step, steps[:index], cls, a, b)
+            first = rule is None and not any(d["explained"] is None for d in diffs)
+            diff: dict[str, Any] = {
+                "sequence": sequence, "step": index, "command": step.command, "class": cls,
+                "first": first, "explained": rule.name if rule else None,
+                "reason": rule.reason if rule else "", "request": step.data[:SHOW].hex(),
+                "target": a.describe(), "reference": b.describe(),
+            }
+            if first:
+                diff["reproducer"] = [s.to_json() for s in steps[:index + 1]]
+            diffs.append(diff)
+        if a.how != "reply" or b.how != "reply":
+            break
+    return compared, diffs
+
+
+def run_differential(target: Target, reference: Target, runs: int, seed: int,
+                     timeout: float = 2.0, generator: Target | None = None) -> Report:
+    """``runs`` random sequences of ``seed`` to both servers (module docstring).
+
+    ``generator``: the server the oracle runs against to fix the messages (default: the
+    target). With ``--socket`` servers, which keep their state between connections, a third
+    server of the target's kind keeps the two compared servers' histories identical."""
+    checker = Checker(generator or target, timeout=timeout)
+    world = learn_world(checker)
+    report = Report(server=target.name, caps=checker.report.caps)
+    diffs: list[dict[str, Any]] = []
+    skipped = 0
+    for index in range(runs):
+        title = f"differential seed {seed} sequence {index}"
+        steps: list[Step] = []
+        try:
+            run_ops(checker, world, draw_ops(seed, index), title, steps)
+            ours = capture(target, steps, timeout, title)
+            theirs = capture(reference, steps, timeout, title)
+        except TargetError:
+            skipped += 1
+            continue
+        compared, found = compare(steps, ours, theirs, index)
+        report.checks += compared
+        report.passed += compared - sum(d["explained"] is None for d in found)
+        diffs.extend(found)
+    report.extra["differential"] = summarise(diffs, target.name, reference.name, runs, seed,
+                                             skipped)
+    return report
+
+
+def summarise(diffs: list[dict[str, Any]], target: str, reference: str, runs: int, seed: int,
+              skipped: int) -> dict[str, Any]:
+    first = [d for d in diffs if d["first"]]
+    top = Counter((d["class"], d["command"], d["explained"] or "unexplained") for d in diffs)
+    return {
+        "target": target, "reference": reference, "seed": seed, "sequences": runs,
+        "skipped": skipped, "differences": len(diffs),
+        "first_unexplained": len(first),
+        "explained": sum(d["explained"] is not None for d in diffs),
+        "unexplained": sum(d["explained"] is None for d in diffs),
+        "by_class": dict(Counter(d["class"] for d in diffs).most_common()),
+        "by_rule": dict(Counter(d["explained"] or "unexplained" for d in diffs).most_common()),
+        "top": [{"class": c, "command": cmd, "rule": r, "count": n}
+                for (c, cmd, r), n in top.most_common(10)],
+        "rules": {r.name: r.reason for r in RULES},
+        "items": diffs,
+    }
+
+
+__all__ = ["CLASSES", "RULES", "Outcome", "Rule", "capture", "classify", "compare", "explain",
+           "run_differential"]
