@@ -96,7 +96,8 @@ def test_campaign_on_a_dask_cluster_equals_the_local_one(scheduler: str,
     local, local_runs = _simulate(tmp_path, "local", "--workers", "2")
     dask, dask_runs = _simulate(tmp_path, "dask", "--executor", "dask", "--scheduler",
                                 scheduler, "--workers", "2", "--batch-size", "25")
-    assert dask["executor"] == "dask" and local["executor"] == "local"
+    assert (dask["executor"], dask["scheduler"]) == ("dask", scheduler)
+    assert (local["executor"], local["scheduler"]) == ("local", None)
     assert (dask["runs"], dask["passed"], dask["failed"]) == (
         local["runs"], local["passed"], local["failed"]) and local["runs"] == RUNS
     assert len(local_runs) == RUNS and dask_runs == local_runs  # every run's outcome

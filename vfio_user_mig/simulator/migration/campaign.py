@@ -427,7 +427,7 @@ def run_campaign(runs: int, seed: int, *, faults: bool = False, workers: int = 1
                  scheduler: str | None = None, batch_size: int | None = None) -> CampaignStats:
     """Run ``runs`` scenarios of campaign ``seed``; every result goes to ``progress`` (in
     completion order) and into the streaming summary, none is kept."""
-    result = CampaignStats(seed, faults, workers, executor)
+    result = CampaignStats(seed, faults, workers, executor, scheduler)
     t0 = time.monotonic()
     for r in iter_campaign((run_seed(seed, i) for i in range(runs)), faults, workers,
                            executor=executor, scheduler=scheduler, batch_size=batch_size,

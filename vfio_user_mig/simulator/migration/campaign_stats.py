@@ -121,6 +121,8 @@ class CampaignStats:
     faults: bool
     workers: int
     executor: str = "local"
+    scheduler: str | None = None
+    """The Dask scheduler's address (``workers`` is then the cluster's business)."""
     elapsed: float = 0.0
     runs: int = 0
     passed: int = 0
@@ -199,6 +201,7 @@ class CampaignStats:
             "faults": self.faults,
             "workers": self.workers,
             "executor": self.executor,
+            "scheduler": self.scheduler,
             "elapsed_s": round(self.elapsed, 3),
             "runs_per_s": round(self.runs / self.elapsed, 2) if self.elapsed > 0 else None,
             "outcomes": _ordered(self.outcomes, OUTCOME_ORDER),

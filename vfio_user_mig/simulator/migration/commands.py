@@ -203,10 +203,11 @@ def render_campaign(data: dict[str, Any]) -> str:
     for kind, row in data["fault_kinds"].items():
         rows.append([kind, str(row["runs"]), str(row["fired"]), str(row["passed"])])
     outcomes = ", ".join(f"{k} {v}" for k, v in data["outcomes"].items())
-    where = data.get("executor", "local")
+    where = (f"Dask cluster at {data['scheduler']}" if data.get("scheduler")
+             else f"{data['workers']} worker(s), {data.get('executor', 'local')} executor")
     lines = [
         f"{data['runs']} runs (seed {data['seed']}, faults {'on' if data['faults'] else 'off'}, "
-        f"{data['workers']} worker(s), {where} executor): {data['passed']} passed, "
+        f"{where}): {data['passed']} passed, "
         f"{data['failed']} failed in {data['elapsed_s']:.1f} s ({data['runs_per_s']} runs/s), "
         f"{data['checks']} invariant checks",
         f"migrations: {outcomes}",
