@@ -373,4 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = ["COMMANDS", "build_parser", "caps_label", "command", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run the package's module, not this ``__main__`` copy: command modules register
+    # themselves with ``vfio_user_mig.cli.command``, so only that module's table is complete.
+    from vfio_user_mig.cli import main as _package_main
+
+    sys.exit(_package_main())

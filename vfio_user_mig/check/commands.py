@@ -78,6 +78,8 @@ def human_summary(report: Report, elapsed: float) -> str:
         lines.append(f"      expected {finding.expected}; observed {finding.observed}")
         if finding.spec:
             lines.append(f"      rule: {finding.spec}")
+    for advisory in report.advisories:
+        lines.append(f"  advisory ({advisory['count']}x, no rule broken): {advisory['title']}")
     diff = report.extra.get("differential")
     if isinstance(diff, dict) and "summary" in diff:
         lines.append(f"differential: {diff['summary']}")
@@ -93,6 +95,9 @@ def run_check(args: argparse.Namespace) -> Report:
         profile = get_profile(args.profile)
     target = make_target(args)
     checker = Checker(target, timeout=args.timeout, profile=profile)
+    # Reachable at all? If not there is nothing to check: an error (exit 2), not a finding.
+    target.begin().close()
+    target.end()
     try:
         if args.replay:
             from vfio_user_mig.check.replay import replay

@@ -100,6 +100,15 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     coverage: Coverage = field(default_factory=Coverage)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Behaviour worth knowing that breaks no rule: {"title", "detail", "group", "count"}.
+    advisories: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_advisory(self, title: str, detail: str, group: str) -> None:
+        for entry in self.advisories:
+            if entry["title"] == title:
+                entry["count"] += 1
+                return
+        self.advisories.append({"title": title, "detail": detail, "group": group, "count": 1})
 
     def distinct(self) -> list[Finding]:
         """One finding per (kind, title), the first seen (shortest reproducer kept)."""
@@ -122,6 +131,7 @@ class Report:
             "finding_count": len(self.findings),
             "finding_kinds": dict(sorted(kinds.items())),
             "coverage": self.coverage.to_json(),
+            "advisories": self.advisories,
             **self.extra,
         }
 

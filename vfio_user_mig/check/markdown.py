@@ -14,7 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from vfio_user_mig.check.findings import Kind, Report
-from vfio_user_mig.check.steps import Expect
+from vfio_user_mig.check.steps import Expect, Step
 
 #: Hex digits kept at each end of a long message in a reproducer table.
 HEX_KEEP = 48
@@ -52,7 +52,8 @@ def reproducer_table(steps: list[dict[str, Any]]) -> list[str]:
         fds = f" + fds {', '.join(step['fds'])}" if step.get("fds") else ""
         note = f" ({step['note']})" if step.get("note") else ""
         lines.append(f"| {n} | {step.get('command', '?')}{fds}{_cell(note)} | "
-                     f"{hex_cell(step.get('bytes', ''))} | {_cell(expect.describe())} |")
+                     f"{hex_cell(Step.from_json(step).data.hex())} | "
+                     f"{_cell(expect.describe())} |")
     return lines
 
 
@@ -99,6 +100,17 @@ def _findings(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _advisories(data: dict[str, Any]) -> list[str]:
+    entries = data.get("advisories") or []
+    if not entries:
+        return []
+    lines = ["", "## Advisories (no rule broken)", "", "| group | what | times | why it matters |",
+             "|---|---|---|---|"]
+    lines += [f"| {a['group']} | {_cell(a['title'])} | {a['count']} | {_cell(a['detail'])} |"
+              for a in entries]
+    return lines
+
+
 def _coverage(data: dict[str, Any]) -> list[str]:
     cov = data.get("coverage", {})
     lines = ["## Coverage", "", "| group | sequences |", "|---|---|"]
@@ -127,7 +139,8 @@ def render(data: dict[str, Any] | Report) -> str:
     """The markdown report (module docstring) of a report or its JSON object."""
     if isinstance(data, Report):
         data = data.to_json()
-    return "\n".join([*_summary(data), *_findings(data), "", *_coverage(data)]) + "\n"
+    return "\n".join([*_summary(data), *_findings(data), *_advisories(data), "",
+                      *_coverage(data)]) + "\n"
 
 
 #: The name the ``check`` command imports.

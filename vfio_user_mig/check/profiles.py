@@ -6,6 +6,8 @@ Contract of a :class:`Profile`:
 
 * :attr:`Profile.dma_maps`: the DMA regions (iova, size, with an fd) the device needs mapped
   before :meth:`Profile.stimulate`;
+* :meth:`Profile.settle`: called by every sequence once the device is RUNNING after VERSION:
+  puts the device where its own rules let the FSM run (e.g. a deadline it checks);
 * :meth:`Profile.prepare`: called once per sequence after VERSION and the move to RUNNING; maps
   :attr:`Profile.dma_maps` (those the connection has not mapped yet, in order, memfd-backed where
   flagged) and sets the device up (interrupts, bus mastering). DMA logging, if wanted, is the
@@ -38,6 +40,8 @@ class Profile(Protocol):
 
     name: str
     dma_maps: tuple[tuple[int, int, bool], ...]
+
+    def settle(self, seq: Sequence) -> None: ...
 
     def prepare(self, seq: Sequence) -> None: ...
 
@@ -96,7 +100,7 @@ class MigDevProfile:
 
     name = "migdev"
     IOVA = 0x200000
-    SIZE = 4 * PAGE
+    SIZE = 8 * PAGE
     PAGES = (0, 2)
     dma_maps: tuple[tuple[int, int, bool], ...] = ((IOVA, SIZE, True),)
     #: BAR0 registers (regs.Reg), BAR indexes, config COMMAND bits, job codes.
@@ -107,6 +111,9 @@ class MigDevProfile:
     BUSY, DONE, FAULT, REFUSED, ABORTED = 1, 2, 4, 8, 16
     TO_CLIENT, MAPPED_ONLY = 0, 1
     JOB_TIMEOUT = 5.0
+
+    def settle(self, seq: Sequence) -> None:
+        """Nothing: migdev's FSM has no preconditions of its own."""
 
     def prepare(self, seq: Sequence) -> None:
         map_profile_regions(seq, self.dma_maps, self.name)
@@ -158,21 +165,34 @@ class MigDevProfile:
 class LvuSampleProfile:
     """``lvu-sample``: libvfio-user's ``samples/server`` (and ours, ``--device lvu-sample``).
 
-    prepare: maps iova 0 (one page, no fd: reached by DMA_WRITE/DMA_READ messages) and 0x1000
-    (one page, memfd: written directly), in that order (the sample's regions 0 and 1), and gives
-    INTx one eventfd (DEVICE_SET_IRQS), which the sample needs before its timer fires.
+    prepare: maps iova 0 (one page, no fd: reached by DMA_WRITE/DMA_READ messages) and
+    :attr:`DIRECT` (eight pages, memfd: written directly), in that order (the sample's regions
+    0 and 1), and gives INTx one eventfd (DEVICE_SET_IRQS), which the sample needs before its
+    timer fires.
     stimulate: writes a ``time_t`` deadline one second ahead to BAR0 offset 0 (RUNNING arms the
-    timer); at expiry the server signals INTx, writes iova 0x1000 through its mapping, then
+    timer); at expiry the server signals INTx, writes :attr:`DIRECT` through its mapping, then
     sends DMA_WRITE and DMA_READ messages for iova 0, which :meth:`Conn.drain` answers.
-    Returns ``{0x1000}`` once the messages have come and stopped. Afterwards BAR0 holds a
+    Returns ``{DIRECT}`` once the messages have come and stopped. Afterwards BAR0 holds a
     deadline in the past: the sample then refuses SET RUNNING (EINVAL) until BAR0 is rewritten.
     """
 
     name = "lvu-sample"
-    dma_maps: tuple[tuple[int, int, bool], ...] = ((0x0, PAGE, False), (PAGE, PAGE, True))
+    #: The sample's DMA regions 0 and 1 are the first two mapped (registration order; ours
+    #: takes them by IOVA, the same here). Region 1 spans 8 pages so that logging page sizes
+    #: up to 32 KiB fit in it (libvfio-user refuses LOGGING_START when a mapped region is
+    #: smaller than the logging page).
+    DIRECT = 0x40000
+    dma_maps: tuple[tuple[int, int, bool], ...] = ((0x0, PAGE, False), (DIRECT, 8 * PAGE, True))
     BAR0, INTX = 0, 0
     WAIT = 6.0
     QUIET = 0.3
+    #: settle's deadline: far enough never to expire during a check.
+    FAR = 24 * 3600
+
+    def settle(self, seq: Sequence) -> None:
+        """A BAR0 deadline a day ahead: the sample refuses to enter RUNNING (EINVAL) while its
+        deadline is in the past, and the deadline travels in the migration stream."""
+        _write(seq, self.name, self.BAR0, 0, struct.pack("<q", int(time.time()) + self.FAR))
 
     def prepare(self, seq: Sequence) -> None:
         from vfio_user_mig.check.steps import Expect
@@ -203,7 +223,7 @@ class LvuSampleProfile:
                    "DMA_WRITE and DMA_READ requests for iova 0 after the BAR0 deadline",
                    f"{len(seq.conn.server_requests) - start} server requests",
                    "INTEROP.md: what samples/server does")
-        return {PAGE} if reads else set()
+        return {self.DIRECT} if reads else set()
 
 
 #: Profiles by name.

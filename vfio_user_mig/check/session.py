@@ -40,6 +40,7 @@ from vfio_user_mig.check.steps import (
     judge,
     make_fds,
     refused,
+    request_label,
 )
 from vfio_user_mig.check.target import Target
 from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
@@ -132,13 +133,21 @@ class Checker:
     @contextlib.contextmanager
     def sequence(self, group: str, title: str, *, setup: bool = True,
                  max_xfer: int | None = None) -> Iterator[Sequence]:
-        """A fresh connection; ``setup`` negotiates and brings the device to RUNNING."""
+        """A fresh connection; ``setup`` negotiates and brings the device to RUNNING.
+
+        When the setup itself cannot go on (its finding recorded), the body still runs but
+        its first request ends the sequence (:attr:`Sequence.dead`)."""
         sock = self.target.begin()
         seq = Sequence(self, Conn(sock, self.timeout), group, title)
         self.report.coverage.groups[group] += 1
         try:
             if setup:
-                seq.setup(max_xfer=max_xfer)
+                try:
+                    seq.setup(max_xfer=max_xfer)
+                except SequenceAborted:
+                    seq.dead = True
+                    seq.caps = None
+                    seq.state = None
             yield seq
         except SequenceAborted:
             pass
@@ -160,6 +169,8 @@ class Sequence:
         #: The model's prediction of the device state (``None``: not known).
         self.state: State | None = None
         self.caps: MigrationCaps | None = None
+        #: The sequence cannot go on: every further request raises :class:`SequenceAborted`.
+        self.dead = False
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -175,6 +186,8 @@ class Sequence:
 
         ``close_ok``: the server may close the connection here, and a spawned server that then
         exits with status 0 (one-client servers) has not crashed."""
+        if self.dead:
+            raise SequenceAborted("the sequence has ended")
         step = Step(data, fds, expect, note)
         self.steps.append(step)
         command = step.command
@@ -188,8 +201,8 @@ class Sequence:
         except ReplyTimeout:
             death = self.checker.target.death()
             if death is not None:
-                self._abort(Kind.CRASH, f"server dies on {command}", death.describe(), command)
-            self._abort(Kind.HANG, f"no reply to {command}",
+                self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(), command)
+            self._abort(Kind.HANG, f"no reply to {request_label(data)}",
                         f"no reply within {self.conn.timeout:g} s", command)
         except BadFrame as exc:
             self._abort(Kind.REPLY, f"unframeable bytes in reply to {command}", str(exc),
@@ -201,7 +214,7 @@ class Sequence:
         if reply is None:
             death = self.checker.target.death()
             if death is not None and not (close_ok and death.status == CLEAN_EXIT):
-                self._abort(Kind.CRASH, f"server dies on {command}", death.describe(), command)
+                self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(), command)
         return reply
 
     def _track_dma(self, data: bytes, fds: list[int], reply: Reply) -> None:
@@ -224,6 +237,7 @@ class Sequence:
         self.checker.report.checks += 1
         self.finding(kind, title, "a reply within the timeout", observed,
                      "vfio-user.rst: every command gets a reply", [command])
+        self.dead = True
         raise SequenceAborted(title)
 
     # -- checks -----------------------------------------------------------------------------
@@ -235,6 +249,10 @@ class Sequence:
             commands=commands or sorted({s.command for s in self.steps[-1:]}),
             expected=expected, observed=observed, spec=spec,
             reproducer=[s.to_json() for s in self.steps], group=self.group))
+
+    def advise(self, title: str, detail: str) -> None:
+        """Record an advisory: behaviour worth knowing that breaks no rule (not a check)."""
+        self.checker.report.add_advisory(title, detail, self.group)
 
     def verify(self, ok: bool, kind: Kind, title: str, expected: str, observed: str,
                spec: str, commands: list[str] | None = None) -> bool:
@@ -292,11 +310,18 @@ class Sequence:
         if current is None:
             return
         self.state = current
-        if current == State.ERROR:
+        if current == State.RESUMING:
+            # Left by an earlier connection (--socket), perhaps with part of a stream: leave
+            # it without loading more (a refusal is allowed, PROTOCOL.md section 5).
+            self.exchange(self.set_state_request(int(State.STOP)), expect=Expect("any"))
+            self.state = self.get_state()
+        if self.state in (State.ERROR, State.RESUMING):
             self.exchange(raw_message(self.next_id(), wire.Command.DEVICE_RESET, b""))
             self.state = self.get_state()
         if self.state is not None and self.state != State.RUNNING:
             self.goto(State.RUNNING)
+        if self.checker.profile is not None and self.state == State.RUNNING:
+            self.checker.profile.settle(self)
 
     def supported_states(self) -> list[State]:
         if self.caps is None:
@@ -341,7 +366,7 @@ class Sequence:
         if cur is None or self.caps is None:
             raise SequenceAborted("state unknown")
         data = self.set_state_request(int(target))
-        name = target.name if isinstance(target, State) else str(target)
+        name = state_name(target)
         title = title or f"SET {cur.name} -> {name}"
         try:
             path = transition_path(cur, State(target), self.caps)
@@ -373,7 +398,7 @@ class Sequence:
         cur = self.state
         if cur is None or self.caps is None:
             raise SequenceAborted("state unknown")
-        name = target.name if isinstance(target, State) else str(target)
+        name = state_name(target)
         title = title or f"SET {cur.name} -> {name}"
         try:
             path = transition_path(cur, State(target), self.caps)
@@ -434,7 +459,8 @@ class Sequence:
             self.read_stream()
         elif self.state == State.RESUMING and self.checker.saved_stream is not None:
             self.write_stream(self.checker.saved_stream)
-        if not self.set_state(target, title=f"SET {self.state} -> {target.name} (setup)"):
+        where = self.state.name if self.state is not None else "?"
+        if not self.set_state(target, title=f"SET {where} -> {target.name} (setup)"):
             raise SequenceAborted(f"cannot reach {target.name}")
 
     def write_stream(self, stream: bytes) -> bool:
@@ -446,6 +472,14 @@ class Sequence:
             if reply is None or reply.is_error:
                 return False
         return True
+
+
+def state_name(value: int) -> str:
+    """A state's name, or the number when no state has it."""
+    try:
+        return State(value).name
+    except ValueError:
+        return str(value)
 
 
 def command_of(data: bytes) -> str:

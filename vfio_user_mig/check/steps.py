@@ -12,14 +12,35 @@ checks, random exploration and replay all use it.
 
 from __future__ import annotations
 
+import base64
 import errno as _errno
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
+
+
+def request_label(data: bytes) -> str:
+    """A request's command, and for DEVICE_FEATURE its feature and operations, e.g.
+    ``DEVICE_FEATURE DMA_LOGGING_REPORT GET`` (finding titles tell defects apart by it)."""
+    if len(data) < 16:
+        return "TRUNCATED"
+    command = int.from_bytes(data[2:4], "little")
+    name = command_name(command)
+    if command == wire.Command.DEVICE_FEATURE and len(data) >= 24:
+        flags = int.from_bytes(data[20:24], "little")
+        index = flags & 0xFFFF
+        try:
+            feature = wire.FeatureIndex(index).name
+        except ValueError:
+            feature = f"feature {index}"
+        ops = "|".join(op.name or "" for op in wire.FeatureOp if flags & op) or "no op"
+        return f"{name} {feature} {ops}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -96,6 +117,10 @@ def command_name(command: int) -> str:
         return f"CMD_{command}"
 
 
+#: Messages longer than this are stored zlib-compressed (base64) in reproducers, not as hex.
+_INLINE = 4096
+
+
 @dataclass
 class Step:
     """One message to send, its fds by kind, and what its reply must be (module docstring)."""
@@ -115,7 +140,12 @@ class Step:
         return command_name(self.header.command) if len(self.data) >= 16 else "TRUNCATED"
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"command": self.command, "bytes": self.data.hex()}
+        data: dict[str, Any] = {"command": self.command}
+        if len(self.data) > _INLINE:
+            data["bytes_zlib_b64"] = base64.b64encode(zlib.compress(self.data, 6)).decode()
+            data["size"] = len(self.data)
+        else:
+            data["bytes"] = self.data.hex()
         if self.fds:
             data["fds"] = list(self.fds)
         data["expect"] = self.expect.to_json()
@@ -127,8 +157,10 @@ class Step:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Step:
+        raw = (zlib.decompress(base64.b64decode(data["bytes_zlib_b64"]))
+               if "bytes_zlib_b64" in data else bytes.fromhex(data["bytes"]))
         return cls(
-            data=bytes.fromhex(data["bytes"]),
+            data=raw,
             fds=tuple(data.get("fds", ())),
             expect=Expect.from_json(data.get("expect", {"reply": "any"})),
             note=data.get("note", ""),

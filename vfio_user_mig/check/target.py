@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,6 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+#: ``file.c:123`` in a failed assertion's message.
+_SOURCE_LOCATION = re.compile(r"([\w./-]+\.(?:c|cc|cpp|rs|py|go):\d+)")
 
 #: How long a spawned server may take to accept its first connection.
 START_TIMEOUT = 15.0
@@ -45,6 +49,13 @@ class Death:
     def describe(self) -> str:
         tail = f"; stderr: {self.stderr_tail}" if self.stderr_tail else ""
         return f"the server process {self.status}{tail}"
+
+    def title(self, command: str) -> str:
+        """A finding title that tells deaths apart: the command, how the process ended and,
+        when its stderr names one, the source location of the failed assertion."""
+        where = _SOURCE_LOCATION.findall(self.stderr_tail)
+        at = f" at {where[-1]}" if where and "ssert" in self.stderr_tail else ""
+        return f"server dies on {command} ({self.status}{at})"
 
 
 class Target(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vfio_user_mig.check.findings import Finding, Kind
 from vfio_user_mig.check.groups import (
     disconnect,
     dma,
@@ -52,6 +53,12 @@ def run_suite(checker: Checker, only: set[str] | None = None) -> None:
                 run(checker)
             except TargetError as exc:
                 checker.report.extra.setdefault("errors", []).append(f"{name}: {exc}")
+                checker.report.checks += 1
+                checker.report.findings.append(Finding(
+                    kind=Kind.CRASH, title="the server cannot be reached any more",
+                    commands=[], expected="a server that accepts a new connection",
+                    observed=str(exc), spec="the server was reachable when the run began",
+                    group=name))
 
 
 __all__ = ["GROUPS", "run_suite"]

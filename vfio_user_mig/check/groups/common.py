@@ -17,7 +17,7 @@ from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.session import Checker, Sequence, feature_request, raw_message
-from vfio_user_mig.check.steps import Expect
+from vfio_user_mig.check.steps import Expect, describe_reply
 from vfio_user_mig.model import State
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
 
@@ -97,50 +97,70 @@ def chunk_size(checker: Checker, limit: int | None = None) -> int:
 
 
 def read_stream_checked(seq: Sequence, chunk: int, label: str) -> bytes | None:
-    """Read a saving state's data to its end with the checks of PROTOCOL.md section 4: each
-    reply has size <= requested and argsz = 8 + size (zero padding allowed), a short read ends
-    the stream and the next read returns size 0. ``None`` when a read is refused."""
+    """Read a saving state's data to its end with the checks of PROTOCOL.md section 4: every
+    read succeeds, each reply has size <= requested and argsz = 8 + size (zero padding
+    allowed), a short read ends the stream and the next read returns size 0. Three checks per
+    stream, however many reads it takes (the first bad reply is the one reported). ``None``
+    when a read is refused."""
     out = bytearray()
     rule = "PROTOCOL.md section 4 (MIG_DATA_READ)"
-    while True:
-        reply = seq.check(f"{label}: MIG_DATA_READ of {chunk} bytes", mig_read(seq, chunk),
-                          Expect("ok", rule=rule))
-        size = _reply_size(seq, reply, chunk, label)
+    reads = 0
+    bad: tuple[Reply, int] | None = None
+    refused_reply: Reply | None = None
+    while len(out) <= 256 << 20:
+        reply = seq.exchange(mig_read(seq, chunk), expect=Expect("ok", rule=rule))
+        reads += 1
+        if reply is None or reply.is_error:
+            refused_reply = reply
+            break
+        size = _fields_ok(reply, chunk)
         if size is None:
-            return None
-        assert reply is not None
+            bad = (reply, chunk)
+            break
         out += reply.payload[8:8 + size]
         if size < chunk:
             break
-        if len(out) > 256 << 20:
-            return bytes(out)
-    reply = seq.check(f"{label}: MIG_DATA_READ after the short read", mig_read(seq, chunk),
-                      Expect("ok", rule=rule))
-    size = _reply_size(seq, reply, chunk, label)
+    ok = seq.verify(refused_reply is None, Kind.ERRNO,
+                    f"{label}: MIG_DATA_READs of {chunk} bytes succeed",
+                    "success", f"read {reads}: {describe_reply(refused_reply)}", rule)
+    if not ok:
+        return None
+    if not _verify_fields(seq, bad, label):
+        return None
+    reply = seq.exchange(mig_read(seq, chunk), expect=Expect("ok", rule=rule))
+    size = None if reply is None or reply.is_error else _fields_ok(reply, chunk)
     seq.verify(size == 0, Kind.DATA, f"{label}: reads after the end of the stream return size 0",
-               "size 0", f"size {size}", "PROTOCOL.md section 4: a short read ends the stream; "
-               "later reads return size 0")
+               "success with size 0", describe_reply(reply) if size is None else f"size {size}",
+               "PROTOCOL.md section 4: a short read ends the stream; later reads return size 0")
     return bytes(out)
 
 
-def _reply_size(seq: Sequence, reply: Reply | None, requested: int, label: str) -> int | None:
-    if reply is None or reply.is_error:
-        return None
+def _fields_ok(reply: Reply, requested: int) -> int | None:
+    """The reply's data size when its fields follow PROTOCOL.md section 4, else ``None``."""
     payload = reply.payload
     if len(payload) < 8:
-        seq.verify(False, Kind.REPLY, f"{label}: MIG_DATA_READ reply carries argsz and size",
-                   "at least 8 bytes", f"{len(payload)} bytes", "PROTOCOL.md section 4")
         return None
     argsz, size = _MIG.unpack_from(payload)
     padding = payload[8 + size:]
     ok = (size <= requested and argsz == 8 + size and len(payload) in (8 + size, 8 + requested)
           and not any(padding))
-    seq.verify(ok, Kind.REPLY, f"{label}: MIG_DATA_READ reply fields",
-               f"size <= {requested}, argsz = 8 + size, payload 8 + size (or zero-padded to "
-               f"8 + {requested}) bytes",
-               f"argsz {argsz}, size {size}, payload {len(payload)} bytes",
-               "PROTOCOL.md section 4; docs/wire-compat.md difference 1 (padding)")
-    return size if size <= requested else None
+    return size if ok else None
+
+
+def _verify_fields(seq: Sequence, bad: tuple[Reply, int] | None, label: str) -> bool:
+    observed = "every reply well formed"
+    if bad is not None:
+        reply, requested = bad
+        if len(reply.payload) < 8:
+            observed = f"a {len(reply.payload)}-byte payload"
+        else:
+            argsz, size = _MIG.unpack_from(reply.payload)
+            observed = (f"argsz {argsz}, size {size}, payload {len(reply.payload)} bytes for a "
+                        f"read of {requested}")
+    return seq.verify(bad is None, Kind.REPLY, f"{label}: MIG_DATA_READ reply fields",
+                      "size <= requested, argsz = 8 + size, payload 8 + size (or zero-padded "
+                      "to 8 + requested) bytes", observed,
+                      "PROTOCOL.md section 4; docs/wire-compat.md difference 1 (padding)")
 
 
 def ensure_saved_stream(checker: Checker) -> bytes | None:
