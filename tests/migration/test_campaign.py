@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vfio_user_mig.model import ALL_CAPS, MigrationCaps, State
-from vfio_user_mig.model.gating import gate
+from vfio_user_mig.protocol.gating import gate
 from vfio_user_mig.simulator.client import Client
 from vfio_user_mig.simulator.hosting import host_device
 from vfio_user_mig.simulator.migration import campaign

@@ -1,5 +1,5 @@
 """An independent oracle for command gating: which client command is legal in which migration
-state, written by hand from the rules (not computed from :mod:`vfio_user_mig.model.gating`).
+state, written by hand from the rules (not computed from :mod:`vfio_user_mig.protocol.gating`).
 
 Sources: PROTOCOL.md section 2 (commands, their direction, the reference server's refusals in
 STOP and STOP_COPY) and section 4 (MIG_DATA_READ/WRITE validity), and libvfio-user's rules
@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from vfio_user_mig import wire
-from vfio_user_mig.model import VFIO_USER_CAPS, State, gating
+from vfio_user_mig.model import VFIO_USER_CAPS, State
+from vfio_user_mig.protocol import gating
 from vfio_user_mig.simulator.client import Client, VfioUserError
 from vfio_user_mig.simulator.hosting import host_device
 from vfio_user_mig.simulator.server_core import ServerCore

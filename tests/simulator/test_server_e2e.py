@@ -298,7 +298,7 @@ def test_unix_socket_path_mode_0600(tmp_path: object) -> None:
 
 def test_legality_table_matches_live_server() -> None:
     from vfio_user_mig.model import VFIO_USER_CAPS
-    from vfio_user_mig.model.gating import legality_table
+    from vfio_user_mig.protocol.gating import legality_table
     from vfio_user_mig.simulator.legality_probe import make_probe
 
     probe = make_probe(VFIO_USER_CAPS)

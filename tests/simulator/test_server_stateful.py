@@ -3,7 +3,7 @@
 Hypothesis drives random legal and illegal requests (state SETs 0..9, region access in and out
 of bounds, MIG_DATA_READ/WRITE in any state, DMA_MAP/UNMAP without fd, DEVICE_RESET). Every
 reply is checked against ``vfio_user_mig.model.transition_path`` / ``InvalidTransition`` and
-``vfio_user_mig.model.gating.gate``; the device memory (region 2), the DMA map table and the
+``vfio_user_mig.protocol.gating.gate``; the device memory (region 2), the DMA map table and the
 migration state are modelled and compared after every step.
 
 MIG_DATA_WRITE in RESUMING feeds the next bytes of a real stream (saved once from another
@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 
 from tests.simulator.conftest import Session, close_session, make_session
 from vfio_user_mig.model import InvalidTransition, State, transition_path
-from vfio_user_mig.model.gating import gate
+from vfio_user_mig.protocol.gating import gate
 from vfio_user_mig.simulator.client import VfioUserError
 from vfio_user_mig.simulator.device.stream import (
     PAGES_PREFIX,

@@ -37,8 +37,8 @@ def make_target(args: argparse.Namespace) -> Target:
 def coverage_totals(report: Report) -> dict[str, Any]:
     """Covered and possible (state, command) cells and FSM arcs for the server's caps."""
     from vfio_user_mig.model import MigrationCaps
-    from vfio_user_mig.model.gating import CLIENT_COMMANDS
     from vfio_user_mig.model.graph import transition_graph
+    from vfio_user_mig.protocol.gating import CLIENT_COMMANDS
 
     names = report.caps.get("migration") if report.caps else None
     if not names:

@@ -29,7 +29,7 @@ from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.session import Sequence, SequenceAborted, feature_request, raw_message
 from vfio_user_mig.check.steps import ANY, Expect, judge, refused
 from vfio_user_mig.model import InvalidTransition, State, transition_path
-from vfio_user_mig.model.gating import gate, readable_states
+from vfio_user_mig.protocol.gating import gate, readable_states
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 
 #: The operations, with their weights in a random draw.

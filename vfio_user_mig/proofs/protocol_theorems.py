@@ -1,6 +1,6 @@
 """Theorems about the vfio-user protocol: the command legality table and the migration session.
 
-Legality: :func:`vfio_user_mig.model.gating.legality_table` is the total table (migration state
+Legality: :func:`vfio_user_mig.protocol.gating.legality_table` is the total table (migration state
 x client command -> accepted or errno) derived from the model. One theorem checks the table's
 MIG_DATA rows against the FSM (saving group, RESUMING); another checks every cell against a
 *probe* ``probe(state, command) -> errno | None`` that asks a real server over a socketpair.
@@ -23,7 +23,6 @@ import importlib
 from collections.abc import Callable, Sequence
 
 from vfio_user_mig.model import VFIO_USER_CAPS, MigrationCaps, State, caps_label
-from vfio_user_mig.model.gating import CLIENT_COMMANDS, gate, legality_table
 from vfio_user_mig.model.graph import transition_graph
 from vfio_user_mig.proofs.framework import (
     Counterexample,
@@ -44,6 +43,7 @@ from vfio_user_mig.proofs.session_model import (
     explore,
     is_final,
 )
+from vfio_user_mig.protocol.gating import CLIENT_COMMANDS, gate, legality_table
 from vfio_user_mig.wire.constants import Command
 
 Probe = Callable[[State, Command], int | None]
@@ -113,7 +113,7 @@ def check_legality_probe(caps: MigrationCaps, probe: Probe) -> Verdict:
 
 
 def gate_probe(caps: MigrationCaps) -> Probe:
-    """A probe answering from :func:`~vfio_user_mig.model.gating.gate` itself (for tests)."""
+    """A probe answering from :func:`~vfio_user_mig.protocol.gating.gate` itself (for tests)."""
     return lambda state, command: gate(state, command, caps)
 
 

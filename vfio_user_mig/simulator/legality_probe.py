@@ -4,7 +4,7 @@ Each probe runs a fresh :class:`ServerCore` hosting a small ``migdev`` over a re
 ``socket.socketpair()``, drives the device to the state (ERROR by forcing it), sends one
 minimal request of the command that succeeds whenever the command is allowed, and reports the
 errno of the reply (``None`` = accepted). The proofs compare it with
-:func:`vfio_user_mig.model.gating.legality_table` cell by cell.
+:func:`vfio_user_mig.protocol.gating.legality_table` cell by cell.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ gave is closed, while the device and its migration state are kept for a reconnec
 (vfio-user.rst "Connection drop").
 
 Every request gets exactly one reply (unless it set no-reply), an error reply carrying the
-errno when it is malformed, illegal in the current migration state (:mod:`model.gating`), or
+errno when it is malformed, illegal in the current migration state (:mod:`protocol.gating`), or
 refused by the device; the core keeps serving after any of them. Migration state changes walk
 the model's generated path on :class:`~vfio_user_mig.model.DeviceFSM`, one device action per
 arc. Device-initiated DMA jobs run here: ops on fd-backed mappings directly, others as
@@ -36,8 +36,8 @@ from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import DeviceFSM, InvalidTransition, State
-from vfio_user_mig.model.gating import gate_table
 from vfio_user_mig.model.paths import path_table
+from vfio_user_mig.protocol.gating import gate_table
 from vfio_user_mig.simulator.device.base import Device, DeviceError, RegionFlag
 from vfio_user_mig.simulator.device.dma import (
     DmaFault,

@@ -201,7 +201,7 @@ def find_region(seq: Sequence) -> Region | None:
 
 
 def is_saving(seq: Sequence, state: State) -> bool:
-    from vfio_user_mig.model.gating import readable_states
+    from vfio_user_mig.protocol.gating import readable_states
     return seq.caps is not None and state in readable_states(seq.caps)
 
 

@@ -20,7 +20,7 @@ from vfio_user_mig.check.session import CLEAN_EXIT, Checker, version_request
 from vfio_user_mig.check.steps import Expect
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.model import State
-from vfio_user_mig.model.gating import legality_table
+from vfio_user_mig.protocol.gating import legality_table
 from vfio_user_mig.wire import Command
 
 

@@ -30,7 +30,7 @@ from vfio_user_mig.check.groups.common import (
 from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
-from vfio_user_mig.model.gating import WRITABLE_STATES, gate
+from vfio_user_mig.protocol.gating import WRITABLE_STATES, gate
 from vfio_user_mig.wire import Command
 
 _READ_RULE = "PROTOCOL.md section 4: MIG_DATA_READ only in the saving group (EINVAL otherwise)"

@@ -31,7 +31,7 @@ from vfio_user_mig.check.groups.common import (
 from vfio_user_mig.check.session import Checker, Sequence, raw_message
 from vfio_user_mig.check.steps import ANY, Expect, refused
 from vfio_user_mig.model import State
-from vfio_user_mig.model.gating import CLIENT_COMMANDS, legality_table
+from vfio_user_mig.protocol.gating import CLIENT_COMMANDS, legality_table
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 
 _RULE = "PROTOCOL.md sections 2 and 4 (model.gating.legality_table)"

@@ -15,7 +15,7 @@ from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.session import Checker, raw_message
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
-from vfio_user_mig.model.gating import legality_table
+from vfio_user_mig.protocol.gating import legality_table
 from vfio_user_mig.wire import Command
 
 _RULE = ("PROTOCOL.md section 5: after DEVICE_RESET the device runs (spec, kernel) or keeps "

@@ -13,7 +13,9 @@ All other (state, command) cells are accepted by the gate (the command may still
 own reasons, e.g. a bad region index). The server consults :func:`gate`; the proofs check the
 whole :func:`legality_table` against a live server.
 
-This module is not imported by ``vfio_user_mig.model`` (it depends on the wire constants).
+It lives at the protocol level, above :mod:`vfio_user_mig.model` and :mod:`vfio_user_mig.wire`:
+the rule needs the FSM graph and the wire command numbers, and the model imports nothing of the
+package.
 """
 
 from __future__ import annotations
