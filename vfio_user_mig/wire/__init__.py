@@ -1,4 +1,4 @@
-"""Byte-exact, sans-IO codecs for every vfio-user message (issue #3).
+"""Byte-exact, sans-IO codecs for every vfio-user message (PROTOCOL.md sections 1-4).
 
 Public API (see each module's docstring for its contract and spec section):
 

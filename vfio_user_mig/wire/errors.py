@@ -4,15 +4,40 @@ Contract: :func:`vfio_user_mig.wire.decode` and :class:`vfio_user_mig.wire.Frame
 :class:`WireError` on bad input (no ``struct.error``, ``IndexError``, ``UnicodeDecodeError``,
 ``json.JSONDecodeError``). ``errno`` is what a server should put in the error reply
 (PROTOCOL.md section 1: "positive errno when the error bit is set").
+
+This module sits below every other wire module and imports none of them: the header an error
+carries is described by :class:`HeaderFields` (what :class:`~vfio_user_mig.wire.header.Header`
+provides), so ``header.py`` can raise :class:`WireError` without a cycle.
 """
 
 from __future__ import annotations
 
 import errno as _errno
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from vfio_user_mig.wire.header import Header
+
+class HeaderFields(Protocol):
+    """The parsed 16-byte header an error refers to (PROTOCOL.md section 1).
+
+    :class:`vfio_user_mig.wire.header.Header` is the one implementation.
+    """
+
+    @property
+    def msg_id(self) -> int: ...
+    @property
+    def command(self) -> int: ...
+    @property
+    def msg_size(self) -> int: ...
+    @property
+    def flags(self) -> int: ...
+    @property
+    def error(self) -> int: ...
+    @property
+    def is_reply(self) -> bool: ...
+    @property
+    def no_reply(self) -> bool: ...
+    @property
+    def is_error(self) -> bool: ...
 
 
 class WireError(ValueError):
@@ -34,14 +59,14 @@ class WireError(ValueError):
         field: str,
         detail: str,
         *,
-        header: Header | None = None,
+        header: HeaderFields | None = None,
     ) -> None:
         name = _errno.errorcode.get(err, str(err))
         super().__init__(f"{field}: {detail} [{name}]" if field else f"{detail} [{name}]")
         self.errno = err
         self.field = field
         self.detail = detail
-        self.header: Header | None = header
+        self.header: HeaderFields | None = header
         self.fds: list[int] = []
 
 
