@@ -9,8 +9,10 @@ trace for state-space properties). Results render as a terminal table, Markdown 
 Modules, one job each:
 
 * :mod:`~vfio_user_mig.proofs.framework`: theorems, verdicts, results, :func:`exhaust`;
+* :mod:`~vfio_user_mig.proofs.fsm_rule`: the FSM rule stated independently of the model, and
+  the implementation under test (:class:`~.fsm_rule.FsmUnderTest`; the model by default);
 * :mod:`~vfio_user_mig.proofs.fsm_theorems`: the FSM theorems, per capability set, checking an
-  implementation under test (:class:`FsmUnderTest`; the model by default);
+  implementation under test;
 * :mod:`~vfio_user_mig.proofs.session_model`: the abstract migration session (driver, source,
   destination, bounded channels, server-initiated DMA), explored exhaustively with networkx;
 * :mod:`~vfio_user_mig.proofs.protocol_theorems`: the legality table (against the model and

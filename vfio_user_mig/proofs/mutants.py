@@ -52,7 +52,7 @@ from vfio_user_mig.model import (
 )
 from vfio_user_mig.model.graph import RESET_TARGET, normalize_caps, trigger_name
 from vfio_user_mig.proofs import kernel_reference as kernel
-from vfio_user_mig.proofs.fsm_theorems import (
+from vfio_user_mig.proofs.fsm_rule import (
     MODEL,
     SAVING,
     DidNotReturn,
