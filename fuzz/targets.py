@@ -31,7 +31,8 @@ from fuzz.seeds import VERSION
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_core import Handled, ServerConfig, ServerCore
+from vfio_user_mig.simulator.server_core import ServerCore
+from vfio_user_mig.simulator.server_types import Handled, ServerConfig
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
 
 _HDR = struct.Struct("<HHIII")

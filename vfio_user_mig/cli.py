@@ -223,8 +223,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from vfio_user_mig.simulator.device.base import DeviceError
     from vfio_user_mig.simulator.hosting import host_device
-    from vfio_user_mig.simulator.server_core import ServerConfig
     from vfio_user_mig.simulator.server_io import UnixServer
+    from vfio_user_mig.simulator.server_types import ServerConfig
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")

@@ -18,8 +18,8 @@ from vfio_user_mig.simulator.client import Client, VfioUserError
 from vfio_user_mig.simulator.client_threaded import ThreadedClient
 from vfio_user_mig.simulator.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
-from vfio_user_mig.simulator.server_core import ServerConfig
 from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server_types import ServerConfig
 from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY
 
 BAR0, BAR2 = 0, 2

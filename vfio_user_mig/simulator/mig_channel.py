@@ -32,18 +32,29 @@ from __future__ import annotations
 import contextlib
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from vfio_user_mig.simulator.server_types import Handled, ServerConfig
 from vfio_user_mig.simulator.socket_end import SocketEnd
 
-if TYPE_CHECKING:
-    from vfio_user_mig.simulator.server_core import Handled, ServerCore
+
+class ChannelOwner(Protocol):
+    """What a channel needs of the server it belongs to (the server's
+    :class:`~.server_state.ServerState`): its limits, the dispatcher that processes a message
+    received on the channel, and the notice that the channel closed."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    def next_event_on(self, end: SocketEnd, now: float) -> Handled | None: ...
+
+    def channel_closed(self, channel: MigDataChannel) -> None: ...
 
 
 class MigDataChannel(SocketEnd):
     """The server side of one migration-data socket (see module docstring)."""
 
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ChannelOwner) -> None:
         super().__init__(core.config.max_msg_size)
         self.core = core
 
@@ -74,10 +85,10 @@ class NewChannel:
                 sock.close()
 
 
-def open_channel(core: ServerCore) -> NewChannel:
+def open_channel(core: ChannelOwner) -> NewChannel:
     """A new socketpair and the channel serving its server end."""
     server_sock, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return NewChannel(server_sock, MigDataChannel(core), client_end)
 
 
-__all__ = ["MigDataChannel", "NewChannel", "open_channel"]
+__all__ = ["ChannelOwner", "MigDataChannel", "NewChannel", "open_channel"]

@@ -45,7 +45,7 @@ class ServerSpec:
     def host(self) -> HostedDevice:
         """Build the device and its server core (a :class:`~..hosting.HostedDevice`)."""
         from vfio_user_mig.simulator.hosting import host_device
-        from vfio_user_mig.simulator.server_core import ServerConfig
+        from vfio_user_mig.simulator.server_types import ServerConfig
 
         config = ServerConfig(experimental_mig_data_socket=self.mig_data_socket,
                               experimental_mig_data_size=self.mig_data_size)
