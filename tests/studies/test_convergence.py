@@ -1,4 +1,4 @@
-"""The convergence study (issue #7 item 2): the quick grid runs through the real simulator,
+"""The pre-copy convergence study: the quick grid runs through the real simulator,
 every cell is reported (non-convergence explicitly), the figures are drawn from the data with
 titles, labelled axes and colour bars, and the CLI writes the files it reports."""
 
@@ -21,9 +21,9 @@ from vfio_user_mig.studies.convergence import (
     run_cell,
     run_grid,
     summary_markdown,
-    write_study,
 )
 from vfio_user_mig.studies.figures import draw_heatmaps, draw_policy_comparison
+from vfio_user_mig.studies.output import write_convergence_study
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_faster_link_is_faster() -> None:
 
 
 def test_csv_and_summary(cells: list[Cell], tmp_path: Path) -> None:
-    paths = write_study(cells, tmp_path, figures=False)
+    paths = write_convergence_study(cells, tmp_path, figures=False)
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == QUICK_GRID.size

@@ -1,4 +1,4 @@
-"""The transport study (issue #7 item 3): real migrations with a vCPU probe, main socket vs the
+"""The transport study: real migrations with a vCPU probe, main socket vs the
 experimental migration-data socket; every run verifies, probes are classified by the source's
 phase, the tables and the conclusion come from the numbers, the figures from the data (title,
 labelled axes with units, legend), and the CLI writes what it reports."""
@@ -14,24 +14,20 @@ from typing import Any
 import pytest
 
 from vfio_user_mig.cli import main
-from vfio_user_mig.studies.transport import (
-    KIB,
-    MIB,
-    Cell,
-    Grid,
-    Run,
-    aggregate,
-    chunk_label,
-    conclusion,
-    percentile,
-    run_grid,
-    summary_markdown,
-    write_study,
-)
+from vfio_user_mig.studies.output import write_transport_study
+from vfio_user_mig.studies.transport import KIB, MIB, Grid, Run, run_grid
 from vfio_user_mig.studies.transport_figures import (
     draw_latency,
     draw_latency_cdf,
     draw_throughput_downtime,
+)
+from vfio_user_mig.studies.transport_results import (
+    Cell,
+    aggregate,
+    chunk_label,
+    conclusion,
+    percentile,
+    summary_markdown,
 )
 
 GRID = Grid(chunks=(16 * KIB, MIB), device_mem=4 * MIB, repeats=1, idle_probes=20,
@@ -161,7 +157,7 @@ def test_cdf_and_throughput_figures(runs: list[Run], cells: list[Cell],
 
 
 def test_write_study_and_cli(runs: list[Run], tmp_path: Path, capsys: Any) -> None:
-    paths = write_study(runs, tmp_path / "out")
+    paths = write_transport_study(runs, tmp_path / "out")
     with open(paths["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert rows and {"transport", "chunk", "phase", "p99_us", "throughput_mbs"} <= set(rows[0])

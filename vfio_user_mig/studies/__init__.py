@@ -1,1 +1,1 @@
-"""Studies run through the real simulator: pre-copy convergence (issue 7)."""
+"""Studies run through the real simulator: pre-copy convergence and the migration-data transport."""

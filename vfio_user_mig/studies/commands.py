@@ -28,7 +28,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     """Run a study and write its results."""
     if args.study == "transport":
         return _transport(args)
-    from vfio_user_mig.studies import convergence
+    from vfio_user_mig.studies import convergence, output
 
     grid = convergence.QUICK_GRID if args.quick else convergence.DEFAULT_GRID
     if args.seed is not None:
@@ -45,7 +45,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     try:
         cells = convergence.run_grid(grid, workers=workers, executor=args.executor,
                                      scheduler=args.scheduler, batch_size=args.batch_size)
-        paths = convergence.write_study(cells, args.output, figures=not args.no_figures)
+        paths = output.write_convergence_study(cells, args.output,
+                                               figures=not args.no_figures)
     except (OSError, ValueError, ExecutorError) as exc:
         print(f"vfio-user-mig study: {exc}", file=sys.stderr)
         return 2
@@ -81,7 +82,7 @@ def _report(args: argparse.Namespace, payload: dict[str, object], markdown: str,
 def _transport(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from vfio_user_mig.studies import transport
+    from vfio_user_mig.studies import output, transport, transport_results
 
     if args.executor != "local" or args.scheduler is not None:
         print("vfio-user-mig study: the transport study measures wall-clock time and runs "
@@ -98,23 +99,23 @@ def _transport(args: argparse.Namespace) -> int:
         bar = tqdm(total=len(grid.specs()), unit="migration", file=sys.stderr)
     try:
         runs = transport.run_grid(grid, (lambda _i, _n: bar.update()) if bar else None)
-        paths = transport.write_study(runs, args.output, figures=not args.no_figures)
+        paths = output.write_transport_study(runs, args.output, figures=not args.no_figures)
     except (OSError, ValueError) as exc:
         print(f"vfio-user-mig study: {exc}", file=sys.stderr)
         return 2
     finally:
         if bar is not None:
             bar.close()
-    cells = transport.aggregate(runs)
+    cells = transport_results.aggregate(runs)
     failed = [r for r in runs if not r.verified]
     payload = {
         "study": "transport", "grid": "quick" if args.quick else "default",
         "runs": len(runs), "verified": len(runs) - len(failed),
         "cells": [dict(vars(c)) for c in cells],
-        "conclusion": transport.conclusion(cells),
+        "conclusion": transport_results.conclusion(cells),
         "elapsed_s": round(time.monotonic() - start, 3), **paths,
     }
-    _report(args, payload, transport.summary_markdown(cells),
+    _report(args, payload, transport_results.summary_markdown(cells),
             f"{len(runs)} migrations ({payload['verified']} verified)")
     return 1 if failed else 0
 

@@ -20,9 +20,10 @@ the summary compares their downtime-over-limit rate with the same policy without
   :data:`DEFAULT_GRID` (well under a minute on two cores) are the two the CLI offers;
 * :func:`run_grid` runs it (on worker processes or a Dask cluster through
   :func:`~vfio_user_mig.simulator.executor.run_batched`) and returns :class:`Cell` rows;
-* :func:`write_csv`, :func:`summary_markdown` and :func:`write_study` write the results;
-  figures come from :mod:`vfio_user_mig.studies.figures` (the same functions the notebook
-  calls).
+* :func:`write_csv` and :func:`summary_markdown` write the results; figures come from
+  :mod:`vfio_user_mig.studies.figures` (the same functions the notebook calls), which imports
+  this module (never the reverse); :func:`vfio_user_mig.studies.output.write_convergence_study`
+  writes all of them.
 """
 
 from __future__ import annotations
@@ -355,23 +356,6 @@ def summary_markdown(cells: Sequence[Cell], title: str = "Convergence study") ->
     return "\n".join(lines) + "\n"
 
 
-def write_study(cells: Sequence[Cell], outdir: str | Path, *,
-                figures: bool = True) -> dict[str, Any]:
-    """Write ``results.csv``, ``summary.md`` and the figures (PNG) into ``outdir``; returns
-    ``{"csv": path, "summary": path, "figures": [paths]}``."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(cells, out / "results.csv")
-    md_path = out / "summary.md"
-    md_path.write_text(summary_markdown(cells))
-    written: list[str] = []
-    if figures:
-        from vfio_user_mig.studies.figures import save_figures
-
-        written = [str(p) for p in save_figures(cells, out)]
-    return {"csv": str(csv_path), "summary": str(md_path), "figures": written}
-
-
 __all__ = [
     "COLUMNS",
     "DEFAULT_GRID",
@@ -389,5 +373,4 @@ __all__ = [
     "size_query_stats",
     "summary_markdown",
     "write_csv",
-    "write_study",
 ]

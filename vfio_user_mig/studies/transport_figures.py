@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vfio_user_mig.model.plot import pyplot
-from vfio_user_mig.studies.transport import Cell, Run, chunk_label
+from vfio_user_mig.studies.transport import Run
+from vfio_user_mig.studies.transport_results import Cell, chunk_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
