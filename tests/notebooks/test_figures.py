@@ -1,4 +1,4 @@
-"""Issue #7 item 4 for the FSM figures of :mod:`vfio_user_mig.model.plot` (the functions the
+"""The FSM figures of :mod:`vfio_user_mig.model.plot` (the functions the
 CLI and the notebooks share): every figure has a title, its legend or labelled axes, and is
 drawn from the model's data, not empty."""
 
