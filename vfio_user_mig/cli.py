@@ -221,7 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from vfio_user_mig.simulator.device.base import DeviceError
+    from vfio_user_mig.simulator.device.errors import DeviceError
     from vfio_user_mig.simulator.hosting import host_device
     from vfio_user_mig.simulator.server_io import UnixServer
     from vfio_user_mig.simulator.server_types import ServerConfig

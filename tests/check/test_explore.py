@@ -23,8 +23,8 @@ from vfio_user_mig.check.explore import (
 from vfio_user_mig.check.oracle import Op
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
-from vfio_user_mig.simulator.device.base import DeviceError
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.hosting import host_device
 from vfio_user_mig.simulator.server_io import UnixServer
 

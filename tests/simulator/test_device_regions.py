@@ -15,8 +15,8 @@ from vfio_user_mig.simulator.device import (
     PciRegion,
     RegionFlag,
 )
-from vfio_user_mig.simulator.device.base import DeviceError
 from vfio_user_mig.simulator.device.config import DEVICE_ID, VENDOR_ID, Command, Off
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.regs import BAR0_SIZE, DEVICE_MAGIC, Reg, Status
 
 MEM = 64 << 10

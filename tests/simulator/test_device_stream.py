@@ -19,8 +19,6 @@ from vfio_user_mig.simulator.device.stream import (
     RecordItem,
     RecordType,
     Staged,
-    StreamDecoder,
-    StreamEncoder,
     StreamError,
     StreamGeometry,
     frame,
@@ -28,6 +26,8 @@ from vfio_user_mig.simulator.device.stream import (
     max_payload,
     pages_payload,
 )
+from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+from vfio_user_mig.simulator.device.stream_encoder import StreamEncoder
 
 PS = 4096
 GEO = StreamGeometry("toy", PS, 8 * PS, 4)

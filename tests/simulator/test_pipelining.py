@@ -18,7 +18,7 @@ from tests.simulator.conftest import Session, close_session, make_session
 from tests.simulator.test_server_e2e import enable_bus_master, reg_read, reg_write
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client import Client, VfioUserError
-from vfio_user_mig.simulator.device.base import DeviceError
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.migdev import SaveStream
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status

@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 
-from vfio_user_mig.simulator.device.base import DeviceError, IrqFlag, IrqSpec
+from vfio_user_mig.simulator.device.base import IrqFlag, IrqSpec
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.wire.constants import IrqSetFlag
 
 _ONE = (1).to_bytes(8, "little")

@@ -9,7 +9,8 @@ import errno as _errno
 from typing import Any
 
 from vfio_user_mig import wire
-from vfio_user_mig.simulator.device.base import DeviceError, RegionFlag
+from vfio_user_mig.simulator.device.base import RegionFlag
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.irqs import validate_set_irqs
 from vfio_user_mig.simulator.server_state import ServerState
 from vfio_user_mig.simulator.server_types import (

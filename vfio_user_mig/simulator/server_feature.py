@@ -11,7 +11,7 @@ from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import InvalidTransition
-from vfio_user_mig.simulator.device.base import DeviceError
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.server_state import ServerState
 from vfio_user_mig.simulator.server_types import (
     Refusal,

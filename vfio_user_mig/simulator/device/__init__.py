@@ -13,7 +13,6 @@ from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
     Device,
-    DeviceError,
     IrqFlag,
     IrqIndex,
     IrqSink,
@@ -37,15 +36,12 @@ from vfio_user_mig.simulator.device.dma import (
     Route,
     run_job,
 )
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.lvu_sample import LvuSample, make_lvu_sample
 from vfio_user_mig.simulator.device.migdev import DEFAULT_MEM_SIZE, MigDev
-from vfio_user_mig.simulator.device.stream import (
-    RecordType,
-    StreamDecoder,
-    StreamEncoder,
-    StreamError,
-    StreamGeometry,
-)
+from vfio_user_mig.simulator.device.stream import RecordType, StreamError, StreamGeometry
+from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+from vfio_user_mig.simulator.device.stream_encoder import StreamEncoder
 
 
 class DeviceFactory(Protocol):

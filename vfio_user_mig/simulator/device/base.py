@@ -19,7 +19,6 @@ Migration data (PROTOCOL.md section 4), as seen through :meth:`Device.mig_data_r
 from __future__ import annotations
 
 import enum
-import errno as _errno
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -29,17 +28,6 @@ from vfio_user_mig.model.states import MigrationCaps, State
 if TYPE_CHECKING:
     from vfio_user_mig.simulator.device.dirtylog import DirtyLog
     from vfio_user_mig.simulator.device.dma import DmaJob
-
-
-class DeviceError(Exception):
-    """A request the device refuses; ``errno`` is the positive errno the client is told.
-
-    The device is left exactly as it was before the failed request.
-    """
-
-    def __init__(self, message: str, errno: int = _errno.EINVAL) -> None:
-        super().__init__(message)
-        self.errno = errno
 
 
 class RegionFlag(enum.IntFlag):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from vfio_user_mig.simulator.device.base import DeviceError
+from vfio_user_mig.simulator.device.errors import DeviceError
 
 CONFIG_SIZE = 256
 

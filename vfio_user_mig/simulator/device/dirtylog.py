@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-from vfio_user_mig.simulator.device.base import DeviceError
+from vfio_user_mig.simulator.device.errors import DeviceError
 
 #: Smallest and largest page size accepted for logging and reports (the kernel's floor is 4 KiB).
 MIN_PAGE_SIZE = 1 << 12

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
-from vfio_user_mig.simulator.device.base import DeviceError
+from vfio_user_mig.simulator.device.errors import DeviceError
 
 #: The largest IOVA + 1.
 IOVA_LIMIT = 1 << 64

@@ -71,7 +71,6 @@ from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
     BookkeepingDevice,
     Device,
-    DeviceError,
     IrqIndex,
     IrqSink,
     IrqSpec,
@@ -83,6 +82,7 @@ from vfio_user_mig.simulator.device.base import (
 )
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
 from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMode, DmaOp
+from vfio_user_mig.simulator.device.errors import DeviceError
 
 PROFILE = "lvu-sample"
 BAR0_SIZE = 8

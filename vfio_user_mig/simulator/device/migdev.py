@@ -41,7 +41,6 @@ from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
     BookkeepingDevice,
-    DeviceError,
     IrqFlag,
     IrqIndex,
     IrqSink,
@@ -55,6 +54,7 @@ from vfio_user_mig.simulator.device.base import (
 from vfio_user_mig.simulator.device.config import CONFIG_SIZE, ConfigSpace
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
 from vfio_user_mig.simulator.device.dma import IOVA_LIMIT, DmaFault, DmaJob, DmaMode, DmaOp
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.regs import (
     BAR0_SIZE,
     MIGRATING,
@@ -75,13 +75,13 @@ from vfio_user_mig.simulator.device.stream import (
     PAGE_CRC,
     PAGES_PREFIX,
     RECORD_HEADER,
-    StreamDecoder,
     StreamError,
     StreamGeometry,
     header_payload,
     memory_fingerprint,
     page_crcs,
 )
+from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
 PROFILE = "migdev"
 PAGE_SIZE = 4096

@@ -31,11 +31,11 @@ from vfio_user_mig.simulator.device.stream import (
     RecordItem,
     RecordType,
     Staged,
-    StreamEncoder,
     StreamGeometry,
     header_payload,
     pages_parts,
 )
+from vfio_user_mig.simulator.device.stream_encoder import StreamEncoder
 
 #: Digest of a state given the fingerprint of its memory content
 #: (:func:`~.stream.memory_fingerprint`) and its REGS payload.
