@@ -210,7 +210,11 @@ def import_cycles(imports: Iterable[Import]) -> list[str]:
     for group in sorted(sorted(c) for c in nx.strongly_connected_components(graph)
                         if len(c) > 1):
         sub = graph.subgraph(group)
-        cycle = min(nx.simple_cycles(sub), key=lambda c: (len(c), c))
+        rotated = []
+        for c in nx.simple_cycles(sub):  # start each at its smallest module: deterministic
+            i = c.index(min(c))
+            rotated.append(c[i:] + c[:i])
+        cycle = min(rotated, key=lambda c: (len(c), c))
         edges = [sub.edges[a, b]["imp"] for a, b in zip(cycle, [*cycle[1:], cycle[0]],
                                                           strict=True)]
         steps = "; ".join(str(e) for e in edges)
