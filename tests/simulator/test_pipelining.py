@@ -20,7 +20,7 @@ from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client import Client, VfioUserError
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
-from vfio_user_mig.simulator.device.migdev import SaveStream
+from vfio_user_mig.simulator.device.migdev_base import SaveStream
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
 from vfio_user_mig.simulator.migration.driver import DriverConfig
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate

@@ -38,7 +38,8 @@ from vfio_user_mig.simulator.device.dma import (
 )
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.lvu_sample import LvuSample, make_lvu_sample
-from vfio_user_mig.simulator.device.migdev import DEFAULT_MEM_SIZE, MigDev
+from vfio_user_mig.simulator.device.migdev import MigDev
+from vfio_user_mig.simulator.device.migdev_base import DEFAULT_MEM_SIZE
 from vfio_user_mig.simulator.device.stream import RecordType, StreamError, StreamGeometry
 from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 from vfio_user_mig.simulator.device.stream_encoder import StreamEncoder

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import cast
 
-from vfio_user_mig.simulator.device.migdev import MigDev, SaveStream
+from vfio_user_mig.simulator.device.migdev import MigDev
+from vfio_user_mig.simulator.device.migdev_base import SaveStream
 from vfio_user_mig.simulator.device.session import SaveSession
 from vfio_user_mig.simulator.device.stream import RECORD_HEADER, RecordType
 
