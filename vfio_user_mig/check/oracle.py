@@ -6,7 +6,7 @@ DMA region, ...). :class:`Oracle` carries the model's view of one connection -- 
 state (:func:`~vfio_user_mig.model.transition_path`), whether the STOP_COPY stream has ended,
 whether DMA logging is on, the DMA maps, how much of a saved stream RESUMING has taken -- and
 :meth:`Oracle.apply` turns an op into requests whose :class:`~.steps.Expect` it derives from the
-model and :func:`~vfio_user_mig.model.gating.legality_table`. Where the model allows several
+model and :func:`~vfio_user_mig.protocol.gating.legality_table`. Where the model allows several
 outcomes (an arc whose action may fail, a reset that may keep the migration state, a second
 DMA_LOGGING_START) it accepts each and learns the outcome from the reply and a state GET.
 

@@ -201,7 +201,8 @@ class Sequence:
         except ReplyTimeout:
             death = self.checker.target.death()
             if death is not None:
-                self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(), command)
+                self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(),
+                            command)
             self._abort(Kind.HANG, f"no reply to {request_label(data)}",
                         f"no reply within {self.conn.timeout:g} s", command)
         except BadFrame as exc:
@@ -213,8 +214,13 @@ class Sequence:
                     os.close(fd)
         if reply is None:
             death = self.checker.target.death()
-            if death is not None and not (close_ok and death.status == CLEAN_EXIT):
-                self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(), command)
+            if death is not None and death.status == CLEAN_EXIT:
+                if not close_ok:  # it ended the connection, and exited as after any client
+                    self._abort(Kind.CLOSE, f"server closes the connection on "
+                                f"{request_label(data)}", death.describe(), command)
+            elif death is not None:
+                self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(),
+                            command)
         return reply
 
     def _track_dma(self, data: bytes, fds: list[int], reply: Reply) -> None:

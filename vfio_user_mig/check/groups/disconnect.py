@@ -5,7 +5,7 @@ without a word (a VMM that dies). A spawned server may exit then (servers of one
 but only with status 0: being killed by a signal or a failure status is a ``crash``.
 
 For ``--socket`` targets a second connection follows: VERSION must be accepted whatever the
-migration state (:func:`vfio_user_mig.model.gating.legality_table`: VERSION is allowed in
+migration state (:func:`vfio_user_mig.protocol.gating.legality_table`: VERSION is allowed in
 every state) and MIG_DEVICE_STATE GET must answer a valid state (the spec does not say which
 state survives a lost connection). With ``--spawn`` each sequence is a fresh process, so a
 reconnection cannot be checked and nothing is counted for it.

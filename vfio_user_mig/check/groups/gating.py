@@ -1,7 +1,7 @@
 """Group ``gating``: which commands a server executes in which migration state.
 
 The expectation of every (state, command) cell comes from
-:func:`vfio_user_mig.model.gating.legality_table` (PROTOCOL.md sections 2 and 4: a stopped or
+:func:`vfio_user_mig.protocol.gating.legality_table` (PROTOCOL.md sections 2 and 4: a stopped or
 stop-copying device executes only region access, DEVICE_FEATURE and MIG_DATA_READ; migration
 data moves only in the saving group or RESUMING). For each supported state one sequence brings
 the device there and sends one well-formed request of each client command, valid when the
@@ -34,7 +34,7 @@ from vfio_user_mig.model import State
 from vfio_user_mig.protocol.gating import CLIENT_COMMANDS, legality_table
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 
-_RULE = "PROTOCOL.md sections 2 and 4 (model.gating.legality_table)"
+_RULE = "PROTOCOL.md sections 2 and 4 (protocol.gating.legality_table)"
 _MAP_SIZE = 0x1000
 
 #: Commands sent last: DMA_UNMAP undoes the DMA_MAP sent before it, DEVICE_RESET may move the

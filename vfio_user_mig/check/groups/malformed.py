@@ -203,7 +203,44 @@ def _short_body(checker: Checker) -> None:
         return
 
 
+#: Message id of the request hidden in a refused message's payload (never sent otherwise).
+_SMUGGLED_ID = 0x7E57
+
+
+def _smuggled(checker: Checker, flags: int, what: str) -> None:
+    """A refused message whose payload is itself a whole request (a MIG_DEVICE_STATE GET with
+    an id the checker never uses): a server that answers the refused message but leaves its
+    payload unread takes the payload for the next message and answers the hidden request.
+    msg_size says where each message ends (PROTOCOL.md section 1), so that reply must never
+    come. Deterministic, unlike waiting for a desynchronised stream to hang."""
+    with checker.sequence("malformed", f"payload of a refused {what}") as seq:
+        if seq.dead:
+            return
+        hidden = feature_request(_SMUGGLED_ID, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET,
+                                 argsz=16)
+        outer = _HDR.pack(seq.next_id(), Command.DEVICE_FEATURE, 16 + len(hidden), flags, 0)
+        data = outer + hidden
+        seq.steps.append(Step(data, (), Expect("any", rule=_S1),
+                              f"{what}; its payload is a whole request with id "
+                              f"{_SMUGGLED_ID:#x}"))
+        if not seq.conn.send(data):
+            return
+        reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
+                                             FeatureOp.GET, argsz=16), close_ok=True)
+        late = seq.conn.drain(0.05) if reply is not None else []
+        executed = _SMUGGLED_ID in seq.conn.stray or any(m.msg_id == _SMUGGLED_ID for m in late)
+        seq.verify(not executed, Kind.REPLY,
+                   f"the payload of a refused {what} is read as a message (framing lost)",
+                   "the whole message, msg_size bytes, consumed: no reply to the hidden "
+                   f"request {_SMUGGLED_ID:#x}",
+                   f"a reply to the hidden request {_SMUGGLED_ID:#x}" if executed
+                   else "no reply to it",
+                   f"{_S1}: msg_size is the size of the whole message")
+
+
 def run(checker: Checker) -> None:
     """The ``malformed`` group (module docstring)."""
     _cases_run(checker, _cases())
     _short_body(checker)
+    _smuggled(checker, 1, "reply-typed message")
+    _smuggled(checker, 2, "message of type 2")

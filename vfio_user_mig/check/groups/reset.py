@@ -1,6 +1,6 @@
 """Group ``reset``: DEVICE_RESET from every state the device supports.
 
-Where the gate refuses DEVICE_RESET (:func:`vfio_user_mig.model.gating.legality_table`: STOP
+Where the gate refuses DEVICE_RESET (:func:`vfio_user_mig.protocol.gating.legality_table`: STOP
 and STOP_COPY in the reference server) the reply must be that errno and the state unchanged.
 Elsewhere the reset must succeed with an empty reply and the device must be either in RUNNING
 (vfio-user.rst and the kernel: a reset device runs; PROTOCOL.md section 5: a device in ERROR
