@@ -7,7 +7,8 @@ import errno
 import pytest
 
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.migration.isolation import ServerSpec, make_endpoint
 
 

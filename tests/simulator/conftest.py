@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from vfio_user_mig.simulator.client import Client, GuestMemory
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_memory import GuestMemory
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.hosting import host_device
 from vfio_user_mig.simulator.server_core import ServerCore

@@ -11,7 +11,6 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import GuestMemory
 from vfio_user_mig.simulator.client_core import (
     ClientCore,
     ErrorReceived,
@@ -21,6 +20,7 @@ from vfio_user_mig.simulator.client_core import (
     UnexpectedReply,
     answer_dma,
 )
+from vfio_user_mig.simulator.client_memory import GuestMemory
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
 from vfio_user_mig.simulator.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.server_core import ServerCore

@@ -23,7 +23,9 @@ import pytest
 
 from vfio_user_mig.model import State
 from vfio_user_mig.model.errors import ArcActionError
-from vfio_user_mig.simulator.client import Client, GuestMemory, VfioUserError
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client_memory import GuestMemory
 from vfio_user_mig.simulator.device import (
     DEVICES,
     DeviceError,

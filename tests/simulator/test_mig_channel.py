@@ -14,7 +14,8 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.client_threaded import ThreadedClient
 from vfio_user_mig.simulator.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from vfio_user_mig.model import State as S
-from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.shadow import ShadowTracker, StagedRun

@@ -17,7 +17,8 @@ import pytest
 from tests.simulator.conftest import Session, close_session, make_session
 from tests.simulator.test_server_e2e import enable_bus_master, reg_read, reg_write
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.migdev_base import SaveStream

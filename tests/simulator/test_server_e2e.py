@@ -14,7 +14,7 @@ import pytest
 from tests.simulator.conftest import Session, close_session, make_session
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import VfioUserError
+from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.device.regs import Control, DmaDir, Reg, Status
 from vfio_user_mig.simulator.transport import connect_unix, recv_into, send_parts
 from vfio_user_mig.wire.constants import FeatureIndex, FeatureOp

@@ -13,19 +13,6 @@ bytes and fds between it and the core, and blocks. Replies to other requests tha
 while it waits for one are kept until asked for; replies to no pending request are dropped
 (fds closed) and counted in :attr:`Client.unexpected_replies`.
 
-Receiving: on a socket in blocking mode the client bounds each receive with SO_RCVTIMEO set to
-``timeout`` (one system call per receive, no ``select`` first; the option stays set on the
-socket); a socket with its own Python timeout is polled with ``select``. Small messages are
-received into a reused buffer, the rest of a large one straight into its own buffer. A
-MIG_DATA_READ reply of at least :data:`BULK_REPLY` bytes is received header and fixed part
-first, then its data with one ``MSG_WAITALL`` receive into the ``bytes`` returned or the
-caller's buffer (:meth:`Client.mig_data_read_into`): no copy; a short reply padded to the
-size asked for takes the same path, its padding received into a reused buffer and checked to
-be zero (as the decoder does); anything unexpected
-in its header (an error, another message first, padding) goes through the framer as usual.
-Likewise a small REGION_READ reply that arrives whole, alone, is taken from the receive buffer
-without the framer.
-
 Pipelining (the protocol lets a client have several requests in flight; replies carry the
 request's msg id): :meth:`Client.mig_data_read_stream` keeps ``depth`` MIG_DATA_READs in
 flight and yields the chunks in order (each reply, when it is next on the socket, still takes
@@ -34,48 +21,26 @@ its id for :meth:`Client.wait_reply`, so a relay overlaps writing one chunk with
 next. Server DMA requests are served while waiting, as always. Requests given up
 (:meth:`Client.abandon`, e.g. a stream closed early) have their replies dropped on arrival.
 """
-
 from __future__ import annotations
 
 import errno as _errno
-import mmap
-import os
-import select
 import socket
 import struct
 from collections import deque
-from collections.abc import Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Generator, Sequence
+from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.client_core import (
-    ClientCore,
-    ErrorReceived,
-    Event,
-    ReplyReceived,
-    ServerRequest,
-    answer_dma,
-)
+from vfio_user_mig.simulator.client_io import BULK_REPLY, ClientIO, VfioUserError
 from vfio_user_mig.simulator.transport import (
-    PeerClosed,
     close_fds,
     recv_into,
-    send_parts,
-    set_recv_timeout,
 )
 from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY, MIG_DATA_UNPADDED_KEY
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
-from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.msg_feature import MigDataSize
 
-T = TypeVar("T")
-
-#: A message still missing at least this many bytes is received straight into its buffer;
-#: MIG_DATA_READ replies this large take the zero-copy path (see module docstring).
-BULK_REPLY = 64 * 1024
-_MIG_REPLY = struct.Struct("<HHIIIII")  # header, then argsz, size of MIG_DATA_READ's reply
-_MIG_DATA_SIZE = 8
 _REPLY_FLAGS = int(wire.MsgType.REPLY)
 _MIG_DATA_READ = int(wire.Command.MIG_DATA_READ)
 #: REGION_READs of at most this many bytes take the one-receive path (see ``region_read``).
@@ -84,303 +49,19 @@ _RR_REPLY = struct.Struct("<HHIIIQII")  # header, offset, region, count
 _REGION_READ = int(wire.Command.REGION_READ)
 
 
-class VfioUserError(OSError):
-    """The server answered a request with an error reply (``errno`` from the header)."""
-
-    def __init__(self, command: int, errno: int, payload: bytes = b"") -> None:
-        super().__init__(errno, f"{wire.Command(command).name} failed: {os.strerror(errno)}")
-        self.command = command
-        self.payload = payload
-
-
-class GuestMemory:
-    """Guest RAM backed by a memfd (so the server can map it); addresses are IOVAs from
-    ``base``. Reads/writes outside the range raise ``ValueError``."""
-
-    def __init__(self, size: int, base: int = 0, name: str = "guest-ram") -> None:
-        self.size = size
-        self.base = base
-        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
-        os.ftruncate(self.fd, size)
-        self.mm = mmap.mmap(self.fd, size)
-        self.view = memoryview(self.mm)
-
-    def _range(self, iova: int, length: int) -> slice:
-        start = iova - self.base
-        if start < 0 or length < 0 or start + length > self.size:
-            raise ValueError(f"guest address {iova:#x}+{length:#x} outside guest memory")
-        return slice(start, start + length)
-
-    def read(self, iova: int, length: int) -> bytes:
-        """Copy of guest memory at ``iova``."""
-        return bytes(self.view[self._range(iova, length)])
-
-    def write(self, iova: int, data: bytes | memoryview) -> None:
-        """Store into guest memory at ``iova``."""
-        self.view[self._range(iova, len(data))] = data
-
-    def close(self) -> None:
-        """Unmap and close the memfd."""
-        self.view.release()
-        self.mm.close()
-        os.close(self.fd)
-
-
-class Client:
+class Client(ClientIO):
     """A synchronous vfio-user client over a connected socket (see module docstring)."""
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        *,
-        memory: GuestMemory | None = None,
-        serve_dma_while_waiting: bool = True,
-        timeout: float | None = 30.0,
-        max_data_xfer_size: int = wire.DEFAULT_MAX_DATA_XFER_SIZE,
-        max_msg_fds: int = 8,
-    ) -> None:
-        self.sock = sock
-        self.memory = memory
-        self.serve_dma_while_waiting = serve_dma_while_waiting
-        self._timeout: float | None = None
-        self._kernel_timeout = False
-        self.timeout = timeout
-        self.max_data_xfer_size = max_data_xfer_size
-        self.max_msg_fds = max_msg_fds
-        self.core = ClientCore(max_data_xfer_size=max_data_xfer_size, max_msg_fds=max_msg_fds)
-        self.server_caps: wire.Capabilities | None = None
-        self._buf = bytearray(256 * 1024)
-        self._view = memoryview(self._buf)
-        self._head = memoryview(bytearray(_MIG_REPLY.size))
-        self._pad = memoryview(bytearray(0))
-        self._zeros = b""
-        #: Replies (or error replies) that arrived while waiting for another one.
-        self._early: dict[int, ReplyReceived | ErrorReceived] = {}
-        #: Server requests received while waiting with ``serve_dma_while_waiting=False``:
-        #: (message, fds), never answered.
-        self.deferred_requests: list[Any] = []
-        self.dma_served = 0
-        #: Replies to no pending request (dropped, their fds closed).
-        self.unexpected_replies = 0
-        #: Pending requests given up (:meth:`abandon`): their replies are dropped on arrival.
-        self._abandoned: set[int] = set()
-        #: The experimental migration-data channel (:meth:`negotiate` with
-        #: ``mig_data_socket=True`` and a server that agreed), a client of the same class.
-        self.mig_channel: Client | None = None
-
-    @property
-    def framer(self) -> wire.Framer:
-        """The core's framer (what was received and not yet taken as a message)."""
-        return self.core.framer
-
-    @property
-    def timeout(self) -> float | None:
-        """Seconds to wait for a message from the server (``None``: forever)."""
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        self._timeout = value
-        self._kernel_timeout = self.sock.gettimeout() is None and set_recv_timeout(
-            self.sock, value
-        )
-
-    # ----- plumbing -------------------------------------------------------------------------
-    def _new_id(self) -> int:
-        return self.core.next_id()
-
-    def send(self, msg: Any, fds: Sequence[int] = ()) -> None:
-        """Send one message (no waiting); a request with id 0 gets a fresh one."""
-        core = self.core
-        core.send(msg, fds)
-        sock = self.sock
-        for parts, part_fds in core.data_to_send():
-            send_parts(sock, parts, part_fds)
-
-    def _timed_out(self) -> TimeoutError:
-        return TimeoutError(f"no message from the server within {self._timeout} s")
-
-    def _receive(self) -> None:
-        framer = self.framer
-        try:
-            if not self._kernel_timeout and self._timeout is not None:
-                ready, _, _ = select.select([self.sock], [], [], self._timeout)
-                if not ready:
-                    raise self._timed_out()
-            needed = framer.needed
-            if needed >= BULK_REPLY and not framer.at_boundary:
-                n, fds = recv_into(self.sock, framer.recv_buffer(needed))
-                framer.commit(n, fds)
-            else:
-                n, fds = recv_into(self.sock, self._view)
-                self.core.receive_data(self._view[:n], fds)
-        except BlockingIOError:
-            raise self._timed_out() from None
-
-    def request(self, msg: Any, fds: Sequence[int] = ()) -> tuple[Any, list[int]]:
-        """Send ``msg`` and wait for its reply (answering server DMA meanwhile); returns
-        (reply, fds received with it). Raises :class:`VfioUserError` on an error reply."""
-        msg = self.core.with_id(msg)
-        self.send(msg, fds)
-        return self._wait_reply(msg.msg_id)
-
-    def _wait_reply(self, msg_id: int) -> tuple[Any, list[int]]:
-        early = self._early
-        core = self.core
-        got = early.pop(msg_id, None) if early else None
-        while got is None:
-            event = core.next_event()
-            if event is None:
-                self._receive()
-                continue
-            if type(event) is ReplyReceived or type(event) is ErrorReceived:
-                if event.msg_id == msg_id:
-                    got = event
-                else:
-                    self._keep(event)
-            elif type(event) is ServerRequest:
-                if self.serve_dma_while_waiting:
-                    self.serve(event.message, event.fds)
-                else:
-                    self.deferred_requests.append((event.message, event.fds))
-            else:
-                self._other_event(event)
-        if isinstance(got, ErrorReceived):
-            raise VfioUserError(got.command, got.errno, got.payload)
-        return got.message, got.fds
-
-    def _keep(self, event: ReplyReceived | ErrorReceived) -> None:
-        """A reply that arrived while waiting for another: kept, or dropped if abandoned."""
-        if self._abandoned and event.msg_id in self._abandoned:
-            self._abandoned.discard(event.msg_id)
-            close_fds(getattr(event, "fds", ()))
-        else:
-            self._early[event.msg_id] = event
-
-    def abandon(self, msg_ids: Iterable[int]) -> None:
-        """Give up waiting for the replies to ``msg_ids`` (requests sent, still pending):
-        replies already kept are dropped, later ones are dropped on arrival. Never blocks."""
-        pending = self.core.pending
-        for msg_id in msg_ids:
-            got = self._early.pop(msg_id, None)
-            if got is not None:
-                close_fds(getattr(got, "fds", ()))
-            elif msg_id in pending:
-                self._abandoned.add(msg_id)
-
-    def wait_reply(self, msg_id: int) -> tuple[Any, list[int]]:
-        """Wait for the reply to request ``msg_id`` sent earlier (e.g. by
-        :meth:`mig_data_write_nowait`), answering server DMA meanwhile; returns (reply, fds).
-        Raises :class:`VfioUserError` on an error reply."""
-        return self._wait_reply(msg_id)
-
-    def _other_event(self, event: Event) -> None:
-        """An event nobody waits for: a reply to no pending request."""
-        self.unexpected_replies += 1
-        close_fds(getattr(event, "fds", ()))
-
-    def _bulk_mig_data(self, msg_id: int, size: int) -> tuple[int, int] | None:
-        """(data size, padding) of the MIG_DATA_READ reply ``msg_id`` after its header and
-        fixed part were received (the data is next on the socket, then the padding of a short
-        reply padded to the size asked for: :meth:`_recv_padding`); or None when the next
-        message is anything else, or too small to be worth it (its bytes are then in the
-        framer).
-
-        One receive of at most 24 bytes: the server writes header and fixed part with one
-        ``sendmsg``, so they arrive together; anything shorter takes the generic path."""
-        head = self._head
-        try:
-            n, fds = recv_into(self.sock, head)
-        except BlockingIOError:
-            raise self._timed_out() from None
-        if n == len(head) and not fds:
-            rid, cmd, msg_size, flags, err, argsz, dsize = _MIG_REPLY.unpack_from(head)
-            if (
-                rid == msg_id
-                and cmd == _MIG_DATA_READ
-                and flags == _REPLY_FLAGS
-                and not err
-                and argsz == _MIG_DATA_SIZE + dsize
-                and BULK_REPLY <= msg_size - n <= size
-                and msg_size - n >= dsize
-                and msg_size <= self.framer.max_size
-            ):
-                self.core.reply_consumed(msg_id)
-                return int(dsize), int(msg_size - n - dsize)
-        self.core.receive_data(head[:n], fds)  # not the expected reply: the generic path
-        return None
-
-    def _recv_padding(self, pad: int) -> None:
-        """Receive the ``pad`` bytes after a MIG_DATA_READ reply's data (a short reply padded
-        to the size asked for) and check they are zero, as the decoder does."""
-        if len(self._pad) < pad:
-            self._pad = memoryview(bytearray(pad))
-            self._zeros = bytes(pad)
-        view = self._pad[:pad]
-        self._recv_data_into(view)
-        zeros = self._zeros
-        if view.tobytes() != (zeros if pad == len(zeros) else zeros[:pad]):
-            raise invalid("MIG_DATA_READ.reply.padding", "padding after the data is not zero")
-
-    def _recv_data(self, size: int) -> bytes:
-        pieces: list[bytes] = []
-        got = 0
-        try:
-            while got < size:
-                piece = self.sock.recv(size - got, socket.MSG_WAITALL)
-                if not piece:
-                    raise PeerClosed("peer closed the connection")
-                if len(piece) == size:
-                    return piece
-                pieces.append(piece)
-                got += len(piece)
-        except BlockingIOError:
-            raise TimeoutError(f"MIG_DATA_READ data stalled for {self._timeout} s") from None
-        return b"".join(pieces)
-
-    def _recv_data_into(self, view: memoryview) -> None:
-        got, size = 0, len(view)
-        try:
-            while got < size:
-                k = self.sock.recv_into(view[got:], size - got, socket.MSG_WAITALL)
-                if not k:
-                    raise PeerClosed("peer closed the connection")
-                got += k
-        except BlockingIOError:
-            raise TimeoutError(f"MIG_DATA_READ data stalled for {self._timeout} s") from None
-
-    def serve(self, msg: Any, fds: Sequence[int] = ()) -> None:
-        """Answer one server request (DMA_READ/DMA_WRITE) from guest memory."""
-        close_fds(list(fds))
-        reply = answer_dma(msg, self.memory)
-        self.dma_served += 1
-        self.send(reply)
-
-    def poll(self, timeout: float = 0.0) -> int:
-        """Serve server requests that arrive within ``timeout``; returns how many."""
-        served = 0
-        while True:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
-            if not ready:
-                return served
-            n, fds = recv_into(self.sock, self._view)
-            self.core.receive_data(self._view[:n], fds)
-            while (event := self.core.next_event()) is not None:
-                if isinstance(event, ReplyReceived | ErrorReceived):
-                    self._keep(event)
-                elif isinstance(event, ServerRequest):
-                    self.serve(event.message, event.fds)
-                    served += 1
-                else:
-                    self._other_event(event)
-            timeout = 0.0
+    #: The experimental migration-data channel (:meth:`negotiate` with
+    #: ``mig_data_socket=True`` and a server that agreed), a client of the same class.
+    mig_channel: Client | None = None
 
     def close(self) -> None:
         """Close the connection (and the migration-data channel, if any)."""
         if self.mig_channel is not None:
             self.mig_channel.close()
             self.mig_channel = None
-        self.sock.close()
+        super().close()
 
     @property
     def data_client(self) -> Client:
@@ -695,4 +376,4 @@ class Client:
         return list(bitmap.pages())
 
 
-__all__ = ["Client", "GuestMemory", "VfioUserError"]
+__all__ = ["Client"]

@@ -159,7 +159,7 @@ class Probe:
 
     def sample(self) -> bool:
         """One REGION_READ; False once the connection is gone."""
-        from vfio_user_mig.simulator.client import VfioUserError
+        from vfio_user_mig.simulator.client_io import VfioUserError
 
         sent = self.now()
         start = time.perf_counter()

@@ -52,7 +52,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
-from vfio_user_mig.simulator.client import Client, VfioUserError
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.migration.clock import Clock
 from vfio_user_mig.simulator.migration.guest import GuestRam, Workload, runs
 from vfio_user_mig.simulator.migration.policies import RoundStats, SwitchoverPolicy

@@ -17,7 +17,8 @@ import random
 import time
 from collections.abc import Iterator
 
-from vfio_user_mig.simulator.client import Client, GuestMemory
+from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_memory import GuestMemory
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
 
 PAGE_SIZE = 4096
