@@ -2,7 +2,7 @@
 
 Each group is a function of the :class:`~vfio_user_mig.check.session.Checker` that opens its
 own sequences and records checks and findings on ``checker.report``; expectations derive from
-the model (:mod:`vfio_user_mig.model`, :mod:`vfio_user_mig.model.gating`) and the spec
+the model (:mod:`vfio_user_mig.model`, :mod:`vfio_user_mig.protocol.gating`) and the spec
 (PROTOCOL.md), never from a second table. :data:`GROUPS` lists them in running order
 (``fsm`` first: it saves the STOP_COPY stream the RESUMING checks load);
 :func:`run_suite` runs all of them or those named by ``--only``.

@@ -47,7 +47,7 @@ def _come_back(checker: Checker, state: State) -> None:
         seq.check(f"VERSION accepted on a new connection after leaving in {state.name}",
                   version_request(seq.next_id()),
                   Expect("ok" if allowed else "error",
-                         rule="vfio-user.rst: Version; model.gating: VERSION in every state"))
+                         rule="vfio-user.rst: Version; protocol.gating: VERSION in every state"))
         seq.state = None
         seq.get_state()
 
