@@ -30,6 +30,7 @@ from vfio_user_mig.check.session import (
 )
 from vfio_user_mig.check.steps import Expect, Step
 from vfio_user_mig.check.target import TargetError
+from vfio_user_mig.model import State
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 from vfio_user_mig.wire.constants import RESERVED_COMMAND
 
@@ -208,34 +209,37 @@ _SMUGGLED_ID = 0x7E57
 
 
 def _smuggled(checker: Checker, flags: int, what: str) -> None:
-    """A refused message whose payload is itself a whole request (a MIG_DEVICE_STATE GET with
-    an id the checker never uses): a server that answers the refused message but leaves its
-    payload unread takes the payload for the next message and answers the hidden request.
-    msg_size says where each message ends (PROTOCOL.md section 1), so that reply must never
-    come. Deterministic, unlike waiting for a desynchronised stream to hang."""
+    """A refused message whose payload is itself a whole request: MIG_DEVICE_STATE SET STOP
+    with an id the checker never uses. A server that answers the refused message but leaves
+    its payload unread takes the payload for the next message and executes it. msg_size says
+    where each message ends (PROTOCOL.md section 1), so the device must still be RUNNING and
+    the hidden id never answered. Deterministic, unlike waiting for a desynchronised stream to
+    hang; the recorded steps replay (the outer message is sent without waiting for a reply)."""
     with checker.sequence("malformed", f"payload of a refused {what}") as seq:
-        if seq.dead:
+        if seq.dead or seq.caps is None or seq.state != State.RUNNING:
             return
-        hidden = feature_request(_SMUGGLED_ID, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET,
-                                 argsz=16)
+        hidden = feature_request(_SMUGGLED_ID, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET,
+                                 struct.pack("<II", State.STOP, 0))
         outer = _HDR.pack(seq.next_id(), Command.DEVICE_FEATURE, 16 + len(hidden), flags, 0)
-        data = outer + hidden
-        seq.steps.append(Step(data, (), Expect("any", rule=_S1),
-                              f"{what}; its payload is a whole request with id "
-                              f"{_SMUGGLED_ID:#x}"))
-        if not seq.conn.send(data):
+        seq.steps.append(Step(outer + hidden, (), Expect("any", rule=_S1),
+                              f"{what}; its payload is SET STOP with id {_SMUGGLED_ID:#x}",
+                              no_reply=True))
+        if not seq.conn.send(outer + hidden):
             return
-        reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
-                                             FeatureOp.GET, argsz=16), close_ok=True)
+        get = feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET,
+                              argsz=16)
+        running = struct.pack("<IIII", 16, int(FeatureOp.GET) | FeatureIndex.MIG_DEVICE_STATE,
+                              State.RUNNING, 0)
+        title = f"the payload of a refused {what} is executed as a message (framing lost)"
+        reply = seq.check(title, get, Expect("ok", payload=running,
+                                             rule=f"{_S1}: msg_size is the size of the whole "
+                                             "message; the device is still RUNNING"),
+                          close_ok=True)
         late = seq.conn.drain(0.05) if reply is not None else []
-        executed = _SMUGGLED_ID in seq.conn.stray or any(m.msg_id == _SMUGGLED_ID for m in late)
-        seq.verify(not executed, Kind.REPLY,
-                   f"the payload of a refused {what} is read as a message (framing lost)",
-                   "the whole message, msg_size bytes, consumed: no reply to the hidden "
-                   f"request {_SMUGGLED_ID:#x}",
-                   f"a reply to the hidden request {_SMUGGLED_ID:#x}" if executed
-                   else "no reply to it",
-                   f"{_S1}: msg_size is the size of the whole message")
+        answered = _SMUGGLED_ID in seq.conn.stray or any(m.msg_id == _SMUGGLED_ID for m in late)
+        seq.verify(not answered, Kind.REPLY, title,
+                   f"no reply to the hidden request {_SMUGGLED_ID:#x}",
+                   f"a reply to the hidden request {_SMUGGLED_ID:#x}", _S1)
 
 
 def run(checker: Checker) -> None:
