@@ -196,7 +196,8 @@ def _protocol_relay_rate(mem_size: int) -> tuple[float, int, int]:
     """(bytes/s, stream bytes, chunks) of one relay MemStreamDev -> driver -> sink."""
     from vfio_user_mig.simulator.client import Client
     from vfio_user_mig.simulator.migration.clock import RealClock
-    from vfio_user_mig.simulator.migration.driver import DriverConfig, MigrationDriver, Side
+    from vfio_user_mig.simulator.migration.driver import MigrationDriver
+    from vfio_user_mig.simulator.migration.driver_types import DriverConfig, Side
     from vfio_user_mig.simulator.migration.guest import GuestRam
     from vfio_user_mig.simulator.migration.policies import make_policy
     from vfio_user_mig.simulator.migration.trace import Trace

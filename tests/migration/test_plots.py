@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vfio_user_mig.cli import main
-from vfio_user_mig.simulator.migration.driver import MigrationResult
+from vfio_user_mig.simulator.migration.driver_types import MigrationResult
 from vfio_user_mig.simulator.migration.plots import (
     draw_rounds,
     draw_timeline,

@@ -23,7 +23,7 @@ from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.migdev_base import SaveStream
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
-from vfio_user_mig.simulator.migration.driver import DriverConfig
+from vfio_user_mig.simulator.migration.driver_types import DriverConfig
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
 from vfio_user_mig.simulator.server_core import ServerCore
 from vfio_user_mig.simulator.server_io import serve_socketpair

@@ -37,226 +37,33 @@ also carries ``pending_device_estimate`` and ``pending_device_reported`` (the va
 
 Every decision and every byte goes to the :class:`~.trace.Trace`; timings come from the
 :class:`~.clock.Clock` given (simulated or real), so the driver itself never reads time.
+
+The driver is built in layers: :mod:`.driver_types` (config, sides, result, errors),
+:mod:`.driver_base` (state and plumbing), :mod:`.driver_relay` (the device-stream relay) and
+this module (the phases).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno as _errno
-import hashlib
-import os
-import time
-from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
-from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.model import MigrationCaps, State
 from vfio_user_mig.simulator.client_io import VfioUserError
-from vfio_user_mig.simulator.migration.clock import Clock
-from vfio_user_mig.simulator.migration.guest import GuestRam, Workload, runs
-from vfio_user_mig.simulator.migration.policies import RoundStats, SwitchoverPolicy
-from vfio_user_mig.simulator.migration.trace import Trace
-
-T = TypeVar("T")
-
-#: Called after every MIG_DEVICE_STATE SET: (side, from, requested, errno or None, reached).
-StateObserver = Callable[[str, State, int, "int | None", "State | None"], None]
-#: Transforms the n-th relayed chunk (fault injection); None drops it.
-RelayFilter = Callable[[int, bytes], "bytes | None"]
-#: Returns the device digest of one side (None when not available).
-DigestFn = Callable[[], "str | None"]
+from vfio_user_mig.simulator.migration.driver_relay import DeviceRelay
+from vfio_user_mig.simulator.migration.driver_types import (
+    MigrationError,
+    MigrationResult,
+    NotConverged,
+    region_digest,
+)
+from vfio_user_mig.simulator.migration.guest import runs
+from vfio_user_mig.simulator.migration.policies import RoundStats
 
 
-class MigrationError(Exception):
-    """A migration step failed; ``where`` names it, ``errno`` is the server's or the OS's."""
-
-    def __init__(self, where: str, errno: int, message: str) -> None:
-        super().__init__(f"{where}: {message}")
-        self.where = where
-        self.errno = errno
-
-
-class NotConverged(MigrationError):
-    """The switchover policy gave up."""
-
-
-@dataclass
-class DriverConfig:
-    """Knobs of the driver."""
-
-    chunk: int = 1 << 20
-    """MIG_DATA_READ size (capped by both peers' max_data_xfer_size)."""
-    ram_run_pages: int = 256
-    """Most guest pages sent as one transfer."""
-    use_precopy: bool = True
-    """Use PRE_COPY when the device offers it."""
-    deadline: float | None = None
-    """Wall-clock seconds after which the migration is abandoned (None: no limit)."""
-    round_device_budget: int | None = None
-    """Most device bytes read in one pre-copy round (None: max(guest RAM, 64 chunks)). A
-    device dirtied as fast as it is read never says "caught up"; the round must end anyway."""
-    read_depth: int = 2
-    """MIG_DATA_READs kept in flight on the source (1: serial)."""
-    write_window: int = 1
-    """MIG_DATA_WRITEs sent and not yet acknowledged while the next chunk is read (0: each
-    write waits for its reply before the next read)."""
-    size_query: bool = False
-    """Ask the source device for its pending bytes (experimental MIG_DATA_SIZE, the kernel's
-    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``) after every pre-copy round and use the answer
-    instead of the estimate; when the server refuses (ENOTSUP) the estimate is kept."""
-
-
-@dataclass
-class Side:
-    """One server as the driver tracks it."""
-
-    name: str
-    client: Client
-    guest: GuestRam
-    digest: DigestFn
-    state: State | None = None
-    alive: bool = True
-
-
-@dataclass
-class MigrationResult:
-    """The outcome; ``summary`` is computed from the trace."""
-
-    ok: bool
-    outcome: str
-    summary: dict[str, Any]
-    error: MigrationError | None = None
-    committed: bool = False
-    stats: dict[str, Any] = field(default_factory=dict)
-    trace_events: list[dict[str, Any]] = field(default_factory=list)
-    """The trace's events kept in memory (chunk events only with ``keep_chunks``)."""
-
-
-def region_digest(client: Client, regions: tuple[int, ...] = (1, 2, 3, 4, 5),
-                  block: int = 1 << 20) -> str:
-    """Digest of readable BAR1..BAR5 content read over the wire (for servers without a back
-    door; BAR0 usually holds volatile registers and is skipped)."""
-    h = hashlib.sha256()
-    for index in regions:
-        try:
-            info, fds = client.region_info(index)
-        except VfioUserError:
-            continue
-        for fd in fds:
-            os.close(fd)
-        if not info.size or not info.flags & 1:
-            continue
-        h.update(index.to_bytes(4, "little"))
-        for off in range(0, info.size, block):
-            h.update(client.region_read(index, off, min(block, info.size - off)))
-    return h.hexdigest()
-
-
-class MigrationDriver:
+class MigrationDriver(DeviceRelay):
     """Drives one live migration; see the module docstring. Use :meth:`run` once."""
-
-    def __init__(
-        self,
-        src: Side,
-        dst: Side,
-        *,
-        policy: SwitchoverPolicy,
-        clock: Clock,
-        trace: Trace | None = None,
-        workload: Workload | None = None,
-        config: DriverConfig | None = None,
-        relay_filter: RelayFilter | None = None,
-        observer: StateObserver | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> None:
-        self.src = src
-        self.dst = dst
-        self.policy = policy
-        self.clock = clock
-        self.trace = trace if trace is not None else Trace()
-        self.workload = workload
-        self.config = config or DriverConfig()
-        self.relay_filter = relay_filter
-        self.observer = observer
-        self.params = params or {}
-        self.caps = MigrationCaps.STOP_COPY
-        self.page_size = src.guest.page_size
-        self.logging = False
-        self._dma_dirty: set[int] = set()
-        self._chunks = 0
-        self._round = 0
-        self._chunk = self.config.chunk
-        self._wall_start = time.monotonic()
-        self._src_digest: str | None = None
-        self._dst_digest: str | None = None
-        self._last_device_bytes = 0
-        self._relay_buf: memoryview | None = None
-        self._size_query = False
-
-    # ----- plumbing -------------------------------------------------------------------------
-    def _emit(self, ev: str, **fields: Any) -> None:
-        self.trace.emit(self.clock.now(), ev, **fields)
-
-    def _io(self, side: Side, where: str, fn: Callable[..., T], *args: Any) -> T:
-        """Call ``fn(*args)`` on ``side``; errors become :class:`MigrationError`."""
-        if not side.alive:
-            raise MigrationError(f"{side.name} {where}", _errno.ENOTCONN, "connection lost")
-        try:
-            return fn(*args)
-        except VfioUserError as exc:
-            raise MigrationError(f"{side.name} {where}", exc.errno or _errno.EIO, str(exc)) from exc
-        except (OSError, ValueError) as exc:  # connection lost, timeout, framing
-            side.alive = False
-            side.state = None
-            err: int = getattr(exc, "errno", None) or _errno.ECONNRESET
-            raise MigrationError(f"{side.name} {where}", err, f"connection lost: {exc}") from exc
-
-    def _check_deadline(self) -> None:
-        limit = self.config.deadline
-        if limit is not None and time.monotonic() - self._wall_start > limit:
-            raise MigrationError("deadline", _errno.ETIMEDOUT, f"exceeded {limit} s")
-
-    def _query_state(self, side: Side) -> State | None:
-        if not side.alive:
-            return None
-        try:
-            return side.client.get_state()
-        except VfioUserError:
-            return None
-        except (OSError, ValueError):
-            side.alive = False
-            return None
-
-    def set_state(self, side: Side, target: State) -> None:
-        """One MIG_DEVICE_STATE SET, traced with the model's arcs; raises on failure."""
-        cur = side.state if side.state is not None else self._query_state(side)
-        if cur is None:
-            raise MigrationError(f"{side.name} -> {target.name}", _errno.ENOTCONN,
-                                 "state unknown (connection lost)")
-        try:
-            arcs = [s.name for s in transition_path(cur, target, self.caps)]
-        except InvalidTransition:
-            arcs = [cur.name]
-        errno: int | None = None
-        try:
-            self._io(side, f"{cur.name} -> {target.name}", side.client.set_state, target)
-            reached: State | None = target
-        except MigrationError as exc:
-            errno = exc.errno
-            reached = self._query_state(side)
-            side.state = reached
-            self._emit("state", side=side.name, **{"from": cur.name}, to=target.name, arcs=arcs,
-                       ok=False, errno=errno, reached=reached.name if reached is not None else None)
-            if self.observer is not None:
-                self.observer(side.name, cur, int(target), errno, reached)
-            raise
-        side.state = target
-        self._emit("state", side=side.name, **{"from": cur.name}, to=target.name, arcs=arcs,
-                   ok=True, errno=None, reached=target.name)
-        if self.observer is not None:
-            self.observer(side.name, cur, int(target), None, reached)
 
     # ----- the phases -------------------------------------------------------------------------
     def run(self) -> MigrationResult:
@@ -334,119 +141,6 @@ class MigrationDriver:
             raise MigrationError("src MIG_DATA_SIZE", _errno.ECONNRESET, str(exc)) from exc
         self._size_query = True
         self._emit("size_query", supported=True, pending=size)
-
-    def _tick(self) -> None:
-        """Let the guest run until the clock's now."""
-        if self.workload is not None:
-            self._io(self.src, "workload", self.workload.run_until, self.clock.now())
-
-    def _relay(self, data: bytes, phase: str) -> None:
-        index = self._chunks
-        self._chunks += 1
-        out: bytes | None = data
-        if self.relay_filter is not None:
-            out = self.relay_filter(index, data)
-        if out:
-            self._io(self.dst, "MIG_DATA_WRITE", self.dst.client.data_client.mig_data_write, out)
-        self.clock.transfer(len(data))
-        self._emit("chunk", phase=phase, round=self._round, bytes=len(data))
-
-    def _drain(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
-        """MIG_DATA_READ until a short read (or ``budget`` bytes); every chunk relayed at once.
-        Returns (bytes, caught up). Pipelined unless a workload runs during pre-copy (see
-        module docstring)."""
-        depth = max(1, self.config.read_depth)
-        window = max(0, self.config.write_window)
-        if (phase == "precopy" and self.workload is not None) or (depth == 1 and window == 0):
-            return self._drain_serial(phase, budget)
-        return self._drain_pipelined(phase, budget, depth, window)
-
-    def _drain_pipelined(self, phase: str, budget: int | None, depth: int,
-                         window: int) -> tuple[int, bool]:
-        src, dst = self.src, self.dst
-        chunk = self._chunk
-        if self.relay_filter is None:
-            if self._relay_buf is None or len(self._relay_buf) < chunk:
-                self._relay_buf = memoryview(bytearray(chunk))
-            into: memoryview | None = self._relay_buf
-        else:
-            into = None
-        if not src.alive:
-            raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
-        stream = src.client.data_client.mig_data_read_stream(chunk, depth, into=into,
-                                                             max_bytes=budget)
-        writes: deque[tuple[int | None, int]] = deque()
-        total = 0
-        short = False
-        dst_failed = False
-        try:
-            while True:
-                data = self._io(src, "MIG_DATA_READ", next, stream, None)
-                if data is None:
-                    break
-                index = self._chunks
-                self._chunks += 1
-                out: bytes | memoryview | None = data
-                if self.relay_filter is not None:
-                    out = self.relay_filter(index, bytes(data))
-                msg_id = None
-                if out:
-                    try:
-                        msg_id = self._io(dst, "MIG_DATA_WRITE",
-                                          dst.client.data_client.mig_data_write_nowait, out)
-                    except MigrationError:
-                        dst_failed = True
-                        raise
-                writes.append((msg_id, len(data)))
-                dst_failed = True
-                self._finish_writes(phase, writes, window)
-                dst_failed = False
-                total += len(data)
-                if len(data) < chunk:
-                    short = True
-                else:
-                    self._check_deadline()
-            dst_failed = True
-            self._finish_writes(phase, writes, 0)
-        except MigrationError:
-            try:
-                if not dst_failed:
-                    self._finish_writes(phase, writes, 0)  # a destination error came first
-            finally:
-                if writes and dst.alive:
-                    dst.client.data_client.abandon(m for m, _ in writes if m is not None)
-            raise
-        finally:
-            stream.close()
-        return total, budget is None or short or total < budget
-
-    def _finish_writes(self, phase: str, writes: deque[tuple[int | None, int]],
-                       keep: int) -> None:
-        """Wait for the oldest MIG_DATA_WRITE replies until ``keep`` remain; trace each chunk
-        as it is acknowledged. On an error the writes after it are left in ``writes``."""
-        dst = self.dst
-        while len(writes) > keep:
-            msg_id, nbytes = writes.popleft()
-            if msg_id is not None:
-                self._io(dst, "MIG_DATA_WRITE", dst.client.data_client.wait_reply, msg_id)
-            self.clock.transfer(nbytes)
-            self._emit("chunk", phase=phase, round=self._round, bytes=nbytes)
-
-    def _drain_serial(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
-        total = 0
-        while True:
-            if budget is not None and total >= budget:
-                return total, False
-            data = self._io(self.src, "MIG_DATA_READ", self.src.client.data_client.mig_data_read,
-                            self._chunk)
-            if data:
-                self._relay(data, phase)
-                total += len(data)
-            if phase == "precopy":
-                self._tick()
-            if len(data) < self._chunk:
-                return total, True
-            self._check_deadline()
 
     def _collect_dirty(self) -> None:
         """DMA_LOGGING_REPORT (read-and-clear) into the pending set."""
@@ -596,15 +290,5 @@ class MigrationDriver:
             self._emit("recovery", side="dst", action="discard", ok=ok)
 
 
-__all__ = [
-    "DigestFn",
-    "DriverConfig",
-    "MigrationDriver",
-    "MigrationError",
-    "MigrationResult",
-    "NotConverged",
-    "RelayFilter",
-    "Side",
-    "StateObserver",
-    "region_digest",
-]
+
+__all__ = ["MigrationDriver"]

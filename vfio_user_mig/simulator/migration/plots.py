@@ -1,7 +1,7 @@
 """Pictures of one migration, drawn from its trace alone (issue #5 item 4).
 
 Every function takes trace events: what :func:`~.trace.load` returns for a trace file, or
-:attr:`~.driver.MigrationResult.trace_events`. matplotlib is imported inside the functions
+:attr:`~.driver_types.MigrationResult.trace_events`. matplotlib is imported inside the functions
 (with the Agg backend unless an interactive one is already set), so importing this module or
 running a migration without ``--plot`` does not import it.
 

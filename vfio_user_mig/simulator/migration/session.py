@@ -16,9 +16,9 @@ from typing import Any
 from vfio_user_mig.model import VFIO_USER_CAPS, MigrationCaps, caps_label
 from vfio_user_mig.simulator.client import Client
 from vfio_user_mig.simulator.migration.clock import Clock, RealClock, SimClock
-from vfio_user_mig.simulator.migration.driver import (
+from vfio_user_mig.simulator.migration.driver import MigrationDriver
+from vfio_user_mig.simulator.migration.driver_types import (
     DriverConfig,
-    MigrationDriver,
     MigrationResult,
     RelayFilter,
     Side,

@@ -1,0 +1,129 @@
+"""The device-stream relay of the migration driver (:mod:`.driver` describes it): chunks read
+from the source with MIG_DATA_READ and written to the destination with MIG_DATA_WRITE, either
+pipelined (``read_depth`` reads in flight, a write-behind window of ``write_window``) or
+serially, each chunk traced once the destination acknowledged it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections import deque
+
+from vfio_user_mig.simulator.migration.driver_base import DriverBase
+from vfio_user_mig.simulator.migration.driver_types import (
+    MigrationError,
+)
+
+
+class DeviceRelay(DriverBase):
+    """Relays the device stream from source to destination."""
+
+    def _relay(self, data: bytes, phase: str) -> None:
+        index = self._chunks
+        self._chunks += 1
+        out: bytes | None = data
+        if self.relay_filter is not None:
+            out = self.relay_filter(index, data)
+        if out:
+            self._io(self.dst, "MIG_DATA_WRITE", self.dst.client.data_client.mig_data_write, out)
+        self.clock.transfer(len(data))
+        self._emit("chunk", phase=phase, round=self._round, bytes=len(data))
+
+    def _drain(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
+        """MIG_DATA_READ until a short read (or ``budget`` bytes); every chunk relayed at once.
+        Returns (bytes, caught up). Pipelined unless a workload runs during pre-copy (see
+        module docstring)."""
+        depth = max(1, self.config.read_depth)
+        window = max(0, self.config.write_window)
+        if (phase == "precopy" and self.workload is not None) or (depth == 1 and window == 0):
+            return self._drain_serial(phase, budget)
+        return self._drain_pipelined(phase, budget, depth, window)
+
+    def _drain_pipelined(self, phase: str, budget: int | None, depth: int,
+                         window: int) -> tuple[int, bool]:
+        src, dst = self.src, self.dst
+        chunk = self._chunk
+        if self.relay_filter is None:
+            if self._relay_buf is None or len(self._relay_buf) < chunk:
+                self._relay_buf = memoryview(bytearray(chunk))
+            into: memoryview | None = self._relay_buf
+        else:
+            into = None
+        if not src.alive:
+            raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
+        stream = src.client.data_client.mig_data_read_stream(chunk, depth, into=into,
+                                                             max_bytes=budget)
+        writes: deque[tuple[int | None, int]] = deque()
+        total = 0
+        short = False
+        dst_failed = False
+        try:
+            while True:
+                data = self._io(src, "MIG_DATA_READ", next, stream, None)
+                if data is None:
+                    break
+                index = self._chunks
+                self._chunks += 1
+                out: bytes | memoryview | None = data
+                if self.relay_filter is not None:
+                    out = self.relay_filter(index, bytes(data))
+                msg_id = None
+                if out:
+                    try:
+                        msg_id = self._io(dst, "MIG_DATA_WRITE",
+                                          dst.client.data_client.mig_data_write_nowait, out)
+                    except MigrationError:
+                        dst_failed = True
+                        raise
+                writes.append((msg_id, len(data)))
+                dst_failed = True
+                self._finish_writes(phase, writes, window)
+                dst_failed = False
+                total += len(data)
+                if len(data) < chunk:
+                    short = True
+                else:
+                    self._check_deadline()
+            dst_failed = True
+            self._finish_writes(phase, writes, 0)
+        except MigrationError:
+            try:
+                if not dst_failed:
+                    self._finish_writes(phase, writes, 0)  # a destination error came first
+            finally:
+                if writes and dst.alive:
+                    dst.client.data_client.abandon(m for m, _ in writes if m is not None)
+            raise
+        finally:
+            stream.close()
+        return total, budget is None or short or total < budget
+
+    def _finish_writes(self, phase: str, writes: deque[tuple[int | None, int]],
+                       keep: int) -> None:
+        """Wait for the oldest MIG_DATA_WRITE replies until ``keep`` remain; trace each chunk
+        as it is acknowledged. On an error the writes after it are left in ``writes``."""
+        dst = self.dst
+        while len(writes) > keep:
+            msg_id, nbytes = writes.popleft()
+            if msg_id is not None:
+                self._io(dst, "MIG_DATA_WRITE", dst.client.data_client.wait_reply, msg_id)
+            self.clock.transfer(nbytes)
+            self._emit("chunk", phase=phase, round=self._round, bytes=nbytes)
+
+    def _drain_serial(self, phase: str, budget: int | None = None) -> tuple[int, bool]:
+        total = 0
+        while True:
+            if budget is not None and total >= budget:
+                return total, False
+            data = self._io(self.src, "MIG_DATA_READ", self.src.client.data_client.mig_data_read,
+                            self._chunk)
+            if data:
+                self._relay(data, phase)
+                total += len(data)
+            if phase == "precopy":
+                self._tick()
+            if len(data) < self._chunk:
+                return total, True
+            self._check_deadline()
+
+__all__ = ["DeviceRelay"]
