@@ -1,1 +1,1 @@
-"""Fuzz targets for vfio-user-mig (issue #8): see fuzz/README.md."""
+"""Fuzz targets for vfio-user-mig (docs/SECURITY.md): see fuzz/README.md."""

@@ -1,4 +1,4 @@
-"""Atheris harness for the server core fed arbitrary byte streams (issue #8 item 2).
+"""Atheris harness for the server core fed arbitrary byte streams (docs/SECURITY.md).
 
 Input layout: byte 0 = options (bit 0: send the VERSION first; bits 1-2: number of memfds
 sent with the first bytes), bytes 1-2 = where the stream is cut (two receives), the rest =

@@ -1,4 +1,4 @@
-"""Atheris harness for ``wire.decode`` and the ``Framer`` (issue #8 item 2).
+"""Atheris harness for ``wire.decode`` and the ``Framer`` (docs/SECURITY.md).
 
 The first input byte selects the target: even -> ``decode`` of the rest as one message; odd ->
 the ``Framer`` fed the rest cut at the position given by the second byte. Oracles:

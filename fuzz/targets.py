@@ -2,7 +2,7 @@
 the hypothesis tests (``tests/hardening/test_fuzz.py``).
 
 Each target takes raw bytes (plus a few shaping parameters), runs the code under test, and
-raises ``AssertionError`` when a promise of issue #8 is broken:
+raises ``AssertionError`` when a promise of docs/SECURITY.md is broken:
 
 * :func:`wire_decode`: ``wire.decode`` raises nothing but ``WireError`` (positive errno), and
   anything it accepts re-encodes byte for byte.

@@ -1,5 +1,5 @@
-"""Issue #8 item 3: the hostile-message corpus (``corpus/*.hex``, ``corpus/MANIFEST.tsv``)
-replayed against a live server over a socketpair.
+"""The hostile-message corpus (docs/SECURITY.md "Malformed-input corpus": ``corpus/*.hex``,
+``corpus/MANIFEST.tsv``) replayed against a live server over a socketpair.
 
 Each case is one message (annotated hex: ``#`` starts a comment) with the errno its reply must
 carry, the fds sent with it, the session it needs and what happens after:

@@ -1,6 +1,6 @@
-"""Issue #8 item 2 (default suite): hypothesis fuzzing of ``wire.decode``, the ``Framer`` and
-the server core fed arbitrary byte streams, with the oracles of :mod:`fuzz.targets` (the same
-ones the atheris harnesses in ``fuzz/`` use for long campaigns)."""
+"""Hypothesis fuzzing (default suite; docs/SECURITY.md "Fuzzing record") of ``wire.decode``,
+the ``Framer`` and the server core fed arbitrary byte streams, with the oracles of
+:mod:`fuzz.targets` (the same ones the atheris harnesses in ``fuzz/`` use for long campaigns)."""
 
 from __future__ import annotations
 

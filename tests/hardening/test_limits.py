@@ -1,5 +1,5 @@
-"""Issue #8 item 1: every limit holds at its value and is refused one past it, before the
-server buffers or allocates anything the client sized (sans-IO core, no sockets)."""
+"""Every limit holds at its value and is refused one past it, before the server buffers or
+allocates anything the client sized (docs/SECURITY.md "Limits"; sans-IO core, no sockets)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Issue #5 item 4 / issue #7 item 4 for the migration figures of
-:mod:`vfio_user_mig.simulator.migration.plots`: a title, labelled axes with units, a legend, and
-artists drawn from the trace (bars per round and per state walked, the downtime span)."""
+"""The migration figures of :mod:`vfio_user_mig.simulator.migration.plots`: a title,
+labelled axes with units, a legend, and artists drawn from the trace (bars per round and per
+state walked, the downtime span)."""
 
 from __future__ import annotations
 

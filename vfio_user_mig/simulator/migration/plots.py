@@ -1,4 +1,4 @@
-"""Pictures of one migration, drawn from its trace alone (issue #5 item 4).
+"""Pictures of one migration, drawn from its trace alone.
 
 Every function takes trace events: what :func:`~.trace.load` returns for a trace file, or
 :attr:`~.driver_types.MigrationResult.trace_events`. matplotlib is imported inside the functions
