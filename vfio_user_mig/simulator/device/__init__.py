@@ -1,8 +1,10 @@
 """Emulated vfio-user devices (sans-IO) and the registry the CLI picks them from.
 
-Public names: the :class:`Device` interface and its tables (:mod:`.base`), DMA jobs and the
-client's DMA space (:mod:`.dma`), dirty logging (:mod:`.dirtylog`), the migration stream
-(:mod:`.stream`) and the ``migdev`` device (:mod:`.migdev`).
+Public names: the :class:`Device` interface and its tables (:mod:`.base`), the error a device
+refuses with (:mod:`.errors`), DMA jobs and the client's DMA space (:mod:`.dma`), dirty logging
+(:mod:`.dirtylog`), the migration stream (format :mod:`.stream`, :mod:`.stream_encoder`,
+:mod:`.stream_decoder`), the ``migdev`` device (:mod:`.migdev`, built on :mod:`.migdev_base`,
+:mod:`.migdev_dma`, :mod:`.migdev_regions`) and ``lvu-sample`` (:mod:`.lvu_sample`).
 """
 
 from __future__ import annotations
