@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vfio_user_mig.check.findings import Finding, Kind, Report
 from vfio_user_mig.check.markdown import hex_cell, render
-from vfio_user_mig.check.session import raw_message
+from vfio_user_mig.check.requests import raw_message
 from vfio_user_mig.check.steps import Step, refused
 
 

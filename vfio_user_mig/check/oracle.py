@@ -26,7 +26,8 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
-from vfio_user_mig.check.session import Sequence, SequenceAborted, feature_request, raw_message
+from vfio_user_mig.check.requests import feature_request, raw_message
+from vfio_user_mig.check.session import Sequence, SequenceAborted
 from vfio_user_mig.check.steps import ANY, Expect, judge, refused
 from vfio_user_mig.model import InvalidTransition, State, transition_path
 from vfio_user_mig.protocol.gating import gate, readable_states

@@ -27,25 +27,9 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import TYPE_CHECKING, Protocol
 
 from vfio_user_mig import wire
-
-if TYPE_CHECKING:
-    from vfio_user_mig.check.session import Sequence
-
-
-class Profile(Protocol):
-    """A device the checker can stimulate (module docstring)."""
-
-    name: str
-    dma_maps: tuple[tuple[int, int, bool], ...]
-
-    def settle(self, seq: Sequence) -> None: ...
-
-    def prepare(self, seq: Sequence) -> None: ...
-
-    def stimulate(self, seq: Sequence) -> set[int]: ...
+from vfio_user_mig.check.session import Profile, Sequence
 
 
 class ProfileError(ValueError):

@@ -26,17 +26,22 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout
 from vfio_user_mig.check.findings import Finding, Kind, Report
-from vfio_user_mig.check.profiles import Profile
+from vfio_user_mig.check.requests import (
+    CLIENT_MAX_DATA_XFER,
+    feature_request,
+    raw_message,
+    state_name,
+    version_request,
+)
 from vfio_user_mig.check.steps import (
     OK,
     Expect,
     Step,
-    command_name,
     judge,
     make_fds,
     refused,
@@ -46,20 +51,30 @@ from vfio_user_mig.check.target import Target
 from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
 from vfio_user_mig.model.graph import transition_graph
 
-#: What the checker offers at VERSION (PROTOCOL.md section 2, VERSION).
-CLIENT_MAX_MSG_FDS = 8
-CLIENT_MAX_DATA_XFER = 1024 * 1024
 #: Chunk size the checker asks for when it reads a migration stream.
 READ_CHUNK = 64 * 1024
 #: A stream longer than this is not read to its end by the checker (it stops and says so).
 STREAM_LIMIT = 256 * 1024 * 1024
 
-_FEATURE = struct.Struct("<II")
 _STATE = struct.Struct("<II")
 _MIG_DATA = struct.Struct("<II")
-_ECHO_SIZE = _FEATURE.size + _STATE.size
+_ECHO_SIZE = 8 + _STATE.size
 #: How :class:`~vfio_user_mig.check.target.Death` describes a process that exited cleanly.
 CLEAN_EXIT = "exited with status 0"
+
+
+class Profile(Protocol):
+    """A device the checker can stimulate (contract: :mod:`vfio_user_mig.check.profiles`,
+    which holds the profiles; declared here, beside the :class:`Sequence` it drives)."""
+
+    name: str
+    dma_maps: tuple[tuple[int, int, bool], ...]
+
+    def settle(self, seq: Sequence) -> None: ...
+
+    def prepare(self, seq: Sequence) -> None: ...
+
+    def stimulate(self, seq: Sequence) -> set[int]: ...
 
 
 class SequenceAborted(Exception):
@@ -93,26 +108,6 @@ class ServerFacts:
             "migration": (None if self.caps is None
                           else [f.name for f in MigrationCaps if f & self.caps]),
         }
-
-
-def version_request(msg_id: int, minor: int = 2, max_xfer: int = CLIENT_MAX_DATA_XFER,
-                    extra: dict[str, Any] | None = None) -> bytes:
-    caps = {"capabilities": {"max_msg_fds": CLIENT_MAX_MSG_FDS, "max_data_xfer_size": max_xfer,
-                             **(extra or {})}}
-    text = json.dumps(caps, separators=(",", ":")).encode() + b"\0"
-    return raw_message(msg_id, wire.Command.VERSION, struct.pack("<HH", 0, minor) + text)
-
-
-def feature_request(msg_id: int, index: int, ops: int, data: bytes = b"",
-                    argsz: int | None = None) -> bytes:
-    """DEVICE_FEATURE {argsz, flags, data} by hand, so that any value can be sent."""
-    payload = _FEATURE.pack(_FEATURE.size + len(data) if argsz is None else argsz,
-                            (index & 0xFFFF) | ops) + data
-    return raw_message(msg_id, wire.Command.DEVICE_FEATURE, payload)
-
-
-def raw_message(msg_id: int, command: int, payload: bytes, flags: int = 0) -> bytes:
-    return wire.Header(msg_id, command, 16 + len(payload), flags).pack() + payload
 
 
 class Checker:
@@ -478,15 +473,3 @@ class Sequence:
             if reply is None or reply.is_error:
                 return False
         return True
-
-
-def state_name(value: int) -> str:
-    """A state's name, or the number when no state has it."""
-    try:
-        return State(value).name
-    except ValueError:
-        return str(value)
-
-
-def command_of(data: bytes) -> str:
-    return command_name(struct.unpack_from("<H", data, 2)[0])

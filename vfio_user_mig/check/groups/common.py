@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
-from vfio_user_mig.check.session import Checker, Sequence, feature_request, raw_message
+from vfio_user_mig.check.requests import feature_request, raw_message
+from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, describe_reply
 from vfio_user_mig.model import State
 from vfio_user_mig.wire import FeatureIndex, FeatureOp

@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 
 from vfio_user_mig.check.findings import Kind
-from vfio_user_mig.check.session import CLEAN_EXIT, Checker, version_request
+from vfio_user_mig.check.requests import version_request
+from vfio_user_mig.check.session import CLEAN_EXIT, Checker
 from vfio_user_mig.check.steps import Expect
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.model import State

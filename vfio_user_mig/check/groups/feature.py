@@ -25,7 +25,8 @@ from vfio_user_mig.check.groups.common import (
     UNKNOWN_FEATURE_ERRNOS,
     UNKNOWN_FEATURE_RULE,
 )
-from vfio_user_mig.check.session import Checker, Sequence, feature_request
+from vfio_user_mig.check.requests import feature_request
+from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
 from vfio_user_mig.wire import FeatureIndex, FeatureOp

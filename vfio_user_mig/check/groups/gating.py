@@ -28,7 +28,8 @@ from vfio_user_mig.check.groups.common import (
     mig_read,
     mig_write,
 )
-from vfio_user_mig.check.session import Checker, Sequence, raw_message
+from vfio_user_mig.check.requests import raw_message
+from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import ANY, Expect, refused
 from vfio_user_mig.model import State
 from vfio_user_mig.protocol.gating import CLIENT_COMMANDS, legality_table

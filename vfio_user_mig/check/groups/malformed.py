@@ -21,13 +21,8 @@ from dataclasses import dataclass
 
 from vfio_user_mig.check.conn import BadFrame, ReplyTimeout
 from vfio_user_mig.check.findings import Kind
-from vfio_user_mig.check.session import (
-    CLEAN_EXIT,
-    Checker,
-    Sequence,
-    SequenceAborted,
-    feature_request,
-)
+from vfio_user_mig.check.requests import feature_request
+from vfio_user_mig.check.session import CLEAN_EXIT, Checker, Sequence, SequenceAborted
 from vfio_user_mig.check.steps import Expect, Step
 from vfio_user_mig.check.target import TargetError
 from vfio_user_mig.model import State

@@ -12,7 +12,8 @@ After the reset the device must still follow the model: it is moved back to RUNN
 from __future__ import annotations
 
 from vfio_user_mig.check.findings import Kind
-from vfio_user_mig.check.session import Checker, raw_message
+from vfio_user_mig.check.requests import raw_message
+from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
 from vfio_user_mig.protocol.gating import legality_table
