@@ -16,6 +16,7 @@ from vfio_user_mig.check.findings import Report
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget, SpawnTarget, Target, TargetError
 from vfio_user_mig.cli import command
+from vfio_user_mig.simulator.executor import ExecutorError, add_executor_args
 
 
 def _positive_float(text: str) -> float:
@@ -25,6 +26,16 @@ def _positive_float(text: str) -> float:
         value = 0.0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
@@ -115,7 +126,14 @@ def run_check(args: argparse.Namespace) -> Report:
             from vfio_user_mig.check.groups import run_suite
 
             run_suite(checker, set(args.only) if args.only else None)
-        if args.random:
+        if args.random and (args.executor != "local" or args.workers > 1):
+            from vfio_user_mig.check.parallel import run_random_parallel
+
+            run_random_parallel(checker, args.spawn, args.random, args.seed, args.out_dir,
+                                executor=args.executor, scheduler=args.scheduler,
+                                workers=args.workers, profile=args.profile,
+                                per_job=args.batch_size)
+        elif args.random:
             from vfio_user_mig.check.explore import run_random
 
             run_random(checker, args.random, args.seed, Path(args.out_dir))
@@ -130,10 +148,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("vfio-user-mig check: give exactly one of --socket PATH or --spawn 'CMD {socket}'",
               file=sys.stderr)
         return 2
+    if args.random and (args.executor != "local" or args.workers > 1) and not args.spawn:
+        print("vfio-user-mig check: --random over workers or Dask needs --spawn: one running "
+              "server cannot give concurrent sequences a state of their own", file=sys.stderr)
+        return 2
     started = time.monotonic()
     try:
         report = run_check(args)
-    except (TargetError, ValueError, OSError) as exc:
+    except (TargetError, ValueError, OSError, ExecutorError) as exc:
         print(f"vfio-user-mig check: {exc}", file=sys.stderr)
         return 2
     elapsed = time.monotonic() - started
@@ -170,6 +192,9 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random", type=int, default=0, metavar="N",
                    help="also run N random sequences with the model as the oracle")
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="--random over this many worker processes (with --spawn; default 1)")
+    add_executor_args(p, "random sequences", "about four jobs per worker, at least 10 each")
     p.add_argument("--out-dir", default="vfio-user-check-failures",
                    help="where --random writes each shrunk failing sequence as JSON")
     p.add_argument("--replay", metavar="FILE",

@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,10 @@ def merge(into: Checker, sub: Checker, findings: bool = True) -> None:
         into.report.caps = sub.report.caps
 
 
-def learn_world(checker: Checker) -> World:
-    """One sequence: the server's regions and, unless the checker has one, a saved stream."""
+def learn_world(checker: Checker, record: bool = True) -> World:
+    """One sequence: the server's regions and, unless the checker has one, a saved stream.
+    ``record``: count its checks and findings in ``checker``'s report (a run fanned out over
+    jobs records only the first job's, so the totals do not depend on the job count)."""
     sub = scratch(checker)
     world = World()
     try:
@@ -87,7 +90,8 @@ def learn_world(checker: Checker) -> World:
                 seq.goto(State.STOP)
     except TargetError:
         pass
-    merge(checker, sub)
+    if record:
+        merge(checker, sub)
     if checker.saved_stream is None:
         checker.saved_stream = sub.saved_stream
     world.saved_stream = checker.saved_stream
@@ -180,49 +184,71 @@ def write_reproducer(out_dir: Path, seed: int, index: int, ops: list[Op],
     return path
 
 
+@dataclass
+class Tally:
+    """What a range of random sequences found: distinct findings kept (shrunk), reproducer
+    files written, sequences that failed."""
+
+    seen: dict[tuple[str, str], Finding] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    failed: int = 0
+
+
+def explore_indices(checker: Checker, world: World, seed: int, indices: Iterable[int],
+                    out: Path, tally: Tally | None = None) -> Tally:
+    """Sequences ``indices`` of run ``seed``: findings and coverage into ``checker.report``,
+    the first occurrence of each distinct finding shrunk and written to ``out``."""
+    tally = tally if tally is not None else Tally()
+    for index in indices:
+        ops = draw_ops(seed, index)
+        title = f"random seed {seed} sequence {index}"
+        try:
+            sub = run_ops(checker, world, ops, title)
+        except TargetError:
+            tally.failed += 1
+            continue
+        merge(checker, sub, findings=False)
+        if not sub.report.findings:
+            continue
+        tally.failed += 1
+        for finding in sub.report.findings:
+            key = finding.key()
+            if key in tally.seen:
+                checker.report.findings.append(finding)
+                continue
+            found = {"best": finding}
+            small = shrink(ops, _still_fails(checker, world, key, title, found))
+            best = found["best"]
+            tally.seen[key] = best
+            checker.report.findings.append(best)
+            tally.files.append(str(write_reproducer(out, seed, index, small, best)))
+    return tally
+
+
+def summarize(checker: Checker, seed: int, runs: int, tally: Tally, regions: int,
+              stream_bytes: int | None) -> None:
+    """``report.extra["random"]``: the run's summary."""
+    checker.report.extra["random"] = {
+        "seed": seed, "sequences": runs, "failed_sequences": tally.failed,
+        "distinct_findings": len(tally.seen), "reproducers": sorted(tally.files),
+        "cells_covered": len(checker.report.coverage.cells),
+        "arcs_covered": len(checker.report.coverage.arcs),
+        "regions_learned": regions, "saved_stream_bytes": stream_bytes,
+    }
+
+
+def world_figures(world: World) -> tuple[int, int | None]:
+    """The regions learned and the saved stream's length, for :func:`summarize`."""
+    return len(world.regions), (len(world.saved_stream) if world.saved_stream is not None
+                                else None)
+
+
 def run_random(checker: Checker, runs: int, seed: int,
                out_dir: str | Path = DEFAULT_OUT_DIR) -> None:
     """``runs`` random sequences of ``seed`` against ``checker``'s target (module docstring).
 
     Findings (shrunk, one reproducer file per distinct kind and title) and coverage go to
     ``checker.report``; ``report.extra["random"]`` summarises the run."""
-    out = Path(out_dir)
     world = learn_world(checker)
-    seen: dict[tuple[str, str], Finding] = {}
-    files: list[str] = []
-    failed = 0
-    for index in range(runs):
-        ops = draw_ops(seed, index)
-        title = f"random seed {seed} sequence {index}"
-        try:
-            sub = run_ops(checker, world, ops, title)
-        except TargetError:
-            failed += 1
-            continue
-        merge(checker, sub, findings=False)
-        if not sub.report.findings:
-            continue
-        failed += 1
-        for finding in sub.report.findings:
-            key = finding.key()
-            if key in seen:
-                checker.report.findings.append(finding)
-                continue
-            found = {"best": finding}
-            small = shrink(ops, _still_fails(checker, world, key, title, found))
-            best = found["best"]
-            seen[key] = best
-            checker.report.findings.append(best)
-            files.append(str(write_reproducer(out, seed, index, small, best)))
-    cells = {k for k in checker.report.coverage.cells}
-    checker.report.extra["random"] = {
-        "seed": seed, "sequences": runs, "failed_sequences": failed,
-        "distinct_findings": len(seen), "reproducers": files,
-        "cells_covered": len(cells), "arcs_covered": len(checker.report.coverage.arcs),
-        "regions_learned": len(world.regions), "saved_stream_bytes":
-            len(world.saved_stream) if world.saved_stream is not None else None,
-    }
-
-
-__all__ = ["DEFAULT_OUT_DIR", "draw_ops", "learn_world", "merge", "run_ops", "run_random",
-           "scratch", "shrink", "write_reproducer"]
+    tally = explore_indices(checker, world, seed, range(runs), Path(out_dir))
+    summarize(checker, seed, runs, tally, *world_figures(world))
