@@ -25,7 +25,6 @@ from typing import Any
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.explore import draw_ops, learn_world, run_ops
 from vfio_user_mig.check.findings import Report
-from vfio_user_mig.check.oracle import FEATURE_OPS
 from vfio_user_mig.check.session import Checker, SequenceAborted
 from vfio_user_mig.check.steps import Step, errname
 from vfio_user_mig.check.target import Target, TargetError
@@ -98,12 +97,41 @@ def classify(a: Outcome, b: Outcome) -> str | None:
 
 
 @dataclass(frozen=True)
+class Context:
+    """What the comparison knows before a step: the target's migration state (from its
+    successful SETs; ``None`` before any) and the step at which the two servers' states
+    diverged (a difference on a request that changes state), if they did."""
+
+    state: int | None
+    diverged_at: int | None
+    reset_since_set: bool = False
+
+
+@dataclass(frozen=True)
 class Rule:
     """A known difference: which replies it covers and why they may differ."""
 
     name: str
     reason: str
-    matches: Callable[[Step, list[Step], str, Outcome, Outcome], bool]
+    matches: Callable[[Step, list[Step], str, Outcome, Outcome, Context], bool]
+
+
+#: Requests that change what later replies depend on: a difference on one of them makes the
+#: two servers' states diverge.
+_STATEFUL = ("DEVICE_FEATURE", "MIG_DATA_WRITE", "MIG_DATA_READ", "DEVICE_RESET", "DMA_MAP",
+             "DMA_UNMAP", "REGION_WRITE", "DEVICE_SET_IRQS")
+_RESUMING = 4
+
+
+def _set_target(step: Step) -> int | None:
+    """The state a MIG_DEVICE_STATE SET asks for, else ``None``."""
+    data = step.data
+    if step.command != "DEVICE_FEATURE" or len(data) < 28:
+        return None
+    flags = int.from_bytes(data[20:24], "little")
+    if flags & 0xFFFF != 2 or not flags & (1 << 17):
+        return None
+    return int.from_bytes(data[24:28], "little")
 
 
 def _feature(step: Step) -> int:
@@ -124,46 +152,62 @@ def _after_write(step: Step, before: list[Step]) -> bool:
     return any(s.command == "MIG_DATA_WRITE" for s in before)
 
 
+def _target_refuses(a: Outcome, b: Outcome) -> bool:
+    return (a.reply is not None and b.reply is not None and a.reply.is_error
+            and not b.reply.is_error)
+
+
 #: Differences expected between conforming servers (docs/wire-compat.md, device profiles).
 RULES: tuple[Rule, ...] = (
     Rule("version-capabilities", "the VERSION JSON is each server's own text: formatting, "
          "limits and extra keys such as libvfio-user's migration.pgsize or our experimental "
          "x-mig-data-* keys (docs/wire-compat.md difference 8 and the experimental sections)",
-         lambda s, p, c, a, b: s.command == "VERSION" and _both_ok(a, b)),
+         lambda s, p, c, a, b, x: s.command == "VERSION" and _both_ok(a, b)),
     Rule("device-layout", "regions, interrupts and their sizes are the device's own",
-         lambda s, p, c, a, b: s.command in ("DEVICE_GET_INFO", "DEVICE_GET_REGION_INFO",
+         lambda s, p, c, a, b, x: s.command in ("DEVICE_GET_INFO", "DEVICE_GET_REGION_INFO",
                                              "DEVICE_GET_IRQ_INFO") and _both_ok(a, b)),
     Rule("device-data", "region contents and the migration stream (its length too) are the "
          "device's own state; libvfio-user's sample BAR0 read gives the time elapsed",
-         lambda s, p, c, a, b: s.command in ("REGION_READ", "MIG_DATA_READ") and _both_ok(a, b)),
+         lambda s, p, c, a, b, x: s.command in ("REGION_READ", "MIG_DATA_READ") and _both_ok(a, b)),
     Rule("foreign-stream", "each server resumes from a stream saved by the server under test; "
          "a stream is device-specific, so the reference may refuse it or judge it incomplete",
-         lambda s, p, c, a, b: s.command in ("MIG_DATA_WRITE", "DEVICE_FEATURE")
+         lambda s, p, c, a, b, x: s.command in ("MIG_DATA_WRITE", "DEVICE_FEATURE")
          and _after_write(s, p) and c in CLASSES[2:]),
-    Rule("unknown-feature-errno", "an unsupported DEVICE_FEATURE index: our server answers "
-         "ENOTSUP (as for an unknown command, docs/wire-compat.md difference 15), libvfio-user "
-         "EINVAL",
-         lambda s, p, c, a, b: s.command == "DEVICE_FEATURE" and _feature(s) not in FEATURE_OPS
-         and _both_error(a, b)),
-    Rule("logging-restart", "DMA_LOGGING_START while logging: libvfio-user accepts the same "
-         "page size again, our server refuses it (EBUSY); the spec is silent",
-         lambda s, p, c, a, b: s.command == "DEVICE_FEATURE" and _feature(s) == 6
-         and c in CLASSES[2:4]),
     Rule("error-echo", "a failed DEVICE_FEATURE SET carries the echoed request in "
          "libvfio-user, the header only per the spec (docs/wire-compat.md difference 2)",
-         lambda s, p, c, a, b: _both_error(a, b) and c == CLASSES[5]),
+         lambda s, p, c, a, b, x: _both_error(a, b) and c == CLASSES[5]),
+    Rule("reference-failure", "the reference died or stopped answering where the server under "
+         "test answered: a defect of the reference, shown by checking it alone "
+         "(`check --spawn REFERENCE`; libvfio-user's samples: docs/conformance/libvfio-user.md)",
+         lambda s, p, c, a, b, x: c == CLASSES[0] and a.how == "reply"),
+    Rule("incomplete-restore", "leaving RESUMING after an incomplete or foreign stream: our "
+         "device refuses the arc (a device cannot restore state it never received; PROTOCOL.md "
+         "section 5; docs/wire-compat.md, server behaviour), libvfio-user's sample accepts it "
+         "(docs/conformance/libvfio-user.md S3)",
+         lambda s, p, c, a, b, x: x.state == _RESUMING and _set_target(s) is not None
+         and _target_refuses(a, b)),
+    Rule("reset-state", "after DEVICE_RESET our device is RUNNING (the spec returns a device "
+         "in ERROR to RUNNING, and the kernel's migration drivers reset device_state to "
+         "RUNNING), libvfio-user keeps the migration state (PROTOCOL.md section 5; "
+         "docs/wire-compat.md, server behaviour: DEVICE_RESET)",
+         lambda s, p, c, a, b, x: x.reset_since_set and s.command == "DEVICE_FEATURE"
+         and _feature(s) == 2 and c == CLASSES[6]),
+    Rule("diverged", "the two servers' states diverged at an earlier step (a difference on a "
+         "request that changes state); later replies differ as a consequence",
+         lambda s, p, c, a, b, x: x.diverged_at is not None),
     Rule("dma-map-policy", "a repeated or fd-less DMA map, an unmap of an unmapped range and a "
          "dirty report of a range that is not one fd-backed map are implementation-defined "
          "(libvfio-user: exact repeats accepted, ENOENT, EINVAL/ENOTSUP)",
-         lambda s, p, c, a, b: (s.command in ("DMA_MAP", "DMA_UNMAP")
+         lambda s, p, c, a, b, x: (s.command in ("DMA_MAP", "DMA_UNMAP")
                                 or (s.command == "DEVICE_FEATURE" and _feature(s) == 8))
          and c in CLASSES[2:4]),
 )
 
 
-def explain(step: Step, before: list[Step], cls: str, a: Outcome, b: Outcome) -> Rule | None:
+def explain(step: Step, before: list[Step], cls: str, a: Outcome, b: Outcome,
+            ctx: Context = Context(None, None)) -> Rule | None:
     for rule in RULES:
-        if rule.matches(step, before, cls, a, b):
+        if rule.matches(step, before, cls, a, b, ctx):
             return rule
     return None
 
@@ -175,6 +219,9 @@ def compare(steps: list[Step], target: list[Outcome], reference: list[Outcome],
     close): what follows was sent to one side only."""
     diffs: list[dict[str, Any]] = []
     compared = 0
+    state: int | None = None
+    diverged_at: int | None = None
+    reset_since_set = False
     for index, step in enumerate(steps):
         if index >= len(target) or index >= len(reference):
             break
@@ -182,7 +229,8 @@ def compare(steps: list[Step], target: list[Outcome], reference: list[Outcome],
         compared += 1
         cls = classify(a, b)
         if cls is not None:
-            rule = explain(step, steps[:index], cls, a, b)
+            rule = explain(step, steps[:index], cls, a, b,
+                           Context(state, diverged_at, reset_since_set))
             first = rule is None and not any(d["explained"] is None for d in diffs)
             diff: dict[str, Any] = {
                 "sequence": sequence, "step": index, "command": step.command, "class": cls,
@@ -193,6 +241,15 @@ def compare(steps: list[Step], target: list[Outcome], reference: list[Outcome],
             if first:
                 diff["reproducer"] = [s.to_json() for s in steps[:index + 1]]
             diffs.append(diff)
+            if diverged_at is None and ((rule is not None and rule.name == "reset-state")
+                                        or (step.command in _STATEFUL and cls != CLASSES[6])):
+                diverged_at = index
+        ok = a.reply is not None and not a.reply.is_error
+        wanted = _set_target(step)
+        if wanted is not None and ok:
+            state, reset_since_set = wanted, False
+        elif step.command == "DEVICE_RESET" and ok:
+            reset_since_set = True
         if a.how != "reply" or b.how != "reply":
             break
     return compared, diffs
