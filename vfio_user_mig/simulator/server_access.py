@@ -26,12 +26,12 @@ from vfio_user_mig.wire.layouts import (
 )
 
 
-def _access_echo(msg: Any, data_bytes: int) -> bytes:
+def _access_echo(offset: int, region: int, count: int, data_bytes: int) -> bytes:
     """The payload of libvfio-user's error reply when the device refused a REGION_READ or
     REGION_WRITE that passed validation: {offset, region, count} and ``data_bytes`` zeros
     (its ``handle_region_access`` builds the reply before the access). Like any error payload
     it is dropped with ``strict_spec`` (docs/wire-compat.md row 2)."""
-    return REGION_ACCESS.pack(msg.offset, msg.region, msg.count) + bytes(data_bytes)
+    return REGION_ACCESS.pack(offset, region, count) + bytes(data_bytes)
 
 
 
@@ -160,13 +160,20 @@ class AccessHandlers(ServerState):
     def _region_read(self, msg: wire.RegionRead, fds: list[int]) -> tuple[Any, list[int]]:
         if self._check_access(msg.region, msg.offset, msg.count, "REGION_READ"):
             return self._empty_access_reply(msg, wire.RegionReadReply), []
-        try:
-            data = self.device.region_read(msg.region, msg.offset, msg.count, self._now)
-        except DeviceError as exc:  # libvfio-user: the reply it had prepared, zero data
-            raise Refusal(exc.errno, str(exc), payload=_access_echo(msg, msg.count)) from None
+        data = self._device_read(msg.region, msg.offset, msg.count)
         return wire.RegionReadReply(
             offset=msg.offset, region=msg.region, count=msg.count, data=data, msg_id=msg.msg_id
         ), []
+
+    def _device_read(self, region: int, offset: int, count: int) -> bytes:
+        """The device's answer to a validated REGION_READ; a refusal carries libvfio-user's
+        reply payload (the reply it had prepared, zero data). Shared by :meth:`_region_read`
+        and the server core's REGION_READ fast path."""
+        try:
+            return self.device.region_read(region, offset, count, self._now)
+        except DeviceError as exc:
+            echo = _access_echo(offset, region, count, count)
+            raise Refusal(exc.errno, str(exc), payload=echo) from None
 
     def _region_write(self, msg: wire.RegionWrite, fds: list[int]) -> tuple[Any, list[int]]:
         if self._check_access(msg.region, msg.offset, msg.count, "REGION_WRITE"):
@@ -174,7 +181,8 @@ class AccessHandlers(ServerState):
         try:
             self.device.region_write(msg.region, msg.offset, bytes(msg.data), self._now)
         except DeviceError as exc:  # libvfio-user: the reply it had prepared
-            raise Refusal(exc.errno, str(exc), payload=_access_echo(msg, 0)) from None
+            echo = _access_echo(msg.offset, msg.region, msg.count, 0)
+            raise Refusal(exc.errno, str(exc), payload=echo) from None
         return wire.RegionWriteReply(
             offset=msg.offset, region=msg.region, count=msg.count, msg_id=msg.msg_id
         ), []

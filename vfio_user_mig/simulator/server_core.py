@@ -50,8 +50,15 @@ from vfio_user_mig.simulator.server_types import (
 from vfio_user_mig.simulator.socket_end import Parts, SocketEnd
 from vfio_user_mig.simulator.transport import close_fds
 from vfio_user_mig.wire.constants import Command
+from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
 log = logging.getLogger("vfio_user_mig.server")
+
+#: REGION_READ request, and its reply before the data: header + REGION_ACCESS.
+_RR = REGION_ACCESS.with_prefix(HEADER)
+_RR_SIZE = _RR.size
+_RR_COMMAND = int(Command.REGION_READ)
+_REPLY = int(wire.MsgType.REPLY)
 
 
 def _unknown_command_errno(exc: wire.WireError) -> int:
@@ -165,21 +172,77 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
             except (Refusal, wire.WireError):
                 raise
             except Exception as exc:  # a bug must cost one request, never the server
-                log.exception("internal error handling %s", command.name)
-                self.internal_errors.append(f"{command.name}: {exc!r}")
-                raise Refusal(_errno.EIO, f"internal error: {exc!r}") from exc
-        except wire.WireError as exc:
+                raise self._internal_error(command, exc) from exc
+        except (wire.WireError, Refusal) as failure:
             close_fds(fds)
-            self._send_error(msg, exc.errno, None, msg.no_reply, out)
-            return Handled(command, msg.msg_id, False, exc.errno, str(exc))
-        except Refusal as failure:
-            close_fds(fds)
-            echo = self._echo_payload(msg) if failure.echo else failure.payload
-            self._send_error(msg, failure.errno, echo, msg.no_reply, out)
-            return Handled(command, msg.msg_id, False, failure.errno, str(failure))
+            return self._refuse(msg, failure, out)
         if not msg.no_reply:
             out.append((wire.encode_parts(reply, strict_spec=self.config.strict_spec), reply_fds))
         return Handled(command, msg.msg_id, False, None)
+
+    def _internal_error(self, command: Command, exc: Exception) -> Refusal:
+        """A handler's bug, logged and kept in :attr:`internal_errors`: the request fails
+        with EIO and the server carries on."""
+        log.exception("internal error handling %s", command.name)
+        self.internal_errors.append(f"{command.name}: {exc!r}")
+        return Refusal(_errno.EIO, f"internal error: {exc!r}")
+
+    def _refuse(self, msg: Any, failure: wire.WireError | Refusal, out: list[Any]) -> Handled:
+        """Queue the error reply to request ``msg`` (its fds are already closed)."""
+        if isinstance(failure, Refusal):
+            echo = self._echo_payload(msg) if failure.echo else failure.payload
+        else:
+            echo = None
+        self._send_error(msg, failure.errno, echo, msg.no_reply, out)
+        return Handled(msg.command, msg.msg_id, False, failure.errno, str(failure))
+
+    # ----- REGION_READ fast path ------------------------------------------------------------
+    def region_read_fast(self, data: memoryview, now: float) -> Handled | None:
+        """Answer ``data`` (bytes just received on the main socket, no fds) when it is exactly
+        one plain REGION_READ request of 1 byte or more that :meth:`next_event` would serve
+        now: nothing else received or queued, VERSION done, REGION_READ allowed in the
+        current migration state (the same gate table), the access valid (the same
+        ``_check_access``). The reply is queued for :meth:`data_to_send` and is byte for byte
+        the generic path's (success, or the same error reply when the device refuses); the
+        device is asked once (a device answering the wrong length is an internal error: EIO),
+        timers run after it as after any message. Returns ``None``
+        without consuming anything otherwise: feed ``data`` to :meth:`receive_data`.
+
+        The layout comes from :mod:`wire.layouts` (header + REGION_ACCESS, PROTOCOL.md
+        section 1 and vfio-user.rst "VFIO_USER_REGION_READ"); it saves the framer, the
+        decode, the dispatch and the reply objects of the hottest request."""
+        if len(data) != _RR_SIZE or self._out or self._framing_error is not None:
+            return None
+        framer = self.framer
+        if framer.pending or not framer.at_boundary or not self.negotiated:
+            return None
+        msg_id, command, size, flags, error, offset, region, count = _RR.unpack_from(data)
+        if command != _RR_COMMAND or size != _RR_SIZE or flags or error or not count:
+            return None
+        if self._gates.get((self.state, Command.REGION_READ), _errno.EINVAL) is not None:
+            return None
+        try:
+            self._check_access(region, offset, count, "REGION_READ")
+        except Refusal:
+            return None  # the generic path refuses it, with the same checks
+        self.stats["requests"] += 1
+        self._now = now
+        try:
+            payload = self._device_read(region, offset, count)
+            if len(payload) != count:
+                raise ValueError(f"device returned {len(payload)} bytes for {count}")
+        except Exception as exc:
+            failure = exc if isinstance(exc, Refusal) else self._internal_error(
+                Command.REGION_READ, exc)
+            msg = wire.RegionRead(offset=offset, region=region, count=count, msg_id=msg_id)
+            handled = self._refuse(msg, failure, self._out)
+        else:
+            reply = _RR.pack(msg_id, _RR_COMMAND, _RR_SIZE + count, _REPLY, 0, offset, region,
+                             count)
+            self._out.append(([reply + payload], []))
+            handled = Handled(Command.REGION_READ, msg_id, False, None)
+        self._tick(now)
+        return handled
 
     def _check_fds(self, command: Command, count: int) -> None:
         if command not in (Command.DMA_MAP, Command.DEVICE_SET_IRQS):

@@ -39,6 +39,7 @@ from vfio_user_mig.simulator.transport import (
     send_parts,
     set_recv_timeout,
 )
+from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
 log = logging.getLogger("vfio_user_mig.server")
 
@@ -49,6 +50,9 @@ RECV_BUFFER = 256 * 1024
 DIRECT_RECV = 64 * 1024
 #: Most parts gathered into one ``sendmsg`` (well below IOV_MAX).
 MAX_IOV = 512
+#: A receive of exactly this many bytes (without fds) may be one REGION_READ request,
+#: offered to the core's fast path (``ServerCore.region_read_fast``) before the framer.
+FAST_SIZE = REGION_ACCESS.size + HEADER.size
 #: Replies queued up to this many bytes wait for the end of the batch; more are sent before
 #: the next request of the batch is processed.
 FLUSH_BYTES = 64 * 1024
@@ -134,6 +138,7 @@ def pump(
     if lock is None:
         lock = threading.Lock()
     take_channel = getattr(core, "take_new_channel", None)
+    fast = getattr(core, "region_read_fast", None)
     channels = _Channels(lock, tick, clock, on_event)
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
@@ -151,6 +156,14 @@ def pump(
                     framer.commit(n, fds)
                 else:
                     n, fds = recv_into(sock, view)
+                    if n == FAST_SIZE and fast is not None and not fds:
+                        with lock:
+                            event = fast(view[:n], clock())
+                        if event is not None:  # answered: send it, no batch to process
+                            if on_event is not None:
+                                on_event(event)
+                            _send_all(sock, core.data_to_send())
+                            continue
                     core.receive_data(view[:n], fds)
             except PeerClosed:
                 break

@@ -57,6 +57,7 @@ from vfio_user_mig.simulator.migration.faults import (
     draw_fault,
 )
 from vfio_user_mig.simulator.migration.guest import GuestRam
+from vfio_user_mig.simulator.migration.isolation import one_cpu
 from vfio_user_mig.simulator.migration.policies import POLICIES
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
 from vfio_user_mig.wire.constants import Command
@@ -362,7 +363,8 @@ def run_scenario(sc: Scenario, trace: str | None = None) -> RunResult:
                   observer=run.observe, on_ready=run.on_ready)
     outcome, rounds = "error", 0
     try:
-        result = migrate(opts, hooks)
+        with one_cpu():  # the run's servers are threads: one CPU, no cross-CPU hand-offs
+            result = migrate(opts, hooks)
         outcome, rounds = result.outcome, int(result.summary["precopy_rounds"])
         run_checks(run, result.ok, outcome, result.committed,
                    str(result.error) if result.error else "")
