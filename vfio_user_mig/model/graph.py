@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
+if TYPE_CHECKING:  # imported on first use (_build_graph): importing the model stays fast
+    import networkx as nx
 
 from vfio_user_mig.model.states import ALL_CAPS, MigrationCaps, State
 
@@ -150,6 +151,8 @@ def is_supported(state: State, caps: MigrationCaps) -> bool:
 
 @functools.cache
 def _build_graph(caps: MigrationCaps) -> nx.DiGraph:
+    import networkx as nx  # deferred: most of the import time
+
     graph = nx.DiGraph(caps=caps, name=f"vfio migration FSM [{caps_label(caps)}]")
     for info in STATES:
         if info.state is State.ERROR or is_supported(info.state, caps):

@@ -25,12 +25,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from vfio_user_mig.model.errors import InvalidTransition
 from vfio_user_mig.model.graph import caps_label, is_supported, normalize_caps, transition_graph
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
+
+if TYPE_CHECKING:  # imported on first use: importing the model stays fast
+    import networkx as nx
 
 #: Extra cost of an arc into an interior saving state (rule 3). Any value in (0, 1/7) works.
 INTERIOR_SAVING_PENALTY = 1.0 / 16
@@ -59,6 +61,8 @@ def _admissible_view(graph: nx.DiGraph, cur: State, target: State) -> nx.DiGraph
             return v == target and not start_saving
         return True
 
+    import networkx as nx  # deferred: most of the import time
+
     return nx.subgraph_view(graph, filter_edge=arc_allowed)
 
 
@@ -70,6 +74,8 @@ def _search(graph: nx.DiGraph, cur: State, target: State) -> Path | None:
 
     def weight(u: State, v: State, _data: object) -> float:
         return 1.0 + (INTERIOR_SAVING_PENALTY if v in saving and v != target else 0.0)
+
+    import networkx as nx  # deferred: most of the import time
 
     try:
         winners = list(nx.all_shortest_paths(view, cur, target, weight=weight))
