@@ -32,6 +32,7 @@ from vfio_user_mig.check.steps import ANY, Expect, judge, refused
 from vfio_user_mig.model import InvalidTransition, State, transition_path
 from vfio_user_mig.protocol.gating import gate, readable_states
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
+from vfio_user_mig.wire.constants import FEATURE_OPS
 
 #: The operations, with their weights in a random draw.
 OP_WEIGHTS: dict[str, int] = {
@@ -51,14 +52,6 @@ LOG_PAGE = 4096
 PROBE_FEATURES = (1, 2, 6, 7, 8, 3, 9)
 PROBE_OPS = (FeatureOp.PROBE, FeatureOp.PROBE | FeatureOp.GET, FeatureOp.PROBE | FeatureOp.SET,
              FeatureOp.PROBE | FeatureOp.GET | FeatureOp.SET)
-#: The operations each feature supports (PROTOCOL.md section 3, the feature table).
-FEATURE_OPS: dict[int, FeatureOp] = {
-    FeatureIndex.MIGRATION: FeatureOp.GET,
-    FeatureIndex.MIG_DEVICE_STATE: FeatureOp.GET | FeatureOp.SET,
-    FeatureIndex.DMA_LOGGING_START: FeatureOp.SET,
-    FeatureIndex.DMA_LOGGING_STOP: FeatureOp.SET,
-    FeatureIndex.DMA_LOGGING_REPORT: FeatureOp.GET,
-}
 _STATE_REPLY = struct.Struct("<IIII")
 _MIG = struct.Struct("<II")
 _REGION_FLAG_READ, _REGION_FLAG_WRITE, _REGION_FLAG_MMAP = 1, 2, 4

@@ -17,6 +17,7 @@ from vfio_user_mig.simulator.server_types import (
     Refusal,
 )
 from vfio_user_mig.wire.constants import (
+    FEATURE_OPS,
     U64_MAX,
     FeatureIndex,
     FeatureOp,
@@ -34,13 +35,7 @@ class FeatureHandlers(ServerState):
     def _feature(self, msg: wire.DeviceFeature, fds: list[int]) -> tuple[Any, list[int]]:
         ops = FeatureOp(int(msg.ops))
         feature = int(msg.feature)
-        allowed_ops: dict[int, FeatureOp] = {
-            FeatureIndex.MIGRATION: FeatureOp.GET,
-            FeatureIndex.MIG_DEVICE_STATE: FeatureOp.GET | FeatureOp.SET,
-            FeatureIndex.DMA_LOGGING_START: FeatureOp.SET,
-            FeatureIndex.DMA_LOGGING_STOP: FeatureOp.SET,
-            FeatureIndex.DMA_LOGGING_REPORT: FeatureOp.GET,
-        }
+        allowed_ops = dict(FEATURE_OPS)
         if feature == FeatureIndex.MIG_DATA_SIZE and self._mig_data_size_fn() is not None:
             allowed_ops[feature] = FeatureOp.GET
         allowed = allowed_ops.get(feature)

@@ -163,6 +163,17 @@ class FeatureOp(enum.IntFlag):
     PROBE = 1 << 18
 
 
+#: The operations each feature supports: the feature table of PROTOCOL.md section 3
+#: (vfio-user.rst "VFIO_USER_DEVICE_FEATURE"). PROBE is valid with every feature listed; the
+#: experimental MIG_DATA_SIZE (GET) is added by a server that offers it.
+FEATURE_OPS: dict[int, FeatureOp] = {
+    FeatureIndex.MIGRATION: FeatureOp.GET,
+    FeatureIndex.MIG_DEVICE_STATE: FeatureOp.GET | FeatureOp.SET,
+    FeatureIndex.DMA_LOGGING_START: FeatureOp.SET,
+    FeatureIndex.DMA_LOGGING_STOP: FeatureOp.SET,
+    FeatureIndex.DMA_LOGGING_REPORT: FeatureOp.GET,
+}
+
 #: ``flags`` bits 0-15 hold the feature index.
 FEATURE_INDEX_MASK = 0xFFFF
 FEATURE_OP_MASK = int(FeatureOp.GET | FeatureOp.SET | FeatureOp.PROBE)

@@ -22,16 +22,6 @@ from vfio_user_mig.check.steps import Expect, describe_reply
 from vfio_user_mig.model import State
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
 
-#: The operations each feature supports: the feature table of PROTOCOL.md section 3
-#: (vfio-user.rst "VFIO_USER_DEVICE_FEATURE"); PROBE is valid with every feature listed.
-FEATURE_OPS: dict[FeatureIndex, FeatureOp] = {
-    FeatureIndex.MIGRATION: FeatureOp.GET,
-    FeatureIndex.MIG_DEVICE_STATE: FeatureOp.GET | FeatureOp.SET,
-    FeatureIndex.DMA_LOGGING_START: FeatureOp.SET,
-    FeatureIndex.DMA_LOGGING_STOP: FeatureOp.SET,
-    FeatureIndex.DMA_LOGGING_REPORT: FeatureOp.GET,
-}
-
 #: Errnos for an unknown feature index: the spec is silent; libvfio-user answers EINVAL, the
 #: kernel's vfio_ioctl_device_feature() ENOTTY, and ENOTSUP is the generic "not supported".
 UNKNOWN_FEATURE_ERRNOS = (_errno.EINVAL, _errno.ENOTTY, _errno.ENOTSUP)

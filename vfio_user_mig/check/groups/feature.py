@@ -11,7 +11,8 @@
   SET together without PROBE, and no operation bit at all are refused with EINVAL;
 * an unknown feature index is refused (:data:`~.common.UNKNOWN_FEATURE_ERRNOS`).
 
-The supported operations come from the spec's feature table (:data:`~.common.FEATURE_OPS`).
+The supported operations come from the spec's feature table
+(:data:`vfio_user_mig.wire.constants.FEATURE_OPS`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import struct
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     EINVAL,
-    FEATURE_OPS,
     UNKNOWN_FEATURE_ERRNOS,
     UNKNOWN_FEATURE_RULE,
 )
@@ -30,6 +30,7 @@ from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
+from vfio_user_mig.wire.constants import FEATURE_OPS
 
 _S3 = "PROTOCOL.md section 3"
 _SAMPLE_DATA: dict[FeatureIndex, bytes] = {
@@ -42,7 +43,8 @@ _SAMPLE_DATA: dict[FeatureIndex, bytes] = {
 
 
 def _probes(seq: Sequence) -> None:
-    for index, ops in FEATURE_OPS.items():
+    for raw, ops in FEATURE_OPS.items():
+        index = FeatureIndex(raw)
         data = _SAMPLE_DATA[index]
         for op in (FeatureOp(0), FeatureOp.GET, FeatureOp.SET):
             req = feature_request(seq.next_id(), index, int(FeatureOp.PROBE | op), data)
@@ -63,7 +65,8 @@ def _probes(seq: Sequence) -> None:
 
 
 def _unsupported(seq: Sequence) -> None:
-    for index, ops in FEATURE_OPS.items():
+    for raw, ops in FEATURE_OPS.items():
+        index = FeatureIndex(raw)
         for op in (FeatureOp.GET, FeatureOp.SET):
             if op & ops:
                 continue
