@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,22 +22,6 @@ from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
 from vfio_user_mig.simulator.device.errors import DeviceError
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_io import UnixServer
-
-
-@pytest.fixture
-def served() -> Iterator[str]:
-    """Our server in this process (migdev, 64 KiB of memory) on a fresh socket path."""
-    hosted = host_device("migdev", mem_size=64 << 10)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "s.sock")
-        server = UnixServer(hosted.core, path).start()
-        try:
-            yield path
-        finally:
-            server.stop()
-            hosted.close()
 
 
 def plant_stop_defect(monkeypatch: pytest.MonkeyPatch) -> None:

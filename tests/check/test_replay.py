@@ -4,9 +4,6 @@ planted defect replays as a finding, the fixed server replays clean."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +13,6 @@ from vfio_user_mig.check.explore import learn_world, run_ops, write_reproducer
 from vfio_user_mig.check.replay import ReplayError, load_reproducers, replay
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_io import UnixServer
-
-
-@pytest.fixture
-def served() -> Iterator[str]:
-    hosted = host_device("migdev", mem_size=64 << 10)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "s.sock")
-        server = UnixServer(hosted.core, path).start()
-        try:
-            yield path
-        finally:
-            server.stop()
-            hosted.close()
 
 
 def test_load_forms() -> None:
