@@ -1,6 +1,7 @@
-"""The server's REGION_READ fast path (``ServerCore.region_read_fast``) answers exactly as the
-generic path (framer, decode, gate table, handler, encode) does, or declines without
-consuming anything; and the IO pump serves a real client through it."""
+"""The REGION_READ fast paths. The server's (``ServerCore.region_read_fast``) answers exactly
+as the generic path (framer, decode, gate table, handler, encode) does, or declines without
+consuming anything, and the IO pump serves a real client through it; the client's request
+bytes are the codec's, and a subclass watching ``send`` still sees every request."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client_core import ClientCore
 from vfio_user_mig.simulator.client_io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.base import Device
@@ -23,7 +25,7 @@ from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 _REQ = REGION_ACCESS.with_prefix(HEADER)
 
 
-def _wire(msg: object) -> bytes:
+def _wire(msg: wire.Message) -> bytes:
     return b"".join(bytes(p) for p in wire.encode_parts(msg))
 
 
@@ -61,7 +63,7 @@ def _both(make: type[Device] | object, data: bytes,
     finally:
         for core, dev in ((fast, fast_dev), (slow, slow_dev)):
             core.close()
-            dev.close()  # type: ignore[attr-defined]
+            dev.close()
 
 
 def _migdev() -> MigDev:
@@ -121,6 +123,40 @@ def test_pump_serves_a_client_through_the_fast_path() -> None:
             client.region_read(2, 0, 4)
         assert err.value.errno == errno.EINVAL
         assert core.stats["requests"] - before == 54
+    finally:
+        b.close()
+        stop.set()
+        thread.join(5)
+        core.close()
+        dev.close()
+
+
+def test_client_region_read_request_is_the_encoded_request() -> None:
+    core = ClientCore()
+    msg_id, request = core.region_read_request(0x1234, 2, 4)
+    assert request == _wire(wire.RegionRead(offset=0x1234, region=2, count=4, msg_id=msg_id))
+    assert core.pending == {msg_id: int(wire.Command.REGION_READ)}
+
+
+class _CountingClient(Client):
+    sent: list[int]
+
+    def send(self, msg: object, fds: object = ()) -> None:
+        self.sent.append(int(msg.command))  # type: ignore[attr-defined]
+        super().send(msg, fds)  # type: ignore[arg-type]
+
+
+def test_a_client_subclass_watching_send_sees_small_region_reads() -> None:
+    dev = _migdev()
+    core = ServerCore(dev)
+    a, b = socket.socketpair()
+    thread, stop = serve_socketpair(core, a)
+    try:
+        client = _CountingClient(b, timeout=5.0)
+        client.sent = []
+        client.negotiate()
+        assert client.region_read(2, 0, 4) == b"\x01\x02\x03\x04"
+        assert client.sent[-1] == int(wire.Command.REGION_READ)
     finally:
         b.close()
         stop.set()

@@ -363,8 +363,7 @@ def run_scenario(sc: Scenario, trace: str | None = None) -> RunResult:
                   observer=run.observe, on_ready=run.on_ready)
     outcome, rounds = "error", 0
     try:
-        with one_cpu():  # the run's servers are threads: one CPU, no cross-CPU hand-offs
-            result = migrate(opts, hooks)
+        result = migrate(opts, hooks)
         outcome, rounds = result.outcome, int(result.summary["precopy_rounds"])
         run_checks(run, result.ok, outcome, result.committed,
                    str(result.error) if result.error else "")
@@ -410,6 +409,15 @@ def _work(item: tuple[int, bool]) -> RunResult:
     return run_scenario(draw(item[0], item[1]))
 
 
+def _work_one_cpu(item: tuple[int, bool]) -> RunResult:
+    """:func:`_work` with the run's threads (driver and thread-isolated servers) on one CPU
+    (:func:`~.isolation.one_cpu`): for the local executor, whose pool workers have a CPU each
+    (then a no-op) or which runs in this process alone. Not on Dask: workers forking a child
+    per batch cannot tell their CPUs apart, and two pinned to one CPU would stay there."""
+    with one_cpu():
+        return _work(item)
+
+
 #: The summary of a campaign: streaming counters, bounded failures and coverage.
 CampaignResult = CampaignStats
 
@@ -419,7 +427,8 @@ def iter_campaign(seeds: Iterable[int], faults: bool, workers: int, *, executor:
                   total: int | None = None) -> Iterator[RunResult]:
     """Run ``seeds``, yielding results as they finish (in batches, on ``executor``: see
     :func:`~vfio_user_mig.simulator.executor.run_batched`)."""
-    return run_batched(_work, ((s, faults) for s in seeds), executor=executor,
+    work = _work_one_cpu if executor == "local" else _work
+    return run_batched(work, ((s, faults) for s in seeds), executor=executor,
                        scheduler=scheduler, workers=workers, batch_size=batch_size,
                        total=total if total is not None else
                        (len(seeds) if isinstance(seeds, Sized) else None))
