@@ -24,6 +24,7 @@ from vfio_user_mig.simulator.device.stream import (
     frame,
     header_payload,
     max_payload,
+    page_crcs,
     pages_payload,
 )
 from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
@@ -44,7 +45,10 @@ class Sink:
     def load_regs(self, data: bytes) -> None:
         self.regs = data
 
-    def restored_digest(self) -> bytes:
+    def page_crcs(self, first_page: int, count: int) -> bytes:
+        return page_crcs(self.mem[first_page * PS : (first_page + count) * PS], PS)
+
+    def restored_digest(self, page_crcs: bytes) -> bytes:
         return hashlib.sha256(self.regs + self.mem).digest()
 
 
@@ -182,6 +186,25 @@ def test_semantic_checks_with_valid_crcs() -> None:
     )
     refused(stream(head) + big, "exceeds")
     refused(stream(head, *all_pages, (RecordType.REGS, b"regs")), "no END (last record #3 REGS)")
+
+
+def test_every_copy_of_a_page_sent_twice_is_checked() -> None:
+    """Page data is checked when a later copy replaces it or at finish: a bit flipped in the
+    first copy of a page sent again is refused (when the second copy arrives), one in the
+    last copy at finish; a clean stream decodes."""
+    recs = split(whole())
+    first_copy = 2 * PS + 8 + 4 * 5 + RECORD_HEADER.size  # page 2 in the record of pages 0..4
+    for at, fragment in ((first_copy, "page 2 (its copy before)"), (-1, "CRC mismatch in page 2")):
+        rec = 1 if at > 0 else 3
+        bad = bytearray(recs[rec])
+        bad[at] ^= 0x10
+        dec = StreamDecoder(GEO, Sink())
+        with pytest.raises(StreamError) as exc:
+            for r in (*recs[:rec], bytes(bad), *recs[rec + 1 :]):
+                dec.feed(r)
+            dec.finish()
+        assert fragment in str(exc.value)
+    decode(b"".join(recs))
 
 
 def test_poisoned_decoder_keeps_failing() -> None:

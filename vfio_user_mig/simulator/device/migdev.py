@@ -21,7 +21,8 @@ Migration (direct arcs of the kernel FSM, P2P ones included):
   starts a :class:`~.session.SaveSession`; PRE_COPY*->STOP_COPY finishes it (rest of memory,
   REGS, END); leaving the group (PRE_COPY*->RUNNING*, STOP_COPY->STOP) discards it;
 * STOP->RESUMING clears the device (power-on registers, zero memory) and starts a decoder;
-  RESUMING->STOP checks the stream is complete and the digest matches; otherwise the device is
+  RESUMING->STOP checks the stream is complete, every page's last copy matches its page CRC
+  and the digest matches (one pass over memory computes the page CRCs both use); otherwise the device is
   cleared again and the arc fails with ``ArcActionError(EINVAL, broken=True)`` (ERROR).
 
 The device is built in layers, one module each: :mod:`.migdev_base` (shared state, tables,
@@ -75,8 +76,11 @@ class _Restorer:
     def load_regs(self, data: bytes) -> None:
         self._dev._load_regs(data)
 
-    def restored_digest(self) -> bytes:
-        return self._dev._stream_digest()
+    def page_crcs(self, first_page: int, count: int) -> bytes:
+        return self._dev._page_crcs(first_page, count)
+
+    def restored_digest(self, page_crcs: bytes) -> bytes:
+        return self._dev._stream_digest(page_crcs)
 
 
 class MigDev(MigDevRegions):

@@ -219,13 +219,17 @@ class MigDevBase(BookkeepingDevice):
         digest tests and the migration driver compare)."""
         return self._digest_of(hashlib.sha256(self._mm).digest(), self._regs_snapshot())
 
-    def _stream_digest(self) -> bytes:
+    def _page_crcs(self, first_page: int, count: int) -> bytes:
+        """:func:`~.stream.page_crcs` of ``count`` pages of device memory from ``first_page``."""
+        a = first_page * PAGE_SIZE
+        with memoryview(self._mm) as mem:
+            return page_crcs(mem[a : a + count * PAGE_SIZE], PAGE_SIZE)
+
+    def _stream_digest(self, crc_table: bytes) -> bytes:
         """The END digest of the stream (format 2): over the
         :func:`~.stream.memory_fingerprint` of device memory (the SHA-256 of its page-CRC
-        table), computed here from the restored memory itself."""
-        with memoryview(self._mm) as mem:
-            table = page_crcs(mem, PAGE_SIZE)
-        return self._digest_of(memory_fingerprint(table), self._regs_snapshot())
+        table ``crc_table``, :meth:`_page_crcs` of every page) and the registers."""
+        return self._digest_of(memory_fingerprint(crc_table), self._regs_snapshot())
 
     def digest(self) -> str:
         if self._closed:

@@ -1,6 +1,13 @@
 """The restore side of the migration stream (:mod:`.stream` has the format): a
 :class:`StreamDecoder` validates bytes as they arrive and restores the records into a
 :class:`RestoreSink`.
+
+Page data is verified *once per copy, when cheapest* (the stream's integrity rule,
+:mod:`.stream`): a page is loaded as it arrives with its page CRC recorded;
+the copy is checked against that CRC either when a later copy of the same page is about to
+replace it, or at :meth:`StreamDecoder.finish`, in the pass over restored memory that computes
+the END digest anyway (the digest covers the page-CRC table of memory). So every byte of every
+copy is still checked against its CRC, without a CRC pass over the data while it streams in.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ from vfio_user_mig.simulator.device.stream import (
     StreamError,
     StreamGeometry,
     max_payload,
-    page_crcs,
     pages_crc_span,
 )
 
@@ -36,20 +42,26 @@ class RestoreSink(Protocol):
     def load_regs(self, data: bytes) -> None:
         """Apply the REGS payload; raise StreamError if its content is invalid."""
 
-    def restored_digest(self) -> bytes:
-        """SHA-256 digest of the state restored so far."""
+    def page_crcs(self, first_page: int, count: int) -> bytes:
+        """The page CRCs (:func:`~.stream.page_crcs`) of ``count`` restored pages from
+        ``first_page``, as they are in the sink now."""
+
+    def restored_digest(self, page_crcs: bytes) -> bytes:
+        """SHA-256 digest of the state restored so far, given the page CRCs of all of its
+        memory (what :meth:`page_crcs` answered for every page)."""
 
 
 class StreamDecoder:
     """Validates a stream as bytes arrive, in chunks of any size, and restores it into a sink.
 
     Checks, as soon as the bytes are there: magic, version, record type, order, seq, length
-    bound, CRC (record and page CRCs), HEADER geometry, PAGES bounds. After the first error
-    the decoder is poisoned: every later call raises the same :class:`StreamError`. Pages go
-    from the caller's buffer into the sink, each checked against its CRC first, as soon as it
-    is whole (after its record's CRC over prefix and page CRCs passed): only a PAGES prefix,
-    a page or another (small) record split across calls is buffered, so the decoder holds at
-    most one page or one non-PAGES record.
+    bound, record CRC, HEADER geometry, PAGES bounds; page data against its page CRC when the
+    page is sent again or at :meth:`finish` (module docstring). After the first error the
+    decoder is poisoned: every later call raises the same :class:`StreamError`. Pages go from
+    the caller's buffer into the sink as soon as they are whole (after their record's CRC over
+    prefix and page CRCs passed): only a PAGES prefix, a page or another (small) record split
+    across calls is buffered, so the decoder holds at most one page or one non-PAGES record
+    (plus the page-CRC table: 4 bytes a page, and one byte a page of coverage).
     """
 
     def __init__(self, geometry: StreamGeometry, sink: RestoreSink) -> None:
@@ -59,7 +71,8 @@ class StreamDecoder:
         self._head: tuple[RecordType, int, int] | None = None  # type, length, crc
         self._seq = 0
         self._last: RecordType | None = None
-        self._covered = bytearray(geometry.n_pages)
+        self._covered = bytearray(geometry.n_pages)  # 1: a copy was loaded, not yet checked
+        self._crcs = bytearray(4 * geometry.n_pages)  # the page CRC of each loaded copy
         self._missing = geometry.n_pages
         self._end_digest: bytes | None = None
         self._error: StreamError | None = None
@@ -96,11 +109,21 @@ class StreamDecoder:
             problem = "stream empty: no record received"
         elif self._end_digest is None:
             problem = f"stream incomplete: no END (last record #{self._seq - 1} {self._last.name})"
-        elif self._sink.restored_digest() != self._end_digest:
-            problem = "END: digest does not match the restored device state"
+        else:
+            problem = self._verify()
         if problem is not None:
             self._error = StreamError(problem)
             raise self._error
+
+    def _verify(self) -> str | None:
+        """Every page's last copy against its CRC, then END's digest (None: all good)."""
+        got = self._sink.page_crcs(0, self._geo.n_pages)
+        if got != self._crcs:
+            bad = next(i for i in range(0, len(got), 4) if got[i : i + 4] != self._crcs[i : i + 4])
+            return f"CRC mismatch in page {bad // 4}"
+        if self._sink.restored_digest(got) != self._end_digest:
+            return "END: digest does not match the restored device state"
+        return None
 
     def _feed(self, data: memoryview) -> None:
         hsize = RECORD_HEADER.size
@@ -202,11 +225,6 @@ class StreamDecoder:
             done += k
         self._run = (first, count, table, done)
         if done == count:
-            covered = self._covered
-            fresh = covered.count(0, first, first + count)
-            if fresh:
-                covered[first : first + count] = _ONES[:count]
-                self._missing -= fresh
             self._run = None
             self._head = None
             self._last = RecordType.PAGES
@@ -233,15 +251,30 @@ class StreamDecoder:
         self._run = (first, count, bytes(span[PAGES_PREFIX.size :]), 0)
 
     def _load(self, first: int, index: int, pages: memoryview, table: bytes, where: str) -> None:
-        """Check whole pages (``first + index`` on) against their CRCs, then load them."""
-        got = page_crcs(pages, self._geo.page_size)
-        want = table[4 * index : 4 * index + len(got)]
-        if got != want:
-            bad = next(
-                i for i in range(len(got) // 4) if got[4 * i : 4 * i + 4] != want[4 * i : 4 * i + 4]
-            )
-            raise StreamError(f"{where}: CRC mismatch in page {first + index + bad}")
-        self._sink.load_pages(first + index, pages)
+        """Load whole pages (``first + index`` on), recording their CRCs; a page loaded before
+        has its previous copy checked first (module docstring)."""
+        page = first + index
+        n = len(pages) // self._geo.page_size
+        end = page + n
+        covered = self._covered
+        if covered.find(1, page, end) >= 0:  # sent again
+            self._check_previous(page, n, where)
+        fresh = covered.count(0, page, end)
+        if fresh:
+            covered[page:end] = _ONES[:n]
+            self._missing -= fresh
+        self._crcs[4 * page : 4 * end] = table[4 * index : 4 * (index + n)]
+        self._sink.load_pages(page, pages)
+
+    def _check_previous(self, page: int, n: int, where: str) -> None:
+        """The copies already loaded of pages [page, page+n) against their CRCs."""
+        got = self._sink.page_crcs(page, n)
+        want = self._crcs
+        for i in range(n):
+            if self._covered[page + i] and got[4 * i : 4 * i + 4] != want[
+                4 * (page + i) : 4 * (page + i) + 4
+            ]:
+                raise StreamError(f"{where}: CRC mismatch in page {page + i} (its copy before)")
 
     def _parse_head(self, raw: Chunk) -> None:
         magic, version, rtype_raw, seq, length, crc = RECORD_HEADER.unpack_from(raw)
