@@ -22,8 +22,9 @@ Migration (direct arcs of the kernel FSM, P2P ones included):
   REGS, END); leaving the group (PRE_COPY*->RUNNING*, STOP_COPY->STOP) discards it;
 * STOP->RESUMING clears the device (power-on registers, zero memory) and starts a decoder;
   RESUMING->STOP checks the stream is complete, every page's last copy matches its page CRC
-  and the digest matches (one pass over memory computes the page CRCs both use); otherwise the device is
-  cleared again and the arc fails with ``ArcActionError(EINVAL, broken=True)`` (ERROR).
+  and the digest matches (one pass over memory computes the page CRCs both use); otherwise
+  the device is cleared again and the arc fails with ``ArcActionError(EINVAL, broken=True)``
+  (ERROR).
 
 The device is built in layers, one module each: :mod:`.migdev_base` (shared state, tables,
 digest, reset), :mod:`.migdev_dma` (DMA engine), :mod:`.migdev_regions` (region access) and

@@ -25,7 +25,9 @@ Payloads (in stream order: HEADER, PAGES*, REGS, END; nothing after END):
   and the page CRCs (the first ``8 + 4 * count`` payload bytes, or fewer if the payload is
   shorter); each page's bytes are covered by its own CRC. So every payload byte is under a
   CRC-32, and any single bit flip (or burst of up to 32 bits within one CRC's span) is
-  detected; the page CRCs computed once on the save side also feed the END digest;
+  detected; the page CRCs computed once on the save side also feed the END digest. The
+  restore side checks every copy of a page against its CRC by the end of the stream at the
+  latest: when the page is sent again, else in its END digest pass (:mod:`.stream_decoder`);
 * REGS: ``regs_size`` bytes of device registers (opaque here; the device validates them);
 * END: ``digest`` (32 bytes): the device's digest of the state the stream restores,
   compared by the restore side with :meth:`RestoreSink.restored_digest` (for ``migdev``:
