@@ -15,7 +15,8 @@
   framing, comparison passes) and the destination's restore path (decode, record CRC-32
   checks, page loads); the check of each page's last copy against its page CRC shares the
   END digest's pass over memory at RESUMING -> STOP, after the timed window (a page sent
-  twice has its earlier copy checked inside the window, when the later one arrives). Device memory is filled (``MigrateOptions(fill=True)``: random bytes written through
+  twice has its earlier copy checked inside the window, when the later one arrives).
+  Device memory is filled (``MigrateOptions(fill=True)``: random bytes written through
   REGION_WRITE before the timing), as ``bench_server`` fills it: a device's memory holds data,
   and memfd pages never touched would make the source's first pass time the kernel allocating
   zero pages on read (the destination's pages are allocated at RESUMING, before the window),
