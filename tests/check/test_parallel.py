@@ -3,6 +3,7 @@ or a local Dask cluster (same checks, findings, failed sequences and coverage)."
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -23,6 +24,12 @@ def random_run(*extra: str) -> dict[str, object]:
     return data
 
 
+@functools.cache
+def one_process() -> dict[str, object]:
+    """The reference run, made once for every executor compared with it."""
+    return random_run()
+
+
 def summary(data: dict[str, object]) -> tuple[object, ...]:
     cov = data["coverage"]
     rnd = data["random"]
@@ -32,7 +39,7 @@ def summary(data: dict[str, object]) -> tuple[object, ...]:
 
 
 def test_workers_give_the_same_run_as_one_process(tmp_path: object) -> None:
-    one = random_run()
+    one = one_process()
     two = random_run("--workers", "2", "--batch-size", "3")
     assert summary(one) == summary(two)
     assert one["checks"] > 100  # type: ignore[operator]
@@ -42,7 +49,7 @@ def test_workers_give_the_same_run_as_one_process(tmp_path: object) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
                     reason="distributed (the cluster extra) is not installed")
 def test_dask_gives_the_same_run_as_one_process() -> None:
-    assert summary(random_run("--executor", "dask", "--workers", "2")) == summary(random_run())
+    assert summary(random_run("--executor", "dask", "--workers", "2")) == summary(one_process())
 
 
 def test_fan_out_needs_a_spawn_target(tmp_path: object) -> None:

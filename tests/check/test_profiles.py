@@ -26,7 +26,8 @@ def test_lookup() -> None:
 @pytest.mark.parametrize("device", ["migdev", "lvu-sample"])
 def test_written_pages_are_dirty(device: str) -> None:
     profile = get_profile(device)
-    checker = Checker(SpawnTarget(f"{SERVE} --device {device}"), profile=profile)
+    target = SpawnTarget(f"{SERVE} --device {device}")
+    checker = Checker(target, profile=profile)
     dirty: set[int] = set()
     written: set[int] = set()
     with checker.sequence("profile", device) as seq:
@@ -45,5 +46,6 @@ def test_written_pages_are_dirty(device: str) -> None:
             assert reply is not None
             bitmap = wire.DirtyBitmap(iova, size, 4096, reply.payload[32:])
             dirty |= {iova + p * 4096 for p in bitmap.pages()}
+    target.close()
     assert checker.report.findings == []
     assert written and written <= dirty

@@ -41,7 +41,7 @@ def _positive_int(text: str) -> int:
 
 def make_target(args: argparse.Namespace) -> Target:
     if args.spawn:
-        return SpawnTarget(args.spawn)
+        return SpawnTarget(args.spawn, prespawn=not args.no_prespawn)
     return SocketTarget(args.socket)
 
 
@@ -118,10 +118,12 @@ def run_check(args: argparse.Namespace) -> Report:
         if args.against:
             from vfio_user_mig.check.differential import run_differential
 
-            report = run_differential(target, SpawnTarget(args.against),
-                                      runs=args.random or 100, seed=args.seed,
-                                      timeout=args.timeout)
-            return report
+            reference = SpawnTarget(args.against, prespawn=not args.no_prespawn)
+            try:
+                return run_differential(target, reference, runs=args.random or 100,
+                                        seed=args.seed, timeout=args.timeout)
+            finally:
+                reference.close()
         if not args.no_suite:
             from vfio_user_mig.check.groups import run_suite
 
@@ -132,14 +134,14 @@ def run_check(args: argparse.Namespace) -> Report:
             run_random_parallel(checker, args.spawn, args.random, args.seed, args.out_dir,
                                 executor=args.executor, scheduler=args.scheduler,
                                 workers=args.workers, profile=args.profile,
-                                per_job=args.batch_size)
+                                per_job=args.batch_size, prespawn=not args.no_prespawn)
         elif args.random:
             from vfio_user_mig.check.explore import run_random
 
             run_random(checker, args.random, args.seed, Path(args.out_dir))
         return checker.report
     finally:
-        target.end()
+        target.close()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -181,6 +183,10 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
     where.add_argument("--spawn", metavar="'CMD ... {socket} ...'",
                        help="start a fresh server for each sequence, {socket} replaced by a "
                             "fresh path; the process is stopped after the sequence")
+    p.add_argument("--no-prespawn", action="store_true",
+                   help="with --spawn: start each server only when its sequence begins (by "
+                        "default the next one starts while the current sequence runs; use "
+                        "this for servers that cannot run twice at once)")
     p.add_argument("--timeout", type=_positive_float, default=2.0,
                    help="seconds a request may wait for its reply before it is a hang "
                         "(default 2)")

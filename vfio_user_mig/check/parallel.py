@@ -38,6 +38,7 @@ class RandomJob:
     timeout: float
     profile: str | None
     out_dir: str
+    prespawn: bool = True
 
 
 @dataclass
@@ -58,34 +59,36 @@ def run_job(job: RandomJob) -> JobResult:
         from vfio_user_mig.check.profiles import get_profile
 
         profile = get_profile(job.profile)
-    target = SpawnTarget(job.spawn)
+    target = SpawnTarget(job.spawn, prespawn=job.prespawn)
     checker = Checker(target, timeout=job.timeout, profile=profile)
     try:
         world = learn_world(checker, record=job.start == 0)
         tally = explore_indices(checker, world, job.seed, range(job.start, job.stop),
                                 Path(job.out_dir))
     finally:
-        target.end()
+        target.close()
     return JobResult(job.start, checker.report, tally, *world_figures(world))
 
 
 def jobs_for(spawn: str, runs: int, seed: int, *, workers: int, timeout: float,
-             profile: str | None, out_dir: str, per_job: int | None = None) -> list[RandomJob]:
+             profile: str | None, out_dir: str, per_job: int | None = None,
+             prespawn: bool = True) -> list[RandomJob]:
     """``runs`` sequences cut into jobs (by default about four per worker, at least 10
     sequences each, so the per-job learning sequence stays small against the job)."""
     size = per_job or max(10, -(-runs // max(1, 4 * workers)))
-    return [RandomJob(spawn, seed, start, min(start + size, runs), timeout, profile, out_dir)
-            for start in range(0, runs, size)]
+    return [RandomJob(spawn, seed, start, min(start + size, runs), timeout, profile, out_dir,
+                      prespawn) for start in range(0, runs, size)]
 
 
 def run_random_parallel(checker: Checker, spawn: str, runs: int, seed: int, out_dir: str, *,
                         executor: str, scheduler: str | None, workers: int,
-                        profile: str | None, per_job: int | None = None) -> None:
+                        profile: str | None, per_job: int | None = None,
+                        prespawn: bool = True) -> None:
     """Fan ``runs`` random sequences out and merge the results into ``checker.report``."""
     from vfio_user_mig.simulator.executor import run_batched
 
     jobs = jobs_for(spawn, runs, seed, workers=workers, timeout=checker.timeout,
-                    profile=profile, out_dir=out_dir, per_job=per_job)
+                    profile=profile, out_dir=out_dir, per_job=per_job, prespawn=prespawn)
     results = sorted(run_batched(run_job, jobs, executor=executor, scheduler=scheduler,
                                  workers=workers, batch_size=1, total=len(jobs)),
                      key=lambda r: r.start)

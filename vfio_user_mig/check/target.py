@@ -4,7 +4,10 @@
   each sequence with ``{socket}`` replaced by a fresh path, waits until the socket accepts a
   connection, and stops the process afterwards (SIGTERM, then SIGKILL). Many servers, among
   them libvfio-user's samples, serve one client and exit. A process that dies while a sequence
-  runs is a ``crash`` (its exit status and the tail of its stderr are reported).
+  runs is a ``crash`` (its exit status and the tail of its stderr are reported). Unless told
+  not to (``prespawn=False``, for servers that cannot run twice at once), the process of the
+  next sequence is started while the current one runs, so a slow-starting server costs its
+  start-up once, not once per sequence; :meth:`SpawnTarget.close` stops it.
 * :class:`SocketTarget` (``--socket PATH``) connects to a running server for each sequence; a
   server that stops accepting connections is a ``crash``.
 
@@ -72,6 +75,9 @@ class Target(Protocol):
     def end(self) -> None:
         """The sequence is over: stop the process (spawn) and free what it held."""
 
+    def close(self) -> None:
+        """The run is over: :meth:`end`, and stop anything started ahead for later."""
+
 
 def _connect(path: str, deadline: float, alive: Callable[[], bool] | None = None
              ) -> socket.socket:
@@ -100,39 +106,69 @@ def _describe_status(code: int) -> str:
     return f"exited with status {code}"
 
 
+@dataclass
+class _Launch:
+    """One started server process, its private directory, socket path and stderr file."""
+
+    proc: subprocess.Popen[bytes]
+    dir: str
+    path: str
+    stderr: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5.0)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class SpawnTarget:
     """A server command started afresh for each sequence (module docstring)."""
 
-    def __init__(self, template: str, start_timeout: float = START_TIMEOUT) -> None:
+    def __init__(self, template: str, start_timeout: float = START_TIMEOUT,
+                 prespawn: bool = True) -> None:
         if "{socket}" not in template:
             raise TargetError("the --spawn command must contain {socket}")
         self.template = template
         self.name = template
         self.start_timeout = start_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._dir: str | None = None
-        self._stderr: Path | None = None
+        self.prespawn = prespawn
+        self._live: _Launch | None = None
+        self._spare: _Launch | None = None
         self.spawned = 0
 
-    def begin(self) -> socket.socket:
-        self.end()
-        self._dir = tempfile.mkdtemp(prefix="vfio-user-check-")
-        path = os.path.join(self._dir, "server.sock")
+    def _launch(self) -> _Launch:
+        where = tempfile.mkdtemp(prefix="vfio-user-check-")
+        path = os.path.join(where, "server.sock")
         argv = [arg.replace("{socket}", path) for arg in shlex.split(self.template)]
-        self._stderr = Path(self._dir) / "stderr"
-        with open(self._stderr, "wb") as err:
+        stderr = Path(where) / "stderr"
+        with open(stderr, "wb") as err:
             try:
-                self._proc = subprocess.Popen(
+                proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                     start_new_session=True,
                 )
             except OSError as exc:
+                shutil.rmtree(where, ignore_errors=True)
                 raise TargetError(f"cannot start {argv[0]}: {exc}") from exc
         self.spawned += 1
-        proc = self._proc
+        return _Launch(proc, where, path, stderr)
+
+    def begin(self) -> socket.socket:
+        self.end()
+        live, self._spare = self._spare or self._launch(), None
+        self._live = live
+        if self.prespawn:
+            self._spare = self._launch()
         try:
-            return _connect(path, time.monotonic() + self.start_timeout,
-                            lambda: proc.poll() is None)
+            return _connect(live.path, time.monotonic() + self.start_timeout,
+                            lambda: live.proc.poll() is None)
         except TargetError as exc:
             death = self.death()
             self.end()
@@ -140,40 +176,36 @@ class SpawnTarget:
                               ) from exc
 
     def stderr_tail(self, limit: int = 400) -> str:
-        if self._stderr is None:
+        if self._live is None:
             return ""
         try:
-            text = self._stderr.read_bytes()[-4096:].decode("utf-8", "replace")
+            text = self._live.stderr.read_bytes()[-4096:].decode("utf-8", "replace")
         except OSError:
             return ""
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         return " | ".join(lines[-3:])[-limit:]
 
     def death(self) -> Death | None:
-        if self._proc is None:
+        if self._live is None:
             return None
         # A process that is exiting may need a moment after closing its socket.
         for _ in range(20):
-            code = self._proc.poll()
+            code = self._live.proc.poll()
             if code is not None:
                 return Death(_describe_status(code), self.stderr_tail())
             time.sleep(0.005)
         return None
 
     def end(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5.0)
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+    def close(self) -> None:
+        self.end()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.stop()
 
 
 class SocketTarget:
@@ -201,4 +233,7 @@ class SocketTarget:
             sock.close()
 
     def end(self) -> None:
+        return None
+
+    def close(self) -> None:
         return None
