@@ -258,3 +258,55 @@ def test_dma_map_fd_mode_flags_need_an_fd(s: Session) -> None:
     assert _map(s, 0, 0x1000, fd=False, flags=3 | 4) == errno.EINVAL
     assert _map(s, 0, 0x1000, fd=False, flags=3 | 8) == errno.EINVAL
     assert _map(s, 0, 0x1000, fd=True, flags=3 | 4) == 0
+
+
+TAIL = b"\xaa" * 8
+#: (title, command, payload) of requests with a fixed end, each answered without error here.
+FIXED_REQUESTS = [
+    ("GET_INFO", 4, struct.pack("<IIII", 16, 0, 0, 0)),
+    ("GET_REGION_INFO", 5, struct.pack("<IIIIQQ", 32, 0, 0, 0, 0, 0)),
+    ("GET_IRQ_INFO", 7, struct.pack("<IIII", 16, 0, 0, 0)),
+    ("SET_IRQS DATA_NONE", 8, struct.pack("<IIIII", 20, D_NONE | A_TRIGGER, 0, 0, 0)),
+    ("DMA_MAP", 2, struct.pack("<IIQQQ", 32, 3, 0, 0x10000000, 0x1000)),
+    ("REGION_READ", 9, struct.pack("<QII", 0, 1, 4)),
+    ("DEVICE_RESET", 13, b""),
+]
+
+
+@pytest.mark.parametrize("title,cmd,payload", FIXED_REQUESTS, ids=[t for t, _, _ in
+                                                                    FIXED_REQUESTS])
+def test_trailing_bytes_after_a_fixed_payload_are_ignored(title: str, cmd: int,
+                                                          payload: bytes) -> None:
+    """libvfio-user reads the struct and ignores what follows (the spec is silent): the reply
+    is the one to the request without the extra bytes; with strict_spec they are EINVAL."""
+    plain = _session()
+    lenient = _session()
+    strict = _session(strict_spec=True)
+    try:
+        expected = next(plain).ask(cmd, payload)
+        assert expected[1] == 0, title
+        assert next(lenient).ask(cmd, payload + TAIL) == expected
+        assert next(strict).errno_of(cmd, payload + TAIL) == errno.EINVAL
+    finally:
+        for gen in (plain, lenient, strict):
+            gen.close()
+
+
+def test_trailing_bytes_after_dma_unmap_and_mig_data(s: Session) -> None:
+    _map(s, 0x10000000, 0x1000, fd=False)
+    unmap = struct.pack("<IIQQ", 24, 0, 0x10000000, 0x1000)
+    _flags, err, reply = s.ask(3, unmap + TAIL)
+    assert err == 0 and reply == unmap
+    assert s.feature(SET | F_STATE, struct.pack("<II", 1, 0))[1] == 0  # STOP
+    assert s.feature(SET | F_STATE, struct.pack("<II", 4, 0))[1] == 0  # RESUMING
+    # MIG_DATA_WRITE's end is its size field: 0 and 4 data bytes, each followed by 8 more
+    assert s.ask(18, struct.pack("<II", 8, 0) + TAIL) == s.ask(18, struct.pack("<II", 8, 0))
+    assert s.errno_of(18, struct.pack("<II", 12, 4) + b"abcd" + TAIL) == 0
+
+
+def test_a_bitmap_unmap_or_eventfd_set_irqs_is_never_trimmed(s: Session) -> None:
+    """Payloads whose size is variable by nature have no 'after': still EINVAL."""
+    bitmap_unmap = struct.pack("<IIQQ", 24, 1, 0x10000000, 0x1000)
+    assert s.errno_of(3, bitmap_unmap + TAIL) == errno.EINVAL
+    eventfd_none = struct.pack("<IIIII", 20, D_EVENTFD | A_TRIGGER, 0, 0, 1)
+    assert s.errno_of(8, eventfd_none + TAIL) == errno.EINVAL

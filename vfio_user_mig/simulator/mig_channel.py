@@ -55,7 +55,7 @@ class MigDataChannel(SocketEnd):
     """The server side of one migration-data socket (see module docstring)."""
 
     def __init__(self, core: ChannelOwner) -> None:
-        super().__init__(core.config.max_msg_size)
+        super().__init__(core.config.max_msg_size, not core.config.strict_spec)
         self.core = core
 
     def next_event(self, now: float = 0.0) -> Handled | None:

@@ -58,7 +58,7 @@ class ServerState(SocketEnd):
     ) -> None:
         self.device = device
         self.config = config or ServerConfig()
-        super().__init__(self.config.max_msg_size)
+        super().__init__(self.config.max_msg_size, not self.config.strict_spec)
         self.irqs = irqs if irqs is not None else EventfdTable(device.irqs)
         path_table(device.migration_caps)  # precompute every complex path once, not on SET
         self.fsm = DeviceFSM(

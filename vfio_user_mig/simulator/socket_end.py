@@ -35,8 +35,8 @@ class SocketEnd:
     :class:`ServerCore` is one (the main socket); a :class:`~.mig_channel.MigDataChannel` is
     another, sharing the core's device."""
 
-    def __init__(self, max_msg_size: int) -> None:
-        self.framer = wire.Framer(max_size=max_msg_size)
+    def __init__(self, max_msg_size: int, trim_trailing: bool = True) -> None:
+        self.framer = wire.Framer(max_size=max_msg_size, trim_trailing=trim_trailing)
         self._out: list[tuple[Parts, list[int]]] = []
         self._framing_error: wire.WireError | None = None
 
@@ -59,7 +59,8 @@ class SocketEnd:
     def _reset_socket_state(self) -> None:
         """The peer is gone: close the fds still held, forget what was queued."""
         close_fds(_framer_fds(self.framer))
-        self.framer = wire.Framer(max_size=self.framer.max_size)
+        self.framer = wire.Framer(max_size=self.framer.max_size,
+                                  trim_trailing=self.framer.trim_trailing)
         self._framing_error = None
         self._out.clear()
 

@@ -19,6 +19,9 @@ Contract of :class:`Framer`:
 * A message that frames correctly but does not decode raises its :class:`WireError` from
   ``next_message`` (with ``.header`` and ``.fds`` set; the caller owns those fds); the stream
   stays usable and the next call continues with the following message.
+* ``trim_trailing``: a request that does not decode because bytes follow its fixed-size
+  payload is decoded without them (:mod:`.trailing`; what libvfio-user does). Off by default:
+  the codec alone refuses them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vfio_user_mig.wire.constants import DEFAULT_MAX_MSG_SIZE, HEADER_SIZE
 from vfio_user_mig.wire.errors import WireError
 from vfio_user_mig.wire.header import Header
 from vfio_user_mig.wire.msg_base import Buffer, Message
+from vfio_user_mig.wire.trailing import trim_request
 
 _Item = tuple[bytearray | WireError, list[int]]
 _MSG_SIZE = struct.Struct("<I")  # header.msg_size, at offset 4
@@ -54,13 +58,16 @@ class Framer:
         "_ready",
         "expect_reply",
         "max_size",
+        "trim_trailing",
     )
 
     def __init__(
-        self, *, max_size: int = DEFAULT_MAX_MSG_SIZE, expect_reply: bool | None = None
+        self, *, max_size: int = DEFAULT_MAX_MSG_SIZE, expect_reply: bool | None = None,
+        trim_trailing: bool = False,
     ) -> None:
         self.max_size = max_size
         self.expect_reply = expect_reply
+        self.trim_trailing = trim_trailing
         self._hdr = bytearray(HEADER_SIZE)
         self._hdr_fill = 0
         self._body: bytearray | None = None
@@ -175,6 +182,13 @@ class Framer:
         try:
             msg = decode(memoryview(item), max_size=self.max_size, expect_reply=self.expect_reply)
         except WireError as exc:
+            trimmed = trim_request(item) if self.trim_trailing else None
+            if trimmed is not None:
+                try:
+                    return decode(memoryview(trimmed), max_size=self.max_size,
+                                  expect_reply=self.expect_reply), fds
+                except WireError:
+                    pass
             exc.fds = fds
             raise
         return msg, fds
