@@ -310,3 +310,12 @@ def test_a_bitmap_unmap_or_eventfd_set_irqs_is_never_trimmed(s: Session) -> None
     assert s.errno_of(3, bitmap_unmap + TAIL) == errno.EINVAL
     eventfd_none = struct.pack("<IIIII", 20, D_EVENTFD | A_TRIGGER, 0, 0, 1)
     assert s.errno_of(8, eventfd_none + TAIL) == errno.EINVAL
+
+
+def test_mig_device_state_set_with_argsz_beyond_the_struct(s: Session) -> None:
+    """The kernel takes an argsz above the struct's size and libvfio-user echoes every byte
+    within argsz; bytes beyond argsz are EINVAL on both."""
+    payload = struct.pack("<IIII", 24, SET | F_STATE, 1, 0) + TAIL
+    assert s.ask(16, payload) == (REPLY, 0, payload)
+    beyond = struct.pack("<IIII", 16, SET | F_STATE, 1, 0) + TAIL
+    assert s.errno_of(16, beyond) == errno.EINVAL

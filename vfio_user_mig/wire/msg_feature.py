@@ -86,20 +86,26 @@ class MigDeviceState:
 
     ``device_state`` is a :class:`State` when 0-7, else the raw number (so a server can refuse
     e.g. 8 itself; libvfio-user lets 8 through, PROTOCOL.md section 5). ``data_fd`` is unused
-    in vfio-user; clients send 0 or 0xFFFFFFFF (-1), kept as the unsigned u32.
+    in vfio-user; clients send 0 or 0xFFFFFFFF (-1), kept as the unsigned u32. ``extra``: bytes
+    after the struct, within ``argsz`` (the kernel's ``vfio_check_feature`` takes an ``argsz``
+    above the struct's size, and libvfio-user echoes them in the SET reply), kept so that the
+    echo and decode-then-encode are byte-identical.
     """
 
     device_state: State | int
     data_fd: int = 0
+    extra: bytes = b""
 
     def _pack(self) -> bytes:
-        return FEATURE_MIG_STATE.pack(int(self.device_state), self.data_fd)
+        return FEATURE_MIG_STATE.pack(int(self.device_state), self.data_fd) + self.extra
 
     @classmethod
     def _unpack(cls, data: memoryview) -> MigDeviceState:
-        _size("MIG_DEVICE_STATE", data, FEATURE_MIG_STATE.size)
+        if len(data) < FEATURE_MIG_STATE.size:
+            _size("MIG_DEVICE_STATE", data, FEATURE_MIG_STATE.size)
         state, fd = FEATURE_MIG_STATE.unpack_from(data)
-        return cls(State(state) if state <= State.PRE_COPY_P2P else state, fd)
+        return cls(State(state) if state <= State.PRE_COPY_P2P else state, fd,
+                   bytes(data[FEATURE_MIG_STATE.size:]))
 
 
 @dataclass(frozen=True, slots=True)
