@@ -21,11 +21,9 @@ import pytest
 
 CLI = [sys.executable, "-c", "import sys; from vfio_user_mig.cli import main; sys.exit(main())"]
 RUNS, SEED = 200, 3
-#: What a run's seed decides, whatever the executor. (``rounds``, ``checks`` and the arcs walked
-#: may differ between two executions of one seed on any executor: a crash or disconnect fault
-#: races the driver's progress, e.g. seed 3000100, a destination crash with the separate
-#: migration-data socket, ends after 0 or 1 pre-copy round.)
-RUN_FIELDS = ("seed", "ok", "outcome", "fault", "fired", "transport", "reason", "replay")
+#: A run's seed decides all of its record but its time, whatever the executor: a crashing
+#: server answers every message sent before the crash (``Endpoint.crash``), so where a run
+#: fails, its rounds, checks and arcs do not depend on thread timing.
 SUMMARY_FIELDS = ("runs", "passed", "failed", "seed", "faults", "outcomes", "fault_kinds",
                   "transports", "failures", "failures_kept")
 
@@ -87,7 +85,8 @@ def _simulate(tmp: Path, name: str, *extra: str) -> tuple[dict[str, Any], dict[i
     records = {}
     for line in out.read_text().splitlines():
         record = json.loads(line)
-        records[record["seed"]] = {k: record.get(k) for k in RUN_FIELDS}
+        record.pop("elapsed_s")  # everything else of a run is fixed by its seed
+        records[record["seed"]] = record
     return summary, records
 
 
@@ -103,9 +102,7 @@ def test_campaign_on_a_dask_cluster_equals_the_local_one(scheduler: str,
     assert len(local_runs) == RUNS and dask_runs == local_runs  # every run's outcome
     assert {k: dask[k] for k in SUMMARY_FIELDS} == {k: local[k] for k in SUMMARY_FIELDS}
     cov = {name: s["coverage"] for name, s in (("local", local), ("dask", dask))}
-    assert cov["dask"]["outcomes"] == cov["local"]["outcomes"]
-    assert cov["dask"]["fault_kinds"] == cov["local"]["fault_kinds"]
-    assert set(cov["dask"]["arcs"]) == set(cov["local"]["arcs"])
+    assert cov["dask"] == cov["local"]  # arcs, cells, faults, outcomes: every count
     assert cov["local"]["arcs_exercised"] >= 10 and cov["local"]["cells_exercised"] >= 20
 
 

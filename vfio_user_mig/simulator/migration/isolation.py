@@ -73,6 +73,10 @@ def one_cpu() -> Iterator[None]:
             os.sched_setaffinity(0, allowed)
 
 
+#: Seconds a crashing server may take to answer the messages sent before the crash.
+_CRASH_DRAIN = 5.0
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """The device a hosted endpoint serves."""
@@ -118,7 +122,10 @@ class Endpoint(Protocol):
         ...
 
     def crash(self) -> None:
-        """Drop the connection abruptly from the server side (the server dies)."""
+        """The server dies between two messages: it answers every message the client sent
+        before the call (so where a run fails does not depend on thread timing, and a seed
+        gives the same run every time), then drops the connection; the client's next send
+        fails."""
         ...
 
     def close(self) -> None:
@@ -169,6 +176,12 @@ class ThreadEndpoint:
         return True
 
     def crash(self) -> None:
+        # End of stream after the messages already sent: the server answers them and stops.
+        if self._client_sock is not None:
+            with contextlib.suppress(OSError):
+                self._client_sock.shutdown(socket.SHUT_WR)
+        if self._thread is not None:
+            self._thread.join(_CRASH_DRAIN)
         if self._server_sock is not None:
             with contextlib.suppress(OSError):
                 self._server_sock.shutdown(socket.SHUT_RDWR)
@@ -211,7 +224,8 @@ def _child(sock: socket.socket, ctrl: Connection, spec: ServerSpec) -> None:
                 if inject is not None:
                     inject(State(src), State(dst), errno=errno, broken=broken)
                 ctrl.send(inject is not None)
-            elif cmd == "crash":
+            elif cmd == "crash":  # the parent ended its side: answer what came, then drop
+                thread.join(_CRASH_DRAIN)
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
                 ctrl.send(True)
@@ -271,6 +285,8 @@ class ProcessEndpoint:
         return bool(self._call("inject", int(src), int(dst), errno, broken))
 
     def crash(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
         self._call("crash")
 
     def close(self) -> None:
