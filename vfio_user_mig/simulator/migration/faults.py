@@ -12,8 +12,10 @@ device_action       the device's action on ``arc`` fails (``errno``; ``broken``:
 slow_peer           each of ``side``'s messages from the ``at``-th is delayed (``delay`` s)
 ==================  ===========================================================================
 
-Message counts start when the migration starts (setup traffic is not counted). A fault whose
-moment never comes (the run had fewer messages or chunks) does not *fire*; a run with a fault
+Message counts start when the migration starts (setup traffic is not counted). A server that
+drops the connection or dies does so between two messages: it answers every message sent
+before the ``at``-th, then goes (``Endpoint.crash``), so a seed decides the whole run. A fault
+whose moment never comes (the run had fewer messages or chunks) does not *fire*; a run with a fault
 that did not fire must behave as a fault-free run.
 """
 
