@@ -17,12 +17,11 @@ libvfio-user, a payload within ``argsz`` is taken whole and one beyond it is EIN
 
 from __future__ import annotations
 
-import struct
-
 from vfio_user_mig.wire.constants import (
     HEADER_SIZE,
     Command,
     DmaUnmapFlag,
+    HeaderFlag,
     IrqSetFlag,
     MsgType,
 )
@@ -30,15 +29,13 @@ from vfio_user_mig.wire.layouts import (
     DEVICE_INFO,
     DMA_MAP,
     DMA_UNMAP,
+    HEADER,
     IRQ_INFO,
     IRQ_SET,
     MIG_DATA,
     REGION_ACCESS,
     REGION_INFO,
 )
-
-_HEADER = struct.Struct("<HHIII")
-_U32 = struct.Struct("<I")
 
 #: Requests whose payload is one struct, by command: the struct's size.
 _FIXED: dict[int, int] = {
@@ -60,13 +57,14 @@ def request_end(command: int, payload: memoryview | bytes) -> int | None:
         return fixed
     n = len(payload)
     if command == Command.DMA_UNMAP and n >= DMA_UNMAP.size:
-        flags = _U32.unpack_from(payload, 4)[0]
+        _argsz, flags, _iova, _size = DMA_UNMAP.unpack_from(payload)
         return None if flags & DmaUnmapFlag.GET_DIRTY_BITMAP else DMA_UNMAP.size
     if command == Command.DEVICE_SET_IRQS and n >= IRQ_SET.size:
-        flags = _U32.unpack_from(payload, 4)[0]
+        _argsz, flags, _index, _start, _count = IRQ_SET.unpack_from(payload)
         return IRQ_SET.size if flags & IrqSetFlag.DATA_NONE else None
     if command == Command.MIG_DATA_WRITE and n >= MIG_DATA.size:
-        return int(MIG_DATA.size + _U32.unpack_from(payload, 4)[0])
+        _argsz, size = MIG_DATA.unpack_from(payload)
+        return int(MIG_DATA.size + size)
     return None
 
 
@@ -76,13 +74,11 @@ def trim_request(message: memoryview | bytes | bytearray) -> bytearray | None:
     nothing follows that end."""
     if len(message) < HEADER_SIZE:
         return None
-    msg_id, command, _size, flags, _err = _HEADER.unpack_from(message, 0)
-    if flags & 0xF != MsgType.COMMAND:
+    msg_id, command, _size, flags, _err = HEADER.unpack_from(message, 0)
+    if flags & HeaderFlag.TYPE_MASK != MsgType.COMMAND:
         return None
     payload = memoryview(message)[HEADER_SIZE:]
     end = request_end(command, payload)
     if end is None or end >= len(payload):
         return None
-    trimmed = bytearray(message[:HEADER_SIZE + end])
-    _HEADER.pack_into(trimmed, 0, msg_id, command, HEADER_SIZE + end, flags, 0)
-    return trimmed
+    return bytearray(HEADER.pack(msg_id, command, HEADER_SIZE + end, flags, 0)) + payload[:end]
