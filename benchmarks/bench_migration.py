@@ -165,8 +165,8 @@ def _relay_server(sock: socket.socket, peer: socket.socket, mem_size: int, sink:
     from vfio_user_mig.model import State
     from vfio_user_mig.simulator.device import MigDev
     from vfio_user_mig.simulator.device.memstream import MemStreamDev
-    from vfio_user_mig.simulator.server_core import ServerCore
-    from vfio_user_mig.simulator.server_io import pump
+    from vfio_user_mig.simulator.server.core import ServerCore
+    from vfio_user_mig.simulator.server.io import pump
 
     class _Discard:
         def feed(self, data: bytes) -> None:
@@ -196,7 +196,7 @@ def _relay_server(sock: socket.socket, peer: socket.socket, mem_size: int, sink:
 
 def _protocol_relay_rate(mem_size: int) -> tuple[float, int, int]:
     """(bytes/s, stream bytes, chunks) of one relay MemStreamDev -> driver -> sink."""
-    from vfio_user_mig.simulator.client import Client
+    from vfio_user_mig.simulator.client.api import Client
     from vfio_user_mig.simulator.migration.clock import RealClock
     from vfio_user_mig.simulator.migration.driver import MigrationDriver
     from vfio_user_mig.simulator.migration.driver_types import DriverConfig, Side

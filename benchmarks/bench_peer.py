@@ -15,7 +15,7 @@ both driven by the same minimal client: ``python benchmarks/run.py --peer SOCKET
   readable anywhere in its first 0x3000 bytes; its BAR0 refuses any access but 8 bytes at
   offset 0 with EINVAL); ours hosts a migdev (64 KiB) in a forked process listening on a UNIX
   path, read at BAR2 offset 0 (``region_read_roundtrip``'s access), the same server as
-  ``region_read_roundtrip`` (``server_io.pump`` over :class:`ServerCore`).
+  ``region_read_roundtrip`` (``server.io.pump`` over :class:`ServerCore`).
   ``--peer SOCKET`` connects to a listening server once per measurement (it must accept
   several clients); ``--peer-spawn`` starts the command (``{socket}`` replaced by a fresh
   path) per measurement, since the C sample serves one client and exits.
@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterator
 
 from vfio_user_mig import wire
 from vfio_user_mig.simulator.device import MigDev
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import pump
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.io import pump
 from vfio_user_mig.simulator.transport import listen_unix
 from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 

@@ -1,7 +1,7 @@
 """Benchmarks of the vfio-user server over a socketpair, client and server in two processes.
 
 * ``region_read_roundtrip``: REGION_READ of 4 bytes of device memory, round trips per second
-  (client codec + socket + ``server_io.pump`` + core + device). ``baseline`` is a raw 20-byte
+  (client codec + socket + ``server.io.pump`` + core + device). ``baseline`` is a raw 20-byte
   echo between two Python processes over a socketpair (``recv_into``/``send``); goal ratio
   >= 0.8.
 * ``mig_data_stream``: the *protocol path* of migration data. MIG_DATA_READ at 1 MiB chunks
@@ -46,11 +46,11 @@ import time
 from collections.abc import Callable
 
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import pump
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.io import pump
 
 CHUNK = 1 << 20
 BAR2 = 2

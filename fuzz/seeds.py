@@ -1,7 +1,7 @@
 """Valid client messages used as fuzz seeds (atheris corpus and hypothesis mutations).
 
 Each seed is one whole encoded message a client may send to the server; together they reach
-every handler of :class:`~vfio_user_mig.simulator.server_core.ServerCore`.
+every handler of :class:`~vfio_user_mig.simulator.server.core.ServerCore`.
 """
 
 from __future__ import annotations

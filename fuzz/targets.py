@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from fuzz.seeds import VERSION
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_types import Handled, ServerConfig
+from vfio_user_mig.simulator.server.hosting import host_device
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.types import Handled, ServerConfig
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
 
 _HDR = struct.Struct("<HHIII")

@@ -222,9 +222,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import threading
 
     from vfio_user_mig.simulator.device.errors import DeviceError
-    from vfio_user_mig.simulator.hosting import host_device
-    from vfio_user_mig.simulator.server_io import UnixServer
-    from vfio_user_mig.simulator.server_types import ServerConfig
+    from vfio_user_mig.simulator.server.hosting import host_device
+    from vfio_user_mig.simulator.server.io import UnixServer
+    from vfio_user_mig.simulator.server.types import ServerConfig
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_io import UnixServer
+from vfio_user_mig.simulator.server.hosting import host_device
+from vfio_user_mig.simulator.server.io import UnixServer
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.differential import CLASSES, Outcome, classify, run_differential
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.simulator.device.errors import DeviceError
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_io import UnixServer
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.io import UnixServer
 
 
 @pytest.fixture

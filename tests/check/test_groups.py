@@ -14,8 +14,8 @@ from vfio_user_mig.check.groups import GROUPS, run_suite
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_io import UnixServer
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.io import UnixServer
 from vfio_user_mig.wire import Command, FeatureOp
 
 #: The lvu-sample device mirrors libvfio-user's sample: its stream has no integrity check, so

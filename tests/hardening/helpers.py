@@ -12,9 +12,9 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.device.regs import Reg, Status
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_types import Handled, ServerConfig
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.types import Handled, ServerConfig
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
 
 HDR = struct.Struct("<HHIII")

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from fuzz.seeds import VERSION, seed_messages
 from fuzz.targets import framer_stream, server_stream, wire_decode
 from vfio_user_mig import wire
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_core import ServerCore
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import host_device
 
 SEEDS = [*seed_messages(), VERSION]
 #: Values that sit on the edges of the limits and of the u32/u64 fields.

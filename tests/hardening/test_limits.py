@@ -15,7 +15,7 @@ from tests.hardening.helpers import BAR0, BAR2, CONFIG, Driver, fd_closed, raw, 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.device.regs import Reg, Status
-from vfio_user_mig.simulator.server_types import MAX_DMA_CHUNKS_PER_OP, ServerConfig
+from vfio_user_mig.simulator.server.types import MAX_DMA_CHUNKS_PER_OP, ServerConfig
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp, IrqSetFlag
 
 DEFAULT = ServerConfig()

@@ -16,7 +16,7 @@ import pytest
 from tests.simulator.test_mig_channel import Served, _open_fds
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.server_types import ServerConfig
+from vfio_user_mig.simulator.server.types import ServerConfig
 from vfio_user_mig.simulator.transport import recv_into, send_parts
 
 BAR0 = 0

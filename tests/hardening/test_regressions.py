@@ -17,7 +17,7 @@ from fuzz.targets import server_stream
 from tests.hardening.helpers import Driver, fd_closed, raw, version
 from vfio_user_mig import wire
 from vfio_user_mig.simulator.device.regs import Status
-from vfio_user_mig.simulator.server_types import ServerConfig
+from vfio_user_mig.simulator.server.types import ServerConfig
 from vfio_user_mig.wire import Command, IrqSetFlag
 
 DMA_MAP_SEED = seed_messages()[10]

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from vfio_user_mig.model import ALL_CAPS, MigrationCaps, State
 from vfio_user_mig.protocol.gating import gate
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.hosting import host_device
+from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.migration import campaign
 from vfio_user_mig.simulator.migration.campaign import (
     Predictor,
@@ -24,7 +23,8 @@ from vfio_user_mig.simulator.migration.campaign import (
     run_scenario,
 )
 from vfio_user_mig.simulator.migration.faults import FAULT_KINDS, Fault, driver_arcs
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.hosting import host_device
+from vfio_user_mig.simulator.server.io import serve_socketpair
 from vfio_user_mig.wire.constants import Command
 
 #: Larger campaigns on demand: VFIO_USER_MIG_CAMPAIGN_RUNS=5000 pytest tests/migration
@@ -210,7 +210,7 @@ def test_every_probe_checks_the_server_and_counts_after(state: State, which: int
 @pytest.fixture
 def mutant_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """Servers made meanwhile let every command through in STOP (the model's gate is kept)."""
-    from vfio_user_mig.simulator import server_core
+    from vfio_user_mig.simulator.server import core as server_core
 
     real = server_core.gate_table
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.transport import connect_unix
 
 BAR2 = 2

@@ -140,8 +140,8 @@ def test_real_clock_with_bandwidth_cap() -> None:
 
 def test_external_servers_over_unix_sockets(tmp_path: Path) -> None:
     """--src-socket/--dst-socket: any vfio-user server; verification by region reads."""
-    from vfio_user_mig.simulator.hosting import host_device
-    from vfio_user_mig.simulator.server_io import UnixServer
+    from vfio_user_mig.simulator.server.hosting import host_device
+    from vfio_user_mig.simulator.server.io import UnixServer
 
     hosted = [host_device(mem_size=64 * KiB, caps=VFIO_USER_CAPS) for _ in range(2)]
     paths = [str(tmp_path / f"{n}.sock") for n in ("src", "dst")]

@@ -10,8 +10,8 @@ import pytest
 
 from vfio_user_mig.check.requests import raw_message, version_request
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.migration.isolation import ServerSpec, make_endpoint
 from vfio_user_mig.wire import Command
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_memory import GuestMemory
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.memory import GuestMemory
 from vfio_user_mig.simulator.device import MigDev
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import host_device
+from vfio_user_mig.simulator.server.io import serve_socketpair
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client_core import (
+from vfio_user_mig.simulator.client.core import (
     ClientCore,
     ErrorReceived,
     Event,
@@ -20,10 +20,10 @@ from vfio_user_mig.simulator.client_core import (
     UnexpectedReply,
     answer_dma,
 )
-from vfio_user_mig.simulator.client_memory import GuestMemory
+from vfio_user_mig.simulator.client.memory import GuestMemory
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_core import ServerCore
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
 from vfio_user_mig.wire.constants import DmaMapFlag, FeatureIndex, FeatureOp
 
 BAR0, BAR2, CONFIG = 0, 2, 7

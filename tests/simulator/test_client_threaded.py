@@ -12,12 +12,12 @@ import pytest
 from tests.simulator.conftest import Session
 from tests.simulator.test_server_e2e import run_dma_job
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client_io import VfioUserError
-from vfio_user_mig.simulator.client_memory import GuestMemory
-from vfio_user_mig.simulator.client_threaded import ThreadedClient
+from vfio_user_mig.simulator.client.io import VfioUserError
+from vfio_user_mig.simulator.client.memory import GuestMemory
+from vfio_user_mig.simulator.client.threaded import ThreadedClient
 from vfio_user_mig.simulator.device.regs import DmaDir, Status
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.hosting import host_device
+from vfio_user_mig.simulator.server.io import serve_socketpair
 
 BAR0, BAR2 = 0, 2
 

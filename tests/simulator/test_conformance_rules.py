@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_types import ServerConfig
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.types import ServerConfig
 
 HDR = struct.Struct("<HHIII")
 VERSION_JSON = b'{"capabilities":{"max_msg_fds":8,"max_data_xfer_size":%d}}\0'

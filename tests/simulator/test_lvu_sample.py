@@ -23,9 +23,9 @@ import pytest
 
 from vfio_user_mig.model import State
 from vfio_user_mig.model.errors import ArcActionError
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
-from vfio_user_mig.simulator.client_memory import GuestMemory
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
+from vfio_user_mig.simulator.client.memory import GuestMemory
 from vfio_user_mig.simulator.device import (
     DEVICES,
     DeviceError,
@@ -42,8 +42,8 @@ from vfio_user_mig.simulator.device.lvu_sample import (
     STOP_COPY_SIZE,
     LvuSample,
 )
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_io import pump
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.io import pump
 from vfio_user_mig.wire.constants import RegionInfoFlag
 
 PAGE = 4096

@@ -14,13 +14,13 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
-from vfio_user_mig.simulator.client_threaded import ThreadedClient
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
+from vfio_user_mig.simulator.client.threaded import ThreadedClient
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
-from vfio_user_mig.simulator.server_io import serve_socketpair
-from vfio_user_mig.simulator.server_types import ServerConfig
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.io import serve_socketpair
+from vfio_user_mig.simulator.server.types import ServerConfig
 from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY
 
 BAR0, BAR2 = 0, 2

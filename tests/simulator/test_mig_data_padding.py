@@ -12,11 +12,11 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
-from vfio_user_mig.simulator.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
+from vfio_user_mig.simulator.server.io import serve_socketpair
 from vfio_user_mig.wire.capabilities import MIG_DATA_UNPADDED_KEY
 from vfio_user_mig.wire.constants import FeatureIndex, FeatureOp
 

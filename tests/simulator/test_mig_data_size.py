@@ -11,7 +11,7 @@ import pytest
 
 from tests.simulator.conftest import Session, close_session, make_session
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.stream import PAGES_PREFIX, RECORD_HEADER
 from vfio_user_mig.wire.constants import FeatureIndex, FeatureOp

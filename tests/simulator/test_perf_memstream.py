@@ -12,14 +12,14 @@ from collections.abc import Callable
 import pytest
 
 from vfio_user_mig.model import State as S
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.shadow import ShadowTracker, StagedRun
 from vfio_user_mig.simulator.device.stream import memory_fingerprint, page_crcs
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.io import serve_socketpair
 
 
 def _arcs(dev: MigDev, *states: S) -> None:

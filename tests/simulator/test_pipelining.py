@@ -17,16 +17,16 @@ import pytest
 from tests.simulator.conftest import Session, close_session, make_session
 from tests.simulator.test_server_e2e import enable_bus_master, reg_read, reg_write
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.migdev_base import SaveStream
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
 from vfio_user_mig.simulator.migration.driver_types import DriverConfig
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.io import serve_socketpair
 
 KiB = 1 << 10
 MEM = 256 * KiB

@@ -14,7 +14,7 @@ import pytest
 from tests.simulator.conftest import Session, close_session, make_session
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device.regs import Control, DmaDir, Reg, Status
 from vfio_user_mig.simulator.transport import connect_unix, recv_into, send_parts
 from vfio_user_mig.wire.constants import FeatureIndex, FeatureOp
@@ -278,15 +278,15 @@ def test_corrupted_stream_is_refused_at_resuming_to_stop() -> None:
 
 def test_unix_socket_path_mode_0600(tmp_path: object) -> None:
     from vfio_user_mig.simulator.device import MigDev
-    from vfio_user_mig.simulator.server_core import ServerCore
-    from vfio_user_mig.simulator.server_io import UnixServer
+    from vfio_user_mig.simulator.server.core import ServerCore
+    from vfio_user_mig.simulator.server.io import UnixServer
 
     path = os.path.join(str(tmp_path), "s.sock")
     device = MigDev(mem_size=1 << 16)
     server = UnixServer(ServerCore(device), path, max_connections=1).start()
     try:
         assert os.stat(path).st_mode & 0o777 == 0o600
-        from vfio_user_mig.simulator.client import Client
+        from vfio_user_mig.simulator.client.api import Client
 
         client = Client(connect_unix(path), timeout=5)
         assert client.negotiate().minor == 2
@@ -299,7 +299,7 @@ def test_unix_socket_path_mode_0600(tmp_path: object) -> None:
 def test_legality_table_matches_live_server() -> None:
     from vfio_user_mig.model import VFIO_USER_CAPS
     from vfio_user_mig.protocol.gating import legality_table
-    from vfio_user_mig.simulator.legality_probe import make_probe
+    from vfio_user_mig.simulator.server.legality_probe import make_probe
 
     probe = make_probe(VFIO_USER_CAPS)
     table = legality_table(VFIO_USER_CAPS)

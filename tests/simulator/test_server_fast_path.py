@@ -12,14 +12,14 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_core import ClientCore
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.core import ClientCore
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.lvu_sample import LvuSample
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.io import serve_socketpair
 from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
 _REQ = REGION_ACCESS.with_prefix(HEADER)

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 from tests.simulator.conftest import Session, close_session, make_session
 from vfio_user_mig.model import InvalidTransition, State, transition_path
 from vfio_user_mig.protocol.gating import gate
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device.stream import (
     PAGES_PREFIX,
     RECORD_HEADER,

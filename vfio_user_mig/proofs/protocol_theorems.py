@@ -4,7 +4,7 @@ Legality: :func:`vfio_user_mig.protocol.gating.legality_table` is the total tabl
 x client command -> accepted or errno) derived from the model. One theorem checks the table's
 MIG_DATA rows against the FSM (saving group, RESUMING); another checks every cell against a
 *probe* ``probe(state, command) -> errno | None`` that asks a real server over a socketpair.
-The probe comes from ``vfio_user_mig.simulator.legality_probe.make_probe(caps)`` when that
+The probe comes from ``vfio_user_mig.simulator.server.legality_probe.make_probe(caps)`` when that
 module exists (it is imported lazily; the theorem is skipped with a note otherwise). A probe
 may have a ``close()`` method, called when the check is done.
 
@@ -47,7 +47,7 @@ from vfio_user_mig.protocol.gating import CLIENT_COMMANDS, gate, legality_table
 from vfio_user_mig.wire.constants import Command
 
 Probe = Callable[[State, Command], int | None]
-PROBE_MODULE = "vfio_user_mig.simulator.legality_probe"
+PROBE_MODULE = "vfio_user_mig.simulator.server.legality_probe"
 
 _MIG_COMMAND = {"READ": Command.MIG_DATA_READ, "WRITE": Command.MIG_DATA_WRITE}
 

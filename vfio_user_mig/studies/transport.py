@@ -5,7 +5,7 @@ blocks other requests, and proposed a separate socket for the migration data. Th
 measures it with the real client and server: every run is one real migration
 (:func:`~vfio_user_mig.simulator.migration.session.migrate`, wall clock, no link cap), the two
 servers in their own processes, the VMM side one
-:class:`~vfio_user_mig.simulator.client_threaded.ThreadedClient` per server, shared by threads
+:class:`~vfio_user_mig.simulator.client.threaded.ThreadedClient` per server, shared by threads
 as a multi-threaded VMM shares its socket: the migration thread runs the driver
 while a *vCPU thread* issues a 4-byte REGION_READ of BAR0 every :attr:`Grid.probe_interval`
 seconds and records how long each took. The transports compared:
@@ -13,7 +13,7 @@ seconds and records how long each took. The transports compared:
 * ``main``: migration data on the main socket (the protocol as specified): a REGION_READ sent
   during a transfer queues behind the MIG_DATA_READ replies in flight (the driver keeps two);
 * ``separate``: the experimental migration-data socket (``x-mig-data-socket``,
-  :mod:`~vfio_user_mig.simulator.mig_channel`) negotiated at VERSION: MIG_DATA_READ/WRITE on
+  :mod:`~vfio_user_mig.simulator.server.mig_channel`) negotiated at VERSION: MIG_DATA_READ/WRITE on
   their own socket, served by its own server thread; the device is shared, so a REGION_READ
   can still wait for the device to finish making one chunk, but not for chunks to be sent.
 
@@ -159,7 +159,7 @@ class Probe:
 
     def sample(self) -> bool:
         """One REGION_READ; False once the connection is gone."""
-        from vfio_user_mig.simulator.client_io import VfioUserError
+        from vfio_user_mig.simulator.client.io import VfioUserError
 
         sent = self.now()
         start = time.perf_counter()
@@ -217,7 +217,7 @@ def _phase(t: float, windows: Sequence[tuple[float, float, str]]) -> str | None:
 
 def run_one(spec: RunSpec) -> Run:
     """One migration with the vCPU probe running (see module docstring)."""
-    from vfio_user_mig.simulator.client_threaded import ThreadedClient
+    from vfio_user_mig.simulator.client.threaded import ThreadedClient
     from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
 
     probes: list[Probe] = []

@@ -40,8 +40,8 @@ from typing import Any
 from vfio_user_mig.model import ALL_CAPS, InvalidTransition, MigrationCaps, State, caps_label
 from vfio_user_mig.model import transition_path as _path
 from vfio_user_mig.protocol.gating import gate
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.executor import run_batched
 from vfio_user_mig.simulator.migration.campaign_stats import (
     CampaignStats,

@@ -22,7 +22,8 @@ own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's DMA_LO
 (device writes into guest RAM).
 
 Migration data goes on each side's :attr:`Client.data_client`: the main socket, or the
-experimental migration-data channel when the client negotiated one (:mod:`..mig_channel`).
+experimental migration-data channel when the client negotiated one
+(:mod:`vfio_user_mig.simulator.server.mig_channel`).
 
 Failures: until the destination runs, any failure puts the source back to RUNNING (QEMU's
 recovery: the VM keeps running where it was) and discards the destination (DEVICE_RESET).
@@ -50,7 +51,7 @@ import errno as _errno
 from typing import Any
 
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.migration.driver_relay import DeviceRelay
 from vfio_user_mig.simulator.migration.driver_types import (
     MigrationError,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.migration.clock import Clock
 from vfio_user_mig.simulator.migration.driver_types import (
     DriverConfig,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfio_user_mig.model import State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.migration.guest import GuestRam
 
 #: Called after every MIG_DEVICE_STATE SET: (side, from, requested, errno or None, reached).

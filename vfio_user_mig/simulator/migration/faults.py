@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vfio_user_mig.model import MigrationCaps, State, transition_path
-from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client.api import Client
 
 FAULT_KINDS = (
     "client_disconnect",

@@ -27,7 +27,7 @@ from vfio_user_mig.model import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.transport import connect_unix
 
 if TYPE_CHECKING:
-    from vfio_user_mig.simulator.hosting import HostedDevice
+    from vfio_user_mig.simulator.server.hosting import HostedDevice
 
 ISOLATIONS = ("thread", "process")
 
@@ -91,8 +91,8 @@ class ServerSpec:
 
     def host(self) -> HostedDevice:
         """Build the device and its server core (a :class:`~..hosting.HostedDevice`)."""
-        from vfio_user_mig.simulator.hosting import host_device
-        from vfio_user_mig.simulator.server_types import ServerConfig
+        from vfio_user_mig.simulator.server.hosting import host_device
+        from vfio_user_mig.simulator.server.types import ServerConfig
 
         config = ServerConfig(experimental_mig_data_socket=self.mig_data_socket,
                               experimental_mig_data_size=self.mig_data_size)
@@ -153,7 +153,7 @@ class ThreadEndpoint:
         return self.hosted_device.device
 
     def connect(self) -> socket.socket:
-        from vfio_user_mig.simulator.server_io import serve_socketpair
+        from vfio_user_mig.simulator.server.io import serve_socketpair
 
         if self._thread is not None:
             raise RuntimeError("endpoint already connected")
@@ -204,7 +204,7 @@ class ThreadEndpoint:
 
 def _child(sock: socket.socket, ctrl: Connection, spec: ServerSpec) -> None:
     """Body of a :class:`ProcessEndpoint` child: serve ``sock``, answer ``ctrl``."""
-    from vfio_user_mig.simulator.server_io import serve_socketpair
+    from vfio_user_mig.simulator.server.io import serve_socketpair
 
     hosted = spec.host()
     thread, stop = serve_socketpair(hosted.core, sock)

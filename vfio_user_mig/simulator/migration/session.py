@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vfio_user_mig.model import VFIO_USER_CAPS, MigrationCaps, caps_label
-from vfio_user_mig.simulator.client import Client
+from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.migration.clock import Clock, RealClock, SimClock
 from vfio_user_mig.simulator.migration.driver import MigrationDriver
 from vfio_user_mig.simulator.migration.driver_types import (
@@ -73,7 +73,7 @@ class MigrateOptions:
     :attr:`DriverConfig.round_device_budget`)."""
     mig_data_socket: bool = False
     """Experimental: hosted servers agree to, and the clients negotiate, a separate socket for
-    MIG_DATA_READ/WRITE (``x-mig-data-socket``, :mod:`~vfio_user_mig.simulator.mig_channel`).
+    MIG_DATA_READ/WRITE (``x-mig-data-socket``, :mod:`~vfio_user_mig.simulator.server.mig_channel`).
     A server that does not know it (external servers) leaves migration data on the main
     socket."""
     size_query: bool = False

@@ -1,8 +1,8 @@
 """The per-socket half of a server: received bytes, queued replies, a broken stream.
 
-A server core (:class:`~.server_core.ServerCore`, the main socket) and its experimental
+A server core (:class:`~.core.ServerCore`, the main socket) and its experimental
 migration-data channel (:class:`~.mig_channel.MigDataChannel`) each own one; both are driven
-by the same IO pump (:func:`~.server_io.pump`).
+by the same IO pump (:func:`~.io.pump`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from :meth:`ClientCore.next_event` (its fds closed; a pending request it answers
 awaited) and the stream goes on; after a framing error (impossible ``msg_size``) the stream is
 unrecoverable and every later call raises it again.
 
-The IO layer (:class:`vfio_user_mig.simulator.client.Client`) may receive straight into the
+The IO layer (:class:`.api.Client`) may receive straight into the
 framer's buffers (``core.framer.recv_buffer``/``commit``) and may take a reply off the socket
 itself on a fast path, then tells the core with :meth:`ClientCore.reply_consumed`.
 """
@@ -48,7 +48,7 @@ _REGION_READ = int(wire.Command.REGION_READ)
 
 class DmaMemory(Protocol):
     """What :func:`answer_dma` needs of guest memory (e.g.
-    :class:`~vfio_user_mig.simulator.client.GuestMemory`): accesses outside it raise
+    :class:`~.api.GuestMemory`): accesses outside it raise
     ``ValueError``."""
 
     def read(self, iova: int, length: int) -> bytes: ...

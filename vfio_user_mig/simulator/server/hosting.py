@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps
 from vfio_user_mig.simulator.device import DEVICES, Device
-from vfio_user_mig.simulator.irqs import EventfdTable
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_types import ServerConfig
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.irqs import EventfdTable
+from vfio_user_mig.simulator.server.types import ServerConfig
 
 
 class ForwardIrqSink:

@@ -7,7 +7,7 @@ DMA_READ/DMA_WRITE requests at any time: a client that waits for a reply without
 server deadlocks whenever the server needs DMA to finish the request
 (``serve_dma_while_waiting=False`` reproduces that, bounded by ``timeout``).
 
-:class:`Client` is the IO layer over the sans-IO :class:`~.client_core.ClientCore` (message
+:class:`Client` is the IO layer over the sans-IO :class:`~.core.ClientCore` (message
 ids, pending requests, framing, typed events, the DMA answers): it owns the socket, moves
 bytes and fds between it and the core, and blocks. Replies to other requests that arrive
 while it waits for one are kept until asked for; replies to no pending request are dropped
@@ -31,7 +31,7 @@ from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.client_io import BULK_REPLY, ClientIO, VfioUserError
+from vfio_user_mig.simulator.client.io import BULK_REPLY, ClientIO, VfioUserError
 from vfio_user_mig.simulator.transport import (
     close_fds,
     recv_into,
@@ -84,7 +84,7 @@ class Client(ClientIO):
         """VERSION: offer our limits, learn the server's.
 
         ``mig_data_socket``: also offer the experimental migration-data socket
-        (:mod:`~vfio_user_mig.simulator.mig_channel`); when the server agrees, the socket it
+        (:mod:`~vfio_user_mig.simulator.server.mig_channel`); when the server agrees, the socket it
         sends becomes :attr:`mig_channel` and :attr:`data_client` uses it.
         ``unpadded_mig_data``: say that this client takes MIG_DATA_READ replies without zero
         padding (``x-mig-data-unpadded``; it takes padded ones too, from servers that ignore

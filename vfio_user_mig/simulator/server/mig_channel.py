@@ -20,7 +20,7 @@ the spec nor libvfio-user; docs/wire-compat.md):
 * Lifetime: the channel ends when either side closes it (migration data then goes back to the
   main socket) and always with the main connection.
 
-:class:`MigDataChannel` is sans-IO like the core: the IO layer (:func:`~.server_io.pump`)
+:class:`MigDataChannel` is sans-IO like the core: the IO layer (:func:`~.io.pump`)
 serves it from its own thread; the device is shared, so the pumps of both sockets process
 messages under one lock while sending and receiving run in parallel. A REGION_READ on the
 main socket then waits at most for the device to make one chunk, never for the chunk to be
@@ -34,13 +34,13 @@ import socket
 from dataclasses import dataclass
 from typing import Protocol
 
-from vfio_user_mig.simulator.server_types import Handled, ServerConfig
-from vfio_user_mig.simulator.socket_end import SocketEnd
+from vfio_user_mig.simulator.server.socket_end import SocketEnd
+from vfio_user_mig.simulator.server.types import Handled, ServerConfig
 
 
 class ChannelOwner(Protocol):
     """What a channel needs of the server it belongs to (the server's
-    :class:`~.server_state.ServerState`): its limits, the dispatcher that processes a message
+    :class:`~.state.ServerState`): its limits, the dispatcher that processes a message
     received on the channel, and the notice that the channel closed."""
 
     @property

@@ -26,9 +26,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vfio_user_mig import wire
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_core import ErrorReceived, ReplyReceived, ServerRequest
-from vfio_user_mig.simulator.client_io import BULK_REPLY, VfioUserError
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.core import ErrorReceived, ReplyReceived, ServerRequest
+from vfio_user_mig.simulator.client.io import BULK_REPLY, VfioUserError
 from vfio_user_mig.simulator.transport import PeerClosed, recv_into, set_recv_timeout
 
 #: The receiver wakes at least this often to notice :meth:`ThreadedClient.close`.

@@ -17,9 +17,9 @@ from vfio_user_mig.simulator.device.dma import (
     DmaMapError,
     FdMemory,
 )
-from vfio_user_mig.simulator.mig_channel import open_channel
-from vfio_user_mig.simulator.server_state import ServerState
-from vfio_user_mig.simulator.server_types import (
+from vfio_user_mig.simulator.server.mig_channel import open_channel
+from vfio_user_mig.simulator.server.state import ServerState
+from vfio_user_mig.simulator.server.types import (
     IOVA_LIMIT,
     SERVER_MINOR,
     Refusal,

@@ -1,5 +1,5 @@
-"""The blocking IO layer of the vfio-user client (:mod:`.client` has the operations): owns the
-socket, moves bytes and fds between it and the sans-IO :class:`~.client_core.ClientCore`,
+"""The blocking IO layer of the vfio-user client (:mod:`.api` has the operations): owns the
+socket, moves bytes and fds between it and the sans-IO :class:`~.core.ClientCore`,
 waits for replies while serving the server's DMA_READ/DMA_WRITE requests, keeps replies that
 arrive early and drops (and counts) replies to no pending request.
 
@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vfio_user_mig import wire
-from vfio_user_mig.simulator.client_core import (
+from vfio_user_mig.simulator.client.core import (
     ClientCore,
     ErrorReceived,
     Event,
@@ -35,7 +35,7 @@ from vfio_user_mig.simulator.client_core import (
     ServerRequest,
     answer_dma,
 )
-from vfio_user_mig.simulator.client_memory import GuestMemory
+from vfio_user_mig.simulator.client.memory import GuestMemory
 from vfio_user_mig.simulator.transport import (
     PeerClosed,
     close_fds,
@@ -66,7 +66,7 @@ class VfioUserError(OSError):
 
 class ClientIO:
     """Sending, receiving and waiting on one connected socket (see module docstring);
-    :class:`~.client.Client` adds the protocol operations."""
+    :class:`~.api.Client` adds the protocol operations."""
 
     def __init__(
         self,

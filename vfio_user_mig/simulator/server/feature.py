@@ -12,8 +12,8 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.model import InvalidTransition
 from vfio_user_mig.simulator.device.errors import DeviceError
-from vfio_user_mig.simulator.server_state import ServerState
-from vfio_user_mig.simulator.server_types import (
+from vfio_user_mig.simulator.server.state import ServerState
+from vfio_user_mig.simulator.server.types import (
     Refusal,
 )
 from vfio_user_mig.wire.constants import (

@@ -20,10 +20,10 @@ refused), chunk/bitmap/range sizes before the device is asked. DMA_MAP ranges th
 wrap past 2**64 or overlap are refused, as are fd mappings past the end of the file or at an
 unaligned offset; region accesses past the region end are refused by the device.
 
-The core is assembled from one module per job: :mod:`.server_types` (config, outcome),
-:mod:`.server_state` (session state and lifetime), the handler families
-:mod:`.server_setup`, :mod:`.server_access`, :mod:`.server_feature`, the device-initiated DMA
-:mod:`.server_dma`; this module frames, gates and dispatches each request.
+The core is assembled from one module per job: :mod:`.types` (config, outcome),
+:mod:`.state` (session state and lifetime), the handler families
+:mod:`.setup`, :mod:`.access`, :mod:`.feature`, the device-initiated DMA
+:mod:`.dma`; this module frames, gates and dispatches each request.
 """
 
 from __future__ import annotations
@@ -36,18 +36,18 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.protocol.gating import gate_table
 from vfio_user_mig.simulator.device.base import Device
-from vfio_user_mig.simulator.irqs import EventfdTable
-from vfio_user_mig.simulator.server_access import AccessHandlers
-from vfio_user_mig.simulator.server_dma import DmaInitiator
-from vfio_user_mig.simulator.server_feature import FeatureHandlers
-from vfio_user_mig.simulator.server_setup import SetupHandlers
-from vfio_user_mig.simulator.server_types import (
+from vfio_user_mig.simulator.server.access import AccessHandlers
+from vfio_user_mig.simulator.server.dma import DmaInitiator
+from vfio_user_mig.simulator.server.feature import FeatureHandlers
+from vfio_user_mig.simulator.server.irqs import EventfdTable
+from vfio_user_mig.simulator.server.setup import SetupHandlers
+from vfio_user_mig.simulator.server.socket_end import Parts, SocketEnd
+from vfio_user_mig.simulator.server.types import (
     CHANNEL_COMMANDS,
     Handled,
     Refusal,
     ServerConfig,
 )
-from vfio_user_mig.simulator.socket_end import Parts, SocketEnd
 from vfio_user_mig.simulator.transport import close_fds
 from vfio_user_mig.wire.constants import Command
 from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS

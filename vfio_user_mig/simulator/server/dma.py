@@ -16,8 +16,8 @@ from vfio_user_mig.simulator.device.dma import (
     DmaOp,
     Route,
 )
-from vfio_user_mig.simulator.server_state import PendingOp, ServerState
-from vfio_user_mig.simulator.server_types import (
+from vfio_user_mig.simulator.server.state import PendingOp, ServerState
+from vfio_user_mig.simulator.server.types import (
     MAX_DMA_CHUNKS_PER_OP,
     Handled,
 )

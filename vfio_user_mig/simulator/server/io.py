@@ -27,10 +27,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from vfio_user_mig import wire
-from vfio_user_mig.simulator.mig_channel import NewChannel
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_types import Handled
-from vfio_user_mig.simulator.socket_end import Parts
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.mig_channel import NewChannel
+from vfio_user_mig.simulator.server.socket_end import Parts
+from vfio_user_mig.simulator.server.types import Handled
 from vfio_user_mig.simulator.transport import (
     PeerClosed,
     close_fds,

@@ -2,8 +2,8 @@
 VERSION negotiated, the migration-data channel and the device DMA op in flight.
 
 :class:`ServerState` owns that state and its lifetime (connection loss, close); the command
-handlers (:mod:`.server_setup`, :mod:`.server_access`, :mod:`.server_feature`), the
-device-initiated DMA (:mod:`.server_dma`) and the dispatcher (:mod:`.server_core`) are built on
+handlers (:mod:`.setup`, :mod:`.access`, :mod:`.feature`), the
+device-initiated DMA (:mod:`.dma`) and the dispatcher (:mod:`.core`) are built on
 it. A connection drop unmaps the client's memory and closes every fd it gave while the device
 and its migration state are kept for a reconnect (vfio-user.rst "Connection drop").
 """
@@ -20,10 +20,10 @@ from vfio_user_mig.model import DeviceFSM, State
 from vfio_user_mig.model.paths import path_table
 from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMapping, DmaOp, DmaSpace
-from vfio_user_mig.simulator.irqs import EventfdTable
-from vfio_user_mig.simulator.mig_channel import MigDataChannel, NewChannel
-from vfio_user_mig.simulator.server_types import Handled, Refusal, ServerConfig
-from vfio_user_mig.simulator.socket_end import SocketEnd
+from vfio_user_mig.simulator.server.irqs import EventfdTable
+from vfio_user_mig.simulator.server.mig_channel import MigDataChannel, NewChannel
+from vfio_user_mig.simulator.server.socket_end import SocketEnd
+from vfio_user_mig.simulator.server.types import Handled, Refusal, ServerConfig
 
 
 @dataclass
@@ -92,7 +92,7 @@ class ServerState(SocketEnd):
 
     def next_event_on(self, end: SocketEnd, now: float) -> Handled | None:
         """Process one message received on ``end``: the dispatcher
-        (:class:`~.server_core.ServerCore`) implements it."""
+        (:class:`~.core.ServerCore`) implements it."""
         raise NotImplementedError
 
     def take_new_channel(self) -> NewChannel | None:

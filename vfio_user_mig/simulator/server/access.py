@@ -11,9 +11,9 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.simulator.device.base import RegionFlag
 from vfio_user_mig.simulator.device.errors import DeviceError
-from vfio_user_mig.simulator.irqs import validate_set_irqs
-from vfio_user_mig.simulator.server_state import ServerState
-from vfio_user_mig.simulator.server_types import (
+from vfio_user_mig.simulator.server.irqs import validate_set_irqs
+from vfio_user_mig.simulator.server.state import ServerState
+from vfio_user_mig.simulator.server.types import (
     Refusal,
 )
 from vfio_user_mig.wire.constants import (

@@ -15,11 +15,11 @@ from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.client import Client
-from vfio_user_mig.simulator.client_io import VfioUserError
-from vfio_user_mig.simulator.hosting import host_device
-from vfio_user_mig.simulator.server_core import ServerCore
-from vfio_user_mig.simulator.server_io import serve_socketpair
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import VfioUserError
+from vfio_user_mig.simulator.server.core import ServerCore
+from vfio_user_mig.simulator.server.hosting import host_device
+from vfio_user_mig.simulator.server.io import serve_socketpair
 from vfio_user_mig.wire.constants import (
     Command,
     DmaUnmapFlag,
