@@ -344,12 +344,52 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+DIST_NAME = "vfio-user-mig"
+
+
+def package_version() -> str:
+    """The package's version, whose one source is ``version`` in ``pyproject.toml``.
+
+    Run from a source tree (the package beside its ``pyproject.toml``), that file is read;
+    installed (a wheel, an editable install), the installed distribution's metadata, which the
+    build copied from it. ``"unknown"`` when neither is there."""
+    import importlib.metadata
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    try:
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+    except (OSError, ValueError):
+        project = {}
+    if project.get("name") == DIST_NAME and isinstance(project.get("version"), str):
+        return str(project["version"])
+    try:
+        return importlib.metadata.version(DIST_NAME)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``vfio-user-mig VERSION`` and exit 0 (computed only when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered command."""
     parser = argparse.ArgumentParser(
         prog="vfio-user-mig",
         description="The executable model of vfio-user live migration (migration v2).",
     )
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMAND_MODULES:
         importlib.import_module(module)
@@ -370,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-__all__ = ["COMMANDS", "build_parser", "caps_label", "command", "main"]
+__all__ = ["COMMANDS", "build_parser", "caps_label", "command", "main", "package_version"]
 
 if __name__ == "__main__":  # pragma: no cover
     # Run the package's module, not this ``__main__`` copy: command modules register
