@@ -167,6 +167,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         from vfio_user_mig.check.markdown import render_markdown
 
         Path(args.markdown).write_text(render_markdown(report))
+    if args.junit:
+        from vfio_user_mig.check.junit import write_check_junit
+
+        write_check_junit(report, args)
     if args.json:
         print(report.dumps())
     else:
@@ -212,5 +216,8 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
                    help="differential mode: send the same sequences to this reference server "
                         "too and report every difference in reply")
     p.add_argument("--markdown", metavar="FILE", help="also write a report for people")
+    p.add_argument("--junit", metavar="FILE",
+                   help="also write JUnit XML for CI systems: one test case per check, each "
+                        "failure with its rule and a reproducer file beside FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(handler=cmd_check)

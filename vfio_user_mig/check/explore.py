@@ -67,8 +67,7 @@ def scratch(checker: Checker) -> Checker:
 
 def merge(into: Checker, sub: Checker, findings: bool = True) -> None:
     """Add ``sub``'s counts and coverage (and findings) to ``into``'s report."""
-    into.report.checks += sub.report.checks
-    into.report.passed += sub.report.passed
+    into.report.absorb_counts(sub.report)
     into.report.coverage.merge(sub.report.coverage)
     if findings:
         into.report.findings.extend(sub.report.findings)

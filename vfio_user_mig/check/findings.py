@@ -102,6 +102,27 @@ class Report:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Behaviour worth knowing that breaks no rule: {"title", "detail", "group", "count"}.
     advisories: list[dict[str, Any]] = field(default_factory=list)
+    #: Each check counted with :meth:`count`, by (group, title): [passed, failed] (the test
+    #: cases of ``check --junit``; not in the ``--json`` object).
+    outcomes: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def count(self, group: str, title: str, ok: bool) -> None:
+        """Count one check: in ``checks``, ``passed`` and :attr:`outcomes`."""
+        self.checks += 1
+        self.passed += ok
+        tally = self.outcomes.get((group, title))
+        if tally is None:
+            tally = self.outcomes[(group, title)] = [0, 0]
+        tally[not ok] += 1
+
+    def absorb_counts(self, other: Report) -> None:
+        """Add ``other``'s ``checks``, ``passed`` and :attr:`outcomes` to this report's."""
+        self.checks += other.checks
+        self.passed += other.passed
+        for key, (passed, failed) in other.outcomes.items():
+            tally = self.outcomes.setdefault(key, [0, 0])
+            tally[0] += passed
+            tally[1] += failed
 
     def add_advisory(self, title: str, detail: str, group: str) -> None:
         for entry in self.advisories:

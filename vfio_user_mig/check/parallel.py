@@ -96,8 +96,7 @@ def run_random_parallel(checker: Checker, spawn: str, runs: int, seed: int, out_
     regions, stream = 0, None
     for result in results:
         report = checker.report
-        report.checks += result.report.checks
-        report.passed += result.report.passed
+        report.absorb_counts(result.report)
         report.coverage.merge(result.report.coverage)
         report.findings.extend(result.report.findings)
         report.caps = result.report.caps or report.caps

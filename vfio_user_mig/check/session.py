@@ -235,7 +235,7 @@ class Sequence:
                 self.conn.memory.remove(addr)
 
     def _abort(self, kind: Kind, title: str, observed: str, command: str) -> None:
-        self.checker.report.checks += 1
+        self.checker.report.count(self.group, title, False)
         self.finding(kind, title, "a reply within the timeout", observed,
                      "vfio-user.rst: every command gets a reply", [command])
         self.dead = True
@@ -258,10 +258,8 @@ class Sequence:
     def verify(self, ok: bool, kind: Kind, title: str, expected: str, observed: str,
                spec: str, commands: list[str] | None = None) -> bool:
         """Count one check on something already received; record a finding when not ``ok``."""
-        self.checker.report.checks += 1
-        if ok:
-            self.checker.report.passed += 1
-        else:
+        self.checker.report.count(self.group, title, ok)
+        if not ok:
             self.finding(kind, title, expected, observed, spec, commands)
         return ok
 

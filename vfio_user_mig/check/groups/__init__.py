@@ -53,7 +53,7 @@ def run_suite(checker: Checker, only: set[str] | None = None) -> None:
                 run(checker)
             except TargetError as exc:
                 checker.report.extra.setdefault("errors", []).append(f"{name}: {exc}")
-                checker.report.checks += 1
+                checker.report.count(name, "the server cannot be reached any more", False)
                 checker.report.findings.append(Finding(
                     kind=Kind.CRASH, title="the server cannot be reached any more",
                     commands=[], expected="a server that accepts a new connection",
