@@ -1,4 +1,4 @@
-"""``check --against 'CMD ... {socket}'``: the same messages to the server under test and to a
+"""``check --against 'CMD {socket}'``: the same messages to the server under test and to a
 reference server, and every difference in their replies.
 
 For each random sequence (:func:`~.explore.draw_ops`), the model's oracle runs the ops against

@@ -4,7 +4,7 @@ A :class:`Step` is one whole message as bytes (header included), the file descri
 it described by kind (``"memfd:SIZE"`` a fresh memory file of SIZE bytes, ``"eventfd"`` a fresh
 eventfd), and what the reply must be (:class:`Expect`). A reproducer is a list of steps sent in
 order on one fresh connection; the checker and ``check --replay`` run it with
-:func:`vfio_user_mig.check.session.run_steps`.
+:func:`vfio_user_mig.check.replay.replay_steps`.
 
 :func:`judge` is the one place that decides whether a reply meets an expectation; deterministic
 checks, random exploration and replay all use it.

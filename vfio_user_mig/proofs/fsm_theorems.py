@@ -145,7 +145,7 @@ def thm_no_reentry(fut: FsmUnderTest, caps: MigrationCaps) -> Verdict:
 
 def thm_walk_terminates(fut: FsmUnderTest, caps: MigrationCaps) -> Verdict:
     """Iterating ``cur = next_state(cur, target)`` from any supported cur to any supported
-    target reaches target along direct arcs within |states| calls, or is refused by the first
+    target reaches target along direct arcs within ``len(states)`` calls, or is refused by the first
     call (never midway, never spinning)."""
     graph = fut.graph(caps)
     bound = len(supported(caps))

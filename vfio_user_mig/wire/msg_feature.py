@@ -5,17 +5,17 @@ Payload {argsz u32, flags u32, data}: flags bits 0-15 are the feature index, bit
 18 PROBE; GET and SET are exclusive unless PROBE is set; at least one must be set; bits 19-31
 are invalid. The ``data`` type follows from (feature, operation, direction):
 
-============================  ===========  =====================  =========================
-feature                       op           request data           reply data
-============================  ===========  =====================  =========================
-MIGRATION (1)                 GET          none                   :class:`MigrationInfo`
-MIG_DEVICE_STATE (2)          GET          none                   :class:`MigDeviceState`
-MIG_DEVICE_STATE (2)          SET          :class:`MigDeviceState` same (echo)
-DMA_LOGGING_START/STOP (6/7)  SET          :class:`DmaLoggingControl` same (echo)
-DMA_LOGGING_REPORT (8)        GET          :class:`DmaLoggingReport` :class:`DmaLoggingReportData`
-MIG_DATA_SIZE (9) [#exp]_     GET          none                   :class:`MigDataSize`
-any                           PROBE        raw (normally none)    raw (echo)
-============================  ===========  =====================  =========================
+============================  =====  ==========================  =============================
+feature                       op     request data                reply data
+============================  =====  ==========================  =============================
+MIGRATION (1)                 GET    none                        :class:`MigrationInfo`
+MIG_DEVICE_STATE (2)          GET    none                        :class:`MigDeviceState`
+MIG_DEVICE_STATE (2)          SET    :class:`MigDeviceState`     same (echo)
+DMA_LOGGING_START/STOP (6/7)  SET    :class:`DmaLoggingControl`  same (echo)
+DMA_LOGGING_REPORT (8)        GET    :class:`DmaLoggingReport`   :class:`DmaLoggingReportData`
+MIG_DATA_SIZE (9) [#exp]_     GET    none                        :class:`MigDataSize`
+any                           PROBE  raw (normally none)         raw (echo)
+============================  =====  ==========================  =============================
 
 .. [#exp] Experimental: not in vfio-user.rst nor libvfio-user; the kernel's
    ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`` carried over DEVICE_FEATURE (docs/wire-compat.md).

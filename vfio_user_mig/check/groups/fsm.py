@@ -6,11 +6,13 @@ sequence brings the device to the current state as a VMM would (:meth:`Sequence.
 what the wire offers there, then sends the SET and checks the reply and the state reached
 against the model (:func:`vfio_user_mig.model.transition_path`; PROTOCOL.md section 5):
 
-* MIG_DATA_READ is valid only in the saving group (:func:`~vfio_user_mig.protocol.gating.
-  readable_states`); there the stream is read to its end (a short read, then size 0 reads);
+* MIG_DATA_READ is valid only in the saving group
+  (:func:`~vfio_user_mig.protocol.gating.readable_states`); there the stream is read to its
+  end (a short read, then size 0 reads);
   elsewhere it is refused with EINVAL (PROTOCOL.md section 4);
-* MIG_DATA_WRITE is valid only in RESUMING (:data:`~vfio_user_mig.protocol.gating.
-  WRITABLE_STATES`), where the stream saved from STOP_COPY is written; elsewhere EINVAL.
+* MIG_DATA_WRITE is valid only in RESUMING
+  (:data:`~vfio_user_mig.protocol.gating.WRITABLE_STATES`), where the stream saved from
+  STOP_COPY is written; elsewhere EINVAL.
 
 STOP_COPY is visited first so that RESUMING has a stream to load. Leaving RESUMING without a
 saved stream may legitimately fail (``may_fail``: the last state reached or ERROR).

@@ -9,9 +9,9 @@ thread-hosted servers with the simulated clock, and checks the invariants:
   :func:`~vfio_user_mig.model.transition_path`, injected arc failures, the stream check of
   RESUMING -> STOP), and so does the server's own state; a request lost with its connection
   leaves the server where it was;
-* **errno**: every command probed in every state gets the errno :func:`~vfio_user_mig.model.
-  gating.gate` predicts (or succeeds when the gate lets it through); an accepted DEVICE_RESET
-  returns the device to RUNNING. :attr:`RunResult.checks` counts comparisons made, after
+* **errno**: every command probed in every state gets the errno
+  :func:`~vfio_user_mig.protocol.gating.gate` predicts (or succeeds when the gate lets it
+  through); an accepted DEVICE_RESET returns the device to RUNNING. :attr:`RunResult.checks` counts comparisons made, after
   making them;
 * **no corrupted stream accepted**: with a truncated or bit-flipped stream the migration fails
   and the destination never completes RESUMING -> STOP;

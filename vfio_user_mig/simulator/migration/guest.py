@@ -1,6 +1,6 @@
 """The guest: its RAM, the VMM's own dirty tracking of guest (vCPU) writes, and a workload.
 
-:class:`GuestRam` wraps a :class:`~vfio_user_mig.simulator.client.api.GuestMemory` (a memfd the
+:class:`GuestRam` wraps a :class:`~vfio_user_mig.simulator.client.memory.GuestMemory` (a memfd the
 source device DMAs into) with a page-granular dirty bitmap that every vCPU write through
 :meth:`GuestRam.write` sets, as KVM's dirty log does for QEMU. Device writes into guest RAM
 (DMA) are not seen here: the driver learns them from DMA_LOGGING_REPORT.
