@@ -11,8 +11,8 @@ thread-hosted servers with the simulated clock, and checks the invariants:
   leaves the server where it was;
 * **errno**: every command probed in every state gets the errno
   :func:`~vfio_user_mig.protocol.gating.gate` predicts (or succeeds when the gate lets it
-  through); an accepted DEVICE_RESET returns the device to RUNNING. :attr:`RunResult.checks` counts comparisons made, after
-  making them;
+  through); an accepted DEVICE_RESET returns the device to RUNNING.
+  :attr:`RunResult.checks` counts comparisons made, after making them;
 * **no corrupted stream accepted**: with a truncated or bit-flipped stream the migration fails
   and the destination never completes RESUMING -> STOP;
 * **verification**: a run without a fault that fired (or with a benign one) verifies (or, with a
