@@ -186,7 +186,9 @@ def build_junit(report: Report, *, package: str = "check",
         if rest_failed > 0:
             failure = ET.SubElement(element, "failure", type="checks",
                                     message=f"{rest_failed} of {rest} checks failed")
-            failure.text = "counted without a finding of their own"
+            failure.text = ("checks the report counts as failed without a finding of their "
+                            "own (such as the unexplained differences of check --against, "
+                            "which its --json object lists)")
             suite("run").failures += 1
     for group in report.coverage.groups:
         if group not in suites and group not in skipped:
