@@ -147,7 +147,7 @@ def build_junit(report: Report, *, package: str = "check",
     suites: dict[str, _Suite] = {}
 
     def suite(group: str) -> _Suite:
-        return suites.setdefault(group, _Suite(group or "run"))
+        return suites.setdefault(group or "run", _Suite(group or "run"))
 
     def case(group: str, name: str) -> ET.Element:
         element = ET.Element("testcase", name=_xml_text(name),
@@ -191,7 +191,7 @@ def build_junit(report: Report, *, package: str = "check",
                             "which its --json object lists)")
             suite("run").failures += 1
     for group in report.coverage.groups:
-        if group not in suites and group not in skipped:
+        if (group or "run") not in suites and group not in skipped:
             skipped = {**skipped, group: "its sequences made no check"}
     for group, reason in skipped.items():
         element = case(group, f"group {group}")
