@@ -181,6 +181,7 @@ def _smaller_reports(seq: Sequence, a: int) -> None:
     if reply is not None and reply.is_error:
         seq.verify(reply.errno == EINVAL, Kind.ERRNO, "REPORT below 4 KiB pages: EINVAL if "
                    "refused", "success or EINVAL", str(reply.errno), _S3)
+    seq.check("DMA_LOGGING_STOP", log_stop(seq), Expect("ok", rule=_S3))
 
 
 def _hints(seq: Sequence) -> None:

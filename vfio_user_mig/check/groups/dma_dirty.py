@@ -179,6 +179,16 @@ def run_smaller(seq: Sequence) -> None:
     profile = seq.checker.profile
     assert profile is not None
     _round(seq, fd_maps, profile.stimulate(seq), lps // 2, "half the logging page")
+    _end(seq)
+
+
+def _end(seq: Sequence) -> None:
+    """Logging off and the device settled again (a server that keeps its device between
+    connections then starts the next sequence as it started this one)."""
+    seq.check("DMA_LOGGING_STOP", log_stop(seq), Expect("ok", rule=S3))
+    profile = seq.checker.profile
+    assert profile is not None
+    profile.settle(seq)
 
 
 def run_profile(seq: Sequence) -> None:
@@ -227,6 +237,7 @@ def run_profile(seq: Sequence) -> None:
             seq.check(f"DMA_UNMAP {iova:#x} after DMA_UNMAP with GET_DIRTY_BITMAP refused",
                       enc(seq, wire.DmaUnmap(iova, size)),
                       refused(rule=f"{UNMAP_RULE}: the region is unmapped"))
+    _end(seq)
 
 
 __all__ = ["HINT", "S2", "S3", "is_pow2", "report", "run_profile", "run_smaller", "start",
