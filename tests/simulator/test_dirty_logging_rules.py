@@ -136,3 +136,17 @@ def test_dma_map_libvfio_user_bits_refused_under_strict_spec(strict: Session) ->
     assert _map(strict, 0, 0x1000, fd=True, flags=3 | 4) == errno.EINVAL
     assert _map(strict, 0, 0x1000, fd=True, flags=3 | 8) == errno.EINVAL
     assert _map(strict, 0, 0x1000, fd=True, flags=3) == 0
+
+
+def test_start_reply_golden_bytes(s: Session) -> None:
+    """docs/wire-compat.md, "DMA_LOGGING_START reply": a 512-byte hint with one range, id 7;
+    the reply differs from the request in the flags (reply) and page_size (0x1000) only."""
+    request = bytes.fromhex(
+        "07001000380000000000000000000000" "2800000006000200" "0002000000000000"
+        "0100000000000000" "0000040000000000" "0000010000000000")
+    reply = bytes.fromhex(
+        "07001000380000000100000000000000" "2800000006000200" "0010000000000000"
+        "0100000000000000" "0000040000000000" "0000010000000000")
+    s._id = 6
+    flags, err, payload = s.ask(16, request[16:])
+    assert struct.pack("<HHIII", 7, 16, 16 + len(payload), flags, err) + payload == reply
