@@ -172,6 +172,11 @@ class LvuSampleProfile:
     sends DMA_WRITE and DMA_READ messages for iova 0, which :meth:`Conn.drain` answers.
     Returns ``{DIRECT}`` once the messages have come and stopped. Afterwards BAR0 holds a
     deadline in the past: the sample then refuses SET RUNNING (EINVAL) until BAR0 is rewritten.
+    The sample only ever writes the first 4 KiB of its region 1: the spread, last-page and
+    two-range parts of the dirty-logging checks are ``migdev``'s. With ``armed`` the timer is
+    armed in RUNNING, then ``armed`` runs (the sample arms only in RUNNING; its timer fires in
+    PRE_COPY too). Each stimulus takes up to two seconds (the sample's deadline is in whole
+    seconds).
     """
 
     name = "lvu-sample"
