@@ -74,11 +74,11 @@ def _maps(seq: Sequence) -> None:
               enc(seq, wire.DmaMap(a + 0x200000, 0x1000, flags=0x3 | 0x10)),
               refused(EINVAL, rule=f"{_S2}: flags bits 0-3 only (docs/wire-compat.md 6)"))
     seq.check("DMA_MAP with neither READ nor WRITE refused",
-              enc(seq, wire.DmaMap(a + 0x200000, 0x1000, flags=0)),
+              enc(seq, wire.DmaMap(a + 0x700000, 0x1000, flags=0)),
               refused(EINVAL, rule=f"{_S2}: kernel vfio_dma_do_map refuses a map with no "
                       "access (EINVAL)"))
     seq.check("DMA_MAP with both MMAP and FILE_IO refused",
-              enc(seq, wire.DmaMap(a + 0x200000, 0x1000, flags=0x3 | 0x4 | 0x8)),
+              enc(seq, wire.DmaMap(a + 0x800000, 0x1000, flags=0x3 | 0x4 | 0x8)),
               refused(EINVAL, rule=f"{_S2}: libvfio-user's access modes are exclusive "
                       "(handle_dma_map EINVAL; docs/wire-compat.md 6)"), fds=("memfd:4096",))
     seq.check("DMA_MAP with the MMAP flag and no fd refused",
