@@ -267,7 +267,15 @@ class MigrationDriver(DeviceRelay):
         if src.alive:
             if src.state is None:
                 src.state = self._query_state(src)
-            if src.state not in (None, State.RUNNING):
+            if src.state is State.ERROR:  # only DEVICE_RESET leaves ERROR (PROTOCOL.md 5)
+                ok = True
+                try:
+                    self._io(src, "DEVICE_RESET", src.client.reset)
+                    src.state = self._query_state(src)
+                except MigrationError:
+                    ok = False
+                self._emit("recovery", side="src", action="reset", ok=ok)
+            if src.state not in (None, State.RUNNING, State.ERROR):
                 ok = True
                 try:
                     self.set_state(src, State.RUNNING)
