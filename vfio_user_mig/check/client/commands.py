@@ -33,10 +33,14 @@ def _summary(report: Report, elapsed: float) -> str:
     for what in report.extra.get("scenarios", []):
         lines.append(f"  {what['scenario']:15} seed {what['seed']}: {what['outcome']} "
                      f"(exit {what.get('exit')}); expected: {what['expected']}")
+    for error in report.extra.get("referee_errors", []):
+        lines.append(f"  referee error (that run says nothing of the client): {error}")
     for f in report.distinct():
         lines.append(f"  [{f.kind}] {f.title}")
         lines.append(f"      expected {f.expected}; observed {f.observed}")
         lines.append(f"      rule: {f.spec}")
+    for advisory in report.advisories:
+        lines.append(f"  advisory (no rule broken): {advisory['title']}")
     return "\n".join(lines)
 
 
@@ -112,6 +116,8 @@ def cmd_check_client(args: argparse.Namespace) -> int:
 
         Path(args.markdown).write_text(render_markdown(report))
     print(report.dumps() if args.json else _summary(report, elapsed))
+    if report.extra.get("referee_errors"):
+        return 2
     return 1 if report.findings else 0
 
 

@@ -13,7 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from vfio_user_mig.check.client.judge import judge_session
+from vfio_user_mig.check.client.judge import ConnFacts, judge_session
 from vfio_user_mig.check.client.rules import RULES
 from vfio_user_mig.check.client.scenarios import did, verdict
 from vfio_user_mig.check.findings import Finding, Report
@@ -21,13 +21,42 @@ from vfio_user_mig.check.steps import request_label
 from vfio_user_mig.simulator.referee.record import Session
 
 
+def referee_errors(session: Session) -> list[str]:
+    """Connections the referee itself ended by a bug (the run says nothing of the client)."""
+    return [f"{c.role}: {e.note['ended']}" for c in session.conns for e in c.events
+            if str(e.note.get("ended", "")).startswith("referee internal error")]
+
+
 def judge(session: Session) -> tuple[list[Finding], dict[str, Any]]:
     """The findings of one session (rules, then the scenario's verdict) and what it did."""
     findings, facts = judge_session(session)
     for f in findings:
         f.title = f"[{session.scenario}] {f.title}"
-    findings += verdict(session, facts)
-    return findings, did(session, facts)
+    what = did(session, facts)
+    errors = referee_errors(session)
+    if errors:
+        what["referee_errors"] = errors
+    else:
+        findings += verdict(session, facts)
+    what["advisories"] = advisories(session, facts)
+    return findings, what
+
+
+def advisories(session: Session, facts: list[ConnFacts]) -> list[tuple[str, str]]:
+    """What the client did that breaks no rule but matters to a VM (title, why)."""
+    out = []
+    if session.outcome == "error":
+        for f in facts:
+            if f.ended.startswith("dropped"):
+                continue  # the referee went away: nothing left to resume
+            if f.role == "src" and f.final_state in ("STOP", "STOP_COPY", "PRE_COPY"):
+                out.append(("source device not resumed after the failed migration",
+                            f"left in {f.final_state}: the VM cannot run on the source "
+                            "until its device is RUNNING again"))
+            if f.role == "dst" and f.final_state == "ERROR":
+                out.append(("destination device left in ERROR",
+                            "a later client finds the device in ERROR until it is reset"))
+    return out
 
 
 def add_session(report: Report, session: Session, out_dir: Path | None) -> list[Finding]:
@@ -43,6 +72,10 @@ def add_session(report: Report, session: Session, out_dir: Path | None) -> list[
                 f.reproducer[0]["note"] = (f.reproducer[0].get("note", "")
                                            + f"; whole session: {path}")
     report.extra.setdefault("scenarios", []).append(what)
+    for title, why in what["advisories"]:
+        report.add_advisory(f"[{session.scenario}] {title}", why, session.scenario)
+    if "referee_errors" in what:
+        report.extra.setdefault("referee_errors", []).extend(what["referee_errors"])
     report.findings += findings
     failed = {f.group for f in findings}
     report.checks += len(RULES)

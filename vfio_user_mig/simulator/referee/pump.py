@@ -122,18 +122,29 @@ def _before(c: _Conn, raw: bytes, msg: object) -> bool:
             _send_dma(c)
     if knobs.keep_dirtying and c.log.role == "src":
         if command == Command.MIG_DATA_READ and state == State.PRE_COPY:
-            # at least as much new pre-copy data as the client asks for: never caught up
+            # at least as much new pre-copy data as the client asks for: never caught up;
+            # and guest pages written by the running device
             asked = getattr(msg, "size", 0)
             dirty_device(c.hosted.device, c.rng, max(4096, asked))
-        if _is_feature(msg, FeatureIndex.DMA_LOGGING_REPORT, FeatureOp.GET):
-            for m in core.dma.mappings[:4]:
-                c.hosted.device.dirty_log.mark(m.iova, min(m.size, 4 * 4096))
+            _dirty_guest(c)
+        stopping = (state in (State.RUNNING, State.PRE_COPY)
+                    and _is_feature(msg, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET))
+        if stopping or _is_feature(msg, FeatureIndex.DMA_LOGGING_REPORT, FeatureOp.GET):
+            _dirty_guest(c)  # also the device's last writes before it stops
     leaving_stop_copy = (state == State.STOP_COPY
                          and _is_feature(msg, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET))
     if leaving_stop_copy or _is_feature(msg, FeatureIndex.DMA_LOGGING_STOP, FeatureOp.SET):
         c.log.add("note", t=c.now(), unreported_dirty=_unreported(c.hosted),
                   logging=c.hosted.device.dirty_log.active)
     return True
+
+
+def _dirty_guest(c: _Conn) -> None:
+    """The device wrote (as far as the dirty log knows) a few pages of each of the first
+    mapped regions."""
+    for m in c.hosted.core.dma.mappings[:4]:
+        page = c.rng.randrange(0, max(1, m.size // 4096)) * 4096
+        c.hosted.device.dirty_log.mark(m.iova + page, min(m.size - page, 4 * 4096))
 
 
 def _send_dma(c: _Conn) -> None:
