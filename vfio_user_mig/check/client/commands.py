@@ -59,9 +59,14 @@ def replay(args: argparse.Namespace, report: Report, out: Path | None) -> None:
     """``--replay FILE``: the recorded scenario and seed played again against the client;
     the new session's client requests are compared with the recorded ones."""
     recorded = Session.load(Path(args.replay))
-    run = args.run or (None if args.samples_client else recorded.meta.get("command"))
-    spec = _spec(args, run)
+    spec = _spec(args, args.run)
+    if not (args.run or args.samples_client):
+        spec.run = recorded.meta.get("run")
+        spec.samples_client = recorded.meta.get("samples_client")
+    if not (spec.run or spec.samples_client or spec.socket):
+        raise ValueError(f"{args.replay}: no client command recorded: give --run")
     spec.device = recorded.device
+    spec.mem_size = int(recorded.meta.get("mem_size", spec.mem_size))
     session = run_scenario(spec, recorded.scenario, recorded.seed)
     add_session(report, session, out)
 

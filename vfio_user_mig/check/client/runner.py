@@ -110,7 +110,8 @@ def run_scenario(spec: RunSpec, scenario: str, seed: int, workdir: Path | None =
     src = Referee("src", src_path, device=spec.device, mem_size=spec.mem_size, knobs=knobs,
                   seed=seed, timeout=hold).start()
     session = Session(scenario, seed, spec.device, meta={
-        "limits": src.limits(), "timeout": spec.timeout, "knobs": repr(knobs)})
+        "limits": src.limits(), "timeout": spec.timeout, "knobs": repr(knobs),
+        "mem_size": spec.mem_size})
     dst: Referee | None = None
     try:
         run = spec.run
@@ -124,7 +125,8 @@ def run_scenario(spec: RunSpec, scenario: str, seed: int, workdir: Path | None =
             session.outcome = _wait_by_hand(src, dst, spec.timeout)
         else:
             command = run.replace("{socket}", src_path).replace("{dst_socket}", dst_path)
-            session.meta["command"] = command
+            session.meta.update(command=command, run=spec.run,
+                                samples_client=spec.samples_client)
             with open(work / "client.out", "wb") as out:
                 proc = subprocess.Popen(shlex.split(command), stdout=out,
                                         stderr=subprocess.STDOUT, cwd=work,

@@ -1,0 +1,130 @@
+"""``vfio-user-mig check-client`` end to end: real processes, real UNIX sockets, our referee.
+
+A small client with planted defects (``planted_client.py``) is refereed: each defect must be
+reported under its rule, and the same client without a defect must not be. Our own migration
+driver gets no finding in any scenario. ``--replay`` plays a recorded session again; the judge
+is also fed a recorded session with one message changed (sans-IO, no sockets). libvfio-user's
+``samples/client`` is refereed when a build of it is found (``LIBVFIO_USER_BUILD``, default
+``/work/lvu-src/build``), else those tests are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vfio_user_mig import wire
+from vfio_user_mig.check.client.judge import judge_session
+from vfio_user_mig.simulator.referee.record import Event, Session
+
+PLANTED = Path(__file__).with_name("planted_client.py")
+LVU_CLIENT = Path(os.environ.get("LIBVFIO_USER_BUILD", "/work/lvu-src/build")) / "samples" / \
+    "client"
+DRIVER = ("vfio-user-mig migrate --src-socket {socket} --dst-socket {dst_socket} "
+          "--device-mem 1M --guest-mem 4M --chunk 64K")
+
+
+def check_client(*args: str) -> tuple[int, dict[str, Any]]:
+    proc = subprocess.run([sys.executable, "-m", "vfio_user_mig.cli", "check-client", *args,
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def planted(defect: str | None, *scenarios: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    run = f"{sys.executable} {PLANTED} {'--defect ' + defect if defect else ''} " \
+          "{socket} {dst_socket}"
+    options = [a for s in scenarios for a in ("--scenario", s)]
+    return check_client("--run", run, "--timeout", "20", *options, *extra)[1]
+
+
+def groups(report: dict[str, Any]) -> set[tuple[str, str]]:
+    """(scenario, rule) of every finding."""
+    return {(f["title"].split("]")[0].lstrip("["), f["group"]) for f in report["findings"]}
+
+
+#: defect -> (scenario that shows it, rule it breaks)
+DEFECTS = {
+    "past-end": ("clean", "past-end"),
+    "leave-early": ("clean", "drain"),
+    "ignore-report": ("no-converge", "resend"),
+    "skip-last-chunk": ("clean", "whole-stream"),
+}
+
+
+def test_the_planted_client_without_defect_breaks_none_of_those_rules() -> None:
+    report = planted(None, "clean", "no-converge")
+    assert not groups(report) & set(DEFECTS.values())
+    assert [s["outcome"] for s in report["scenarios"]] == ["completed", "completed"]
+
+
+@pytest.mark.parametrize("defect", sorted(DEFECTS))
+def test_each_planted_client_defect_is_reported_under_its_rule(defect: str) -> None:
+    scenario, rule = DEFECTS[defect]
+    report = planted(defect, scenario)
+    assert (scenario, rule) in groups(report)
+    finding = next(f for f in report["findings"] if f["group"] == rule)
+    assert "PROTOCOL.md section" in finding["spec"]
+    assert finding["reproducer"], "a finding carries the recorded messages"
+
+
+def test_our_driver_gets_no_finding_in_any_scenario() -> None:
+    code, report = check_client("--run", DRIVER)
+    assert code == 0, report["findings"]
+    assert report["findings"] == []
+    outcomes = {s["scenario"]: s["outcome"] for s in report["scenarios"]}
+    assert outcomes == {"clean": "completed", "arc-fails": "error", "resume-refused": "error",
+                        "no-converge": "completed", "short-reads": "completed",
+                        "dma-stop-copy": "completed", "disconnect": "error"}
+    dma = next(s for s in report["scenarios"] if s["scenario"] == "dma-stop-copy")
+    assert dma["source_states"] == ["PRE_COPY", "STOP_COPY", "STOP"]
+
+
+def test_replay_plays_a_recorded_session_again(tmp_path: Path) -> None:
+    first = planted("past-end", "clean", extra=("--out-dir", str(tmp_path)))
+    path = first["scenarios"][0]["session"]
+    assert Path(path).exists()
+    code, again = check_client("--replay", path, "--timeout", "20")
+    assert code == 1
+    assert again["replay"]["identical"], again["replay"]
+    assert ("clean", "past-end") in groups(again)
+
+
+def test_the_judge_reads_a_recorded_session_without_sockets(tmp_path: Path) -> None:
+    planted(None, "clean", extra=("--out-dir", str(tmp_path)))
+    session = Session.load(tmp_path / "clean-seed0.json")
+    assert judge_session(session)[0] == []
+    src = next(c for c in session.conns if c.role == "src")
+    # the same session with one more read after the device reached STOP
+    late = wire.encode(wire.MigDataRead(size=4096, msg_id=0x7777))
+    src.events.insert(len(src.events) - 1, Event("c2s", late))
+    findings = judge_session(session)[0]
+    assert [f.group for f in findings] == ["read-state"]
+    assert "STOP" in findings[0].title
+
+
+def test_unknown_arguments_are_refused_with_exit_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "vfio_user_mig.cli", "check-client"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--run" in proc.stderr
+
+
+@pytest.mark.skipif(not LVU_CLIENT.exists(), reason="libvfio-user samples/client not built")
+def test_libvfio_user_samples_client_is_refereed() -> None:
+    code, report = check_client("--samples-client", str(LVU_CLIENT), "--device", "lvu-sample",
+                                "--device-mem", "16M", "--scenario", "clean",
+                                "--scenario", "short-reads")
+    outcomes = {s["scenario"]: s["outcome"] for s in report["scenarios"]}
+    assert outcomes["clean"] == "completed"
+    clean = next(s for s in report["scenarios"] if s["scenario"] == "clean")
+    assert clean["destination_states"] == ["RESUMING", "STOP", "RUNNING"]
+    # it reads exactly 8 + requested bytes: unpadded replies (PROTOCOL.md section 4) break it
+    assert ("short-reads", "migrates") in groups(report)
+    assert code == 1
