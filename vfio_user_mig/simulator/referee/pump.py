@@ -76,14 +76,17 @@ class _Conn:
         return self.clock() - self.t0
 
     def send(self, data: bytes, fds: list[int]) -> None:
-        if self.waiting:  # the client owes the referee a DMA answer: hold what it waits for
+        """Send (and record) one message, or hold it while the client owes a DMA answer."""
+        if self.waiting:
             self.held.append((data, fds))
             return
+        self.log.add("s2c", data, len(fds), self.now())
         send_parts(self.sock, [data], fds)
 
     def release(self) -> None:
         held, self.held = self.held, []
         for data, fds in held:
+            self.log.add("s2c", data, len(fds), self.now())
             send_parts(self.sock, [data], fds)
 
 
@@ -206,7 +209,6 @@ def _flush(c: _Conn) -> None:
         if (c.knobs.unpadded and command == Command.MIG_DATA_READ and flags == _REPLY
                 and len(data) >= HEADER.size + MIG_DATA.size):
             data = _unpad(data)
-        c.log.add("s2c", data, len(fds), c.now())
         c.send(data, fds)
 
 
