@@ -13,7 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from vfio_user_mig.check.client.judge import ConnFacts, judge_session
+from vfio_user_mig.check.client.judge import ConnFacts, judge_session, reproducer
 from vfio_user_mig.check.client.rules import RULES
 from vfio_user_mig.check.client.scenarios import did, verdict
 from vfio_user_mig.check.findings import Finding, Report
@@ -37,7 +37,12 @@ def judge(session: Session) -> tuple[list[Finding], dict[str, Any]]:
     if errors:
         what["referee_errors"] = errors
     else:
-        findings += verdict(session, facts)
+        outcome = verdict(session, facts)
+        if session.conns:  # the last messages of the source (else the first) connection
+            conn = next((c for c in session.conns if c.role == "src"), session.conns[0])
+            for f in outcome:
+                f.reproducer = reproducer(conn, len(conn.events) - 1)
+        findings += outcome
     what["advisories"] = advisories(session, facts)
     return findings, what
 
