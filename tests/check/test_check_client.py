@@ -21,7 +21,8 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.client.judge import judge_session
-from vfio_user_mig.simulator.referee.record import Event, Session
+from vfio_user_mig.model import State
+from vfio_user_mig.simulator.referee.record import ConnLog, Event, Session
 
 PLANTED = Path(__file__).with_name("planted_client.py")
 LVU_CLIENT = Path(os.environ.get("LIBVFIO_USER_BUILD", "/work/lvu-src/build")) / "samples" / \
@@ -107,6 +108,88 @@ def test_the_judge_reads_a_recorded_session_without_sockets(tmp_path: Path) -> N
     findings = judge_session(session)[0]
     assert [f.group for f in findings] == ["read-state"]
     assert "STOP" in findings[0].title
+
+
+@pytest.fixture(scope="module")
+def clean_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A recorded clean session of the planted client without defect."""
+    out = tmp_path_factory.mktemp("clean")
+    planted(None, "clean", extra=("--out-dir", str(out)))
+    return out / "clean-seed0.json"
+
+
+def _set_state(state: State, msg_id: int) -> bytes:
+    return wire.encode(wire.DeviceFeature.set_request(
+        wire.FeatureIndex.MIG_DEVICE_STATE, wire.MigDeviceState(state, 0), msg_id=msg_id))
+
+
+def _after_state(conn: ConnLog, state: str) -> int:
+    """The index just after the note saying the device entered ``state``."""
+    return next(i for i, e in enumerate(conn.events) if e.note.get("state") == state) + 1
+
+
+def _report(iova: int, length: int, page: int, argsz: int) -> bytes:
+    data = wire.DmaLoggingReport(iova, length, page)
+    return wire.encode(wire.DeviceFeature(wire.FeatureIndex.DMA_LOGGING_REPORT,
+                                          wire.FeatureOp.GET, data, argsz, msg_id=0x7778))
+
+
+def _blocked_arc(conn: ConnLog) -> None:
+    conn.events.insert(_after_state(conn, "STOP_COPY"), Event("c2s", _set_state(
+        State.PRE_COPY, 0x7777)))
+
+
+def _too_many_fds(conn: ConnLog) -> None:
+    conn.events[0].fds = 99
+
+
+def _id_reused(conn: ConnLog) -> None:
+    first = next(i for i, e in enumerate(conn.events) if e.direction == "c2s")
+    conn.events.insert(first + 1, Event("c2s", conn.events[first].data))
+
+
+def _read_too_big(conn: ConnLog) -> None:
+    conn.events.insert(_after_state(conn, "PRE_COPY"), Event("c2s", wire.encode(
+        wire.MigDataRead(size=4 << 20, msg_id=0x7777))))
+
+
+def _bitmap_too_small(conn: ConnLog) -> None:
+    conn.events.insert(_after_state(conn, "PRE_COPY"), Event("c2s", _report(
+        0, 64 * 4096, 4096, 8 + 24)))
+
+
+@pytest.mark.parametrize(("change", "rule"), [
+    (_blocked_arc, "arc"), (_too_many_fds, "fds"), (_id_reused, "msg-id"),
+    (_read_too_big, "xfer-size"), (_bitmap_too_small, "bitmap")])
+def test_the_judge_applies_each_message_rule(clean_session: Path, change: Any,
+                                             rule: str) -> None:
+    session = Session.load(clean_session)
+    change(next(c for c in session.conns if c.role == "src"))
+    assert rule in {f.group for f in judge_session(session)[0]}
+
+
+def test_a_client_started_by_hand_is_refereed(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src.sock", tmp_path / "dst.sock"
+    referee = subprocess.Popen(
+        [sys.executable, "-m", "vfio_user_mig.cli", "check-client", "--socket", str(src),
+         "--dst-socket", str(dst), "--scenario", "clean", "--timeout", "30", "--json"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # both sockets listening (no sleep on a clock: a bounded poll)
+            if src.exists() and dst.exists():
+                break
+            referee.poll()
+            assert referee.returncode is None
+            subprocess.run(["true"], check=True)
+        client = subprocess.run([sys.executable, str(PLANTED), "--defect", "past-end", str(src),
+                                 str(dst)], timeout=60)
+        assert client.returncode == 0
+        out, _ = referee.communicate(timeout=60)
+    finally:
+        referee.kill()
+    report = json.loads(out)
+    assert report["scenarios"][0]["outcome"] == "disconnected"
+    assert ("clean", "past-end") in groups(report)
 
 
 def test_unknown_arguments_are_refused_with_exit_2() -> None:
