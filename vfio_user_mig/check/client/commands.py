@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vfio_user_mig.check.client.report import add_session, new_report
@@ -44,15 +45,19 @@ def _summary(report: Report, elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def _write_junit(report: Report, path: str) -> None:
-    """``--junit FILE`` through the generic writer ``check --junit`` uses (check.junit)."""
+def _junit_writer() -> Callable[[Report, Path], object]:
+    """The generic JUnit writer over a check Report that ``check --junit`` uses
+    (``vfio_user_mig.check.junit``: ``write_junit(report, path)``, or ``write``); looked up
+    before anything runs, so a version without it fails at once."""
     try:
         junit = importlib.import_module("vfio_user_mig.check.junit")
     except ImportError as exc:
         raise ValueError("--junit needs vfio_user_mig.check.junit (the check --junit "
                          "writer), not installed in this version") from exc
-    writer = getattr(junit, "write_junit", None) or junit.write
-    writer(report, Path(path))
+    writer = getattr(junit, "write_junit", None) or getattr(junit, "write", None)
+    if not callable(writer):
+        raise ValueError("vfio_user_mig.check.junit has no write_junit(report, path)")
+    return writer  # type: ignore[no-any-return]
 
 
 def replay(args: argparse.Namespace, report: Report, out: Path | None) -> None:
@@ -104,13 +109,14 @@ def cmd_check_client(args: argparse.Namespace) -> int:
     report = new_report(client, args.device)
     started = time.monotonic()
     try:
+        junit = _junit_writer() if args.junit else None
         if args.replay:
             replay(args, report, out)
         else:
             for name in names:
                 add_session(report, run_scenario(_spec(args, args.run), name, args.seed), out)
-        if args.junit:
-            _write_junit(report, args.junit)
+        if junit is not None:
+            junit(report, Path(args.junit))
     except (ValueError, OSError) as exc:
         print(f"vfio-user-mig check-client: {exc}", file=sys.stderr)
         return 2
