@@ -90,7 +90,7 @@ def _wait_by_hand(src: Referee, dst: Referee, timeout: float) -> str:
     while time.monotonic() < deadline:
         logs = src.logs + dst.logs
         if logs and all(log.events and "ended" in log.events[-1].note for log in logs):
-            time.sleep(0.5)  # a destination connection may still come
+            time.sleep(2.0)  # a destination connection may still come
             if len(src.logs + dst.logs) == len(logs):
                 return "disconnected"
         time.sleep(0.05)

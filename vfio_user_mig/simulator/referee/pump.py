@@ -217,6 +217,14 @@ def _split(c: _Conn) -> list[tuple[bytes, list[int]]]:
     out = []
     while len(c.buf) >= HEADER.size:
         size = header(bytes(c.buf[:HEADER.size]))[2]
+        if size > c.hosted.core.config.max_msg_size:
+            # never buffered: what came is recorded and given to the core, which refuses it
+            # (E2BIG) and ends the connection
+            raw, fds = bytes(c.buf), c.fds
+            c.buf.clear()
+            c.fds = []
+            out.append((raw, fds))
+            break
         size = max(size, HEADER.size)  # a lying msg_size: the core refuses it, we record it
         if len(c.buf) < size:
             break
