@@ -4,7 +4,9 @@
 (:mod:`vfio_user_mig.simulator.referee.record`), decodes every message (``wire.decode`` for
 the client's requests, the header and the MIG_DATA layout for the referee's replies), keeps
 the device's migration state from the referee's notes, and applies the rules of
-:mod:`.rules` as each message comes. Rules between connections (the destination got the
+:mod:`.rules` as each message comes: transitions through the model
+(:func:`~vfio_user_mig.model.paths.transition_path`), what each state accepts through
+:func:`vfio_user_mig.protocol.gating.gate`. Rules between connections (the destination got the
 source's whole stream; the two device states are equal) are applied once both are walked.
 Nothing here does IO or looks at a clock: the same session always gives the same findings.
 """
@@ -20,6 +22,7 @@ from vfio_user_mig.check.findings import Finding, Kind
 from vfio_user_mig.check.steps import ANY, Step, request_label
 from vfio_user_mig.model import VFIO_USER_CAPS, InvalidTransition, MigrationCaps, State
 from vfio_user_mig.model.paths import transition_path
+from vfio_user_mig.protocol.gating import gate
 from vfio_user_mig.simulator.referee.record import ConnLog, Session
 from vfio_user_mig.wire.constants import Command, FeatureIndex, FeatureOp
 from vfio_user_mig.wire.layouts import HEADER, MIG_DATA
@@ -68,7 +71,6 @@ class _Walk:
     server_requests: dict[int, int] = field(default_factory=dict)
     mapped: int = 0
     logging: bool = False
-    logged_this_migration: bool = False
     stream_end_seen: bool = False
     reads_after_end: int = 0
     seen: set[str] = field(default_factory=set)
@@ -162,8 +164,12 @@ def _judge_request(w: _Walk, i: int, cmd: Command, msg: Any, label: str) -> None
     if w.state == State.ERROR and cmd not in (Command.DEVICE_RESET, Command.DEVICE_FEATURE):
         w.find("error-reset", Kind.STATE, "device in ERROR used without a reset", i,
                "DEVICE_RESET first", label, label)
+    refused = gate(w.state, cmd, w.caps) if w.state != State.ERROR else None
+    if refused is not None and cmd not in (Command.MIG_DATA_READ, Command.MIG_DATA_WRITE):
+        w.find("gated", Kind.STATE, f"{cmd.name} in {w.state.name}", i,
+               f"no {cmd.name} while the device is in {w.state.name}", label, label)
     if cmd == Command.MIG_DATA_READ:
-        if w.state not in (State.PRE_COPY, State.STOP_COPY):
+        if refused is not None:
             w.find("read-state", Kind.STATE, f"MIG_DATA_READ in {w.state.name}", i,
                    "PRE_COPY or STOP_COPY", w.state.name, label)
         if w.state == State.STOP_COPY and w.stream_end_seen:
@@ -173,7 +179,7 @@ def _judge_request(w: _Walk, i: int, cmd: Command, msg: Any, label: str) -> None
                        f"no reads after the end (at most {PIPELINE_ALLOWANCE} in flight)",
                        f"{w.reads_after_end} reads after the end", label)
     elif cmd == Command.MIG_DATA_WRITE:
-        if w.state != State.RESUMING:
+        if refused is not None:
             w.find("write-state", Kind.STATE, f"MIG_DATA_WRITE in {w.state.name}", i,
                    "RESUMING", w.state.name, label)
         w.facts.written += bytes(msg.data)
@@ -213,7 +219,7 @@ def _judge_feature(w: _Walk, i: int, msg: Any, label: str) -> None:
             w.facts.written_at_resume_stop = bytes(w.facts.written)
             w.facts.resume_stop_index = i
     elif feature == FeatureIndex.DMA_LOGGING_START and ops & FeatureOp.SET:
-        w.logging = w.logged_this_migration = True
+        w.logging = True
     elif feature == FeatureIndex.DMA_LOGGING_STOP and ops & FeatureOp.SET:
         w.logging = False
     elif feature == FeatureIndex.DMA_LOGGING_REPORT and ops & FeatureOp.GET:

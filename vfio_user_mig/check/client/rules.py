@@ -34,6 +34,10 @@ RULES: dict[str, Rule] = {r.name: r for r in (
     Rule("arc", "only transitions the model allows are requested: never ERROR, never a blocked "
          "arc such as STOP_COPY -> PRE_COPY, only states of the device's capabilities",
          "PROTOCOL.md section 5; kernel vfio.h vfio_mig_get_next_state()"),
+    Rule("gated", "only requests the device executes in its migration state: a stopped "
+         "device (STOP) takes region access, DEVICE_FEATURE and MIG_DATA_READ, a device in "
+         "STOP_COPY only DEVICE_FEATURE and MIG_DATA_READ (protocol.gating)",
+         "PROTOCOL.md sections 2 and 4; libvfio-user should_exec_command"),
     Rule("read-state", "MIG_DATA_READ only in PRE_COPY or STOP_COPY",
          "PROTOCOL.md section 4; vfio-user.rst \"VFIO_USER_MIG_DATA_READ\""),
     Rule("xfer-size", "MIG_DATA_READ/WRITE and REGION_READ/WRITE sizes within the server's "

@@ -167,7 +167,7 @@ def _send_dma(c: _Conn) -> None:
     c.hold_until = c.clock() + c.timeout
 
 
-def _after(c: _Conn, msg: object) -> None:
+def _after(c: _Conn) -> None:
     core = c.hosted.core
     if core.state != c.last_state:
         c.last_state = core.state
@@ -198,7 +198,7 @@ def _process(c: _Conn, raw: bytes, fds: list[int]) -> bool:
             pass
     finally:
         _flush(c)
-    _after(c, msg)
+    _after(c)
     return True
 
 
