@@ -11,7 +11,8 @@ refused request or lost connection. Each defect breaks one client rule (PROTOCOL
 * ``past-end``: keeps reading the STOP_COPY stream after its end;
 * ``leave-early``: leaves STOP_COPY without reading its stream;
 * ``ignore-report``: skips the dirty report after the device stopped;
-* ``skip-last-chunk``: does not write the stream's last chunk to the destination.
+* ``skip-last-chunk``: does not write the stream's last chunk to the destination;
+* ``no-log-stop``: never stops dirty logging on the source.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from vfio_user_mig.simulator.transport import connect_unix
 CHUNK = 64 * 1024
 PAGE = 4096
 RAM = 64 * PAGE
-DEFECTS = ("past-end", "leave-early", "ignore-report", "skip-last-chunk")
+DEFECTS = ("past-end", "leave-early", "ignore-report", "skip-last-chunk", "no-log-stop")
 
 
 def read_until_short(client: Client, most: int = 1 << 30) -> list[bytes]:
@@ -64,7 +65,8 @@ def migrate(src: Client, dst: Client, defect: str | None) -> None:
     if defect != "ignore-report":
         src.dma_logging_report(0, RAM, PAGE)
     src.set_state(State.STOP)
-    src.dma_logging_stop()
+    if defect != "no-log-stop":
+        src.dma_logging_stop()
     dst.set_state(State.RESUMING)
     if defect == "skip-last-chunk":
         chunks = chunks[:-1]

@@ -22,6 +22,7 @@ import pytest
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.client.judge import judge_session
+from vfio_user_mig.check.client.scenarios import verdict
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.referee.record import ConnLog, Event, Session
 
@@ -57,6 +58,7 @@ DEFECTS = {
     "leave-early": ("clean", "drain"),
     "ignore-report": ("no-converge", "resend"),
     "skip-last-chunk": ("clean", "whole-stream"),
+    "no-log-stop": ("clean", "log-stop"),
 }
 
 
@@ -190,6 +192,29 @@ def test_a_client_started_by_hand_is_refereed(tmp_path: Path) -> None:
     report = json.loads(out)
     assert report["scenarios"][0]["outcome"] == "disconnected"
     assert ("clean", "past-end") in groups(report)
+
+
+def test_a_client_that_never_ends_is_a_hang_not_a_hung_checker() -> None:
+    code, report = check_client("--run", "sleep 600", "--timeout", "2", "--scenario", "clean")
+    assert code == 1
+    assert report["scenarios"][0]["outcome"] == "hung"
+    assert [f["group"] for f in report["findings"]] == ["no-hang"]
+
+
+def _session(scenario: str, outcome: str) -> Session:
+    return Session(scenario, 0, "migdev", outcome=outcome, meta={"exit": None})
+
+
+@pytest.mark.parametrize(("scenario", "outcome", "rule"), [
+    ("clean", "hung", "no-hang"), ("disconnect", "crashed", "no-crash"),
+    ("short-reads", "error", "migrates"), ("arc-fails", "completed", "reports-failure"),
+    ("resume-refused", "error", None), ("no-converge", "error", None),
+    ("no-converge", "completed", None), ("clean", "completed", None),
+    ("clean", "disconnected", None)])
+def test_the_verdict_on_what_the_client_did(scenario: str, outcome: str,
+                                            rule: str | None) -> None:
+    found = verdict(_session(scenario, outcome), [])
+    assert [f.group for f in found] == ([rule] if rule else [])
 
 
 def test_unknown_arguments_are_refused_with_exit_2() -> None:
