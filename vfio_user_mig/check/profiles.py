@@ -20,7 +20,8 @@ Contract of a :class:`Profile`:
 Profiles: ``migdev`` (our MigDev, its BAR0 DMA engine: :mod:`vfio_user_mig.simulator.device.regs`)
 and ``lvu-sample`` (libvfio-user's ``samples/server`` and our ``serve --device lvu-sample``;
 INTEROP.md "What samples/server does"). :func:`get_profile` looks one up by name and
-:func:`profile_names` lists them.
+:func:`profile_names` lists them. The round trip's methods (``disturb``, ``read_back``,
+``resume_stream``) come from :mod:`vfio_user_mig.check.readback`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import struct
 import time
 
 from vfio_user_mig import wire
+from vfio_user_mig.check.readback import LvuSampleReadBack, MigDevReadBack
 from vfio_user_mig.check.session import Profile, Sequence
 
 
@@ -74,7 +76,7 @@ def _read(seq: Sequence, region: int, offset: int, count: int) -> bytes | None:
     return bytes(reply.payload[16:16 + count])
 
 
-class MigDevProfile:
+class MigDevProfile(MigDevReadBack):
     """``migdev``: the BAR0 DMA engine copies device memory (BAR2) to guest pages.
 
     prepare: maps one 4-page memfd-backed region at :attr:`IOVA` and turns bus mastering on
@@ -146,7 +148,7 @@ class MigDevProfile:
         return None
 
 
-class LvuSampleProfile:
+class LvuSampleProfile(LvuSampleReadBack):
     """``lvu-sample``: libvfio-user's ``samples/server`` (and ours, ``--device lvu-sample``).
 
     prepare: maps iova 0 (one page, no fd: reached by DMA_WRITE/DMA_READ messages) and

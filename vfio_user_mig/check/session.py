@@ -12,9 +12,12 @@ outcome :func:`~vfio_user_mig.check.steps.judge` decides; :meth:`Sequence.verify
 on something already received. Every message sent is recorded as a
 :class:`~vfio_user_mig.check.steps.Step`, so each finding carries the messages that reproduce
 it. A request that gets no reply in time (``hang``), a server that dies (``crash``) or closes
-where it must answer (``close``), or sends bytes that are no message (``reply``) ends the
-sequence: :class:`SequenceAborted` is raised after the finding is recorded and the checker
-moves on to the next sequence. The checker itself never waits without a deadline.
+where it must answer (``close``), sends bytes that are no message or a reply with another
+message id (``reply``) ends the sequence: :class:`SequenceAborted` is raised after the finding
+is recorded and the checker moves on to the next sequence. The checker itself never waits
+without a deadline.
+
+The bounds on streams and sequence lengths are :mod:`~vfio_user_mig.check.bounds`'s.
 """
 
 from __future__ import annotations
@@ -25,11 +28,17 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from vfio_user_mig import wire
-from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout
+from vfio_user_mig.check.bounds import (
+    SEQUENCE_LIMIT,
+    STREAM_LIMIT,
+    STREAM_SECONDS,
+    StreamMeter,
+)
+from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout, WrongReplyId
+from vfio_user_mig.check.facts import ReadBack, ServerFacts
 from vfio_user_mig.check.findings import Finding, Kind, Report
 from vfio_user_mig.check.requests import (
     CLIENT_MAX_DATA_XFER,
@@ -53,9 +62,6 @@ from vfio_user_mig.model.graph import transition_graph
 
 #: Chunk size the checker asks for when it reads a migration stream.
 READ_CHUNK = 64 * 1024
-#: A stream longer than this is not read to its end by the checker (it stops and says so).
-STREAM_LIMIT = 256 * 1024 * 1024
-
 _STATE = struct.Struct("<II")
 _MIG_DATA = struct.Struct("<II")
 _ECHO_SIZE = 8 + _STATE.size
@@ -76,38 +82,17 @@ class Profile(Protocol):
 
     def stimulate(self, seq: Sequence) -> set[int]: ...
 
+    # -- the round trip (groups/roundtrip.py): device state between rounds, read-back --------
+
+    def disturb(self, seq: Sequence, round_no: int) -> None: ...
+
+    def read_back(self, seq: Sequence) -> list[ReadBack]: ...
+
+    def resume_stream(self, precopy: bytes, stopcopy: bytes) -> bytes: ...
+
 
 class SequenceAborted(Exception):
     """The sequence cannot go on; the finding that says why is already recorded."""
-
-
-@dataclass
-class ServerFacts:
-    """What the server said about itself (VERSION reply and MIGRATION feature)."""
-
-    version: tuple[int, int] = (0, 0)
-    capabilities: dict[str, Any] = field(default_factory=dict)
-    caps: MigrationCaps | None = None
-
-    @property
-    def max_data_xfer_size(self) -> int:
-        value = self.capabilities.get("max_data_xfer_size", wire.DEFAULT_MAX_DATA_XFER_SIZE)
-        return int(value) if isinstance(value, int) else wire.DEFAULT_MAX_DATA_XFER_SIZE
-
-    @property
-    def migration_pgsize(self) -> int | None:
-        mig = self.capabilities.get("migration")
-        if isinstance(mig, dict) and isinstance(mig.get("pgsize"), int):
-            return int(mig["pgsize"])
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": f"{self.version[0]}.{self.version[1]}",
-            "capabilities": self.capabilities,
-            "migration": (None if self.caps is None
-                          else [f.name for f in MigrationCaps if f & self.caps]),
-        }
 
 
 class Checker:
@@ -124,16 +109,26 @@ class Checker:
         self.report = Report(server=target.name, caps={})
         #: A migration stream read from this server (for RESUMING checks), once one was read.
         self.saved_stream: bytes | None = None
+        #: Bounds of one saving phase's stream (module docstring).
+        self.stream_limit = STREAM_LIMIT
+        self.stream_seconds = STREAM_SECONDS
+        #: States whose stream was found endless in this run.
+        self.endless: set[str] = set()
+        #: A second instance of the server (the round trip's destination), when given.
+        self.peer: Target | None = None
 
     @contextlib.contextmanager
     def sequence(self, group: str, title: str, *, setup: bool = True,
-                 max_xfer: int | None = None) -> Iterator[Sequence]:
+                 max_xfer: int | None = None, target: Target | None = None
+                 ) -> Iterator[Sequence]:
         """A fresh connection; ``setup`` negotiates and brings the device to RUNNING.
 
+        ``target``: another instance than :attr:`target` (the round trip's destination).
         When the setup itself cannot go on (its finding recorded), the body still runs but
         its first request ends the sequence (:attr:`Sequence.dead`)."""
-        sock = self.target.begin()
-        seq = Sequence(self, Conn(sock, self.timeout), group, title)
+        target = target or self.target
+        sock = target.begin()
+        seq = Sequence(self, Conn(sock, self.timeout), group, title, target)
         self.report.coverage.groups[group] += 1
         try:
             if setup:
@@ -148,14 +143,16 @@ class Checker:
             pass
         finally:
             seq.conn.close()
-            self.target.end()
+            target.end()
 
 
 class Sequence:
     """One connection and the checks made on it (module docstring)."""
 
-    def __init__(self, checker: Checker, conn: Conn, group: str, title: str) -> None:
+    def __init__(self, checker: Checker, conn: Conn, group: str, title: str,
+                 target: Target | None = None) -> None:
         self.checker = checker
+        self.target = target or checker.target
         self.conn = conn
         self.group = group
         self.title = title
@@ -166,6 +163,8 @@ class Sequence:
         self.caps: MigrationCaps | None = None
         #: The sequence cannot go on: every further request raises :class:`SequenceAborted`.
         self.dead = False
+        self.meter = StreamMeter(checker.stream_limit, checker.stream_seconds,
+                                 checker.endless)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -186,6 +185,11 @@ class Sequence:
         step = Step(data, fds, expect, note)
         self.steps.append(step)
         command = step.command
+        if len(self.steps) > SEQUENCE_LIMIT:
+            self._abort(Kind.HANG, "a sequence exceeds the checker's message bound",
+                        f"more than {SEQUENCE_LIMIT} messages in one sequence", command,
+                        expected=f"at most {SEQUENCE_LIMIT} messages",
+                        spec="the checker's bound on a sequence")
         if self.state is not None and len(data) >= 16:
             self.checker.report.coverage.requests[(self.state.name, command)] += 1
         opened = make_fds(fds)
@@ -194,7 +198,7 @@ class Sequence:
             if reply is not None:
                 self._track_dma(data, opened, reply)
         except ReplyTimeout:
-            death = self.checker.target.death()
+            death = self.target.death()
             if death is not None:
                 self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(),
                             command)
@@ -203,12 +207,19 @@ class Sequence:
         except BadFrame as exc:
             self._abort(Kind.REPLY, f"unframeable bytes in reply to {command}", str(exc),
                         command)
+        except WrongReplyId as exc:
+            self._abort(Kind.REPLY, f"wrong message id in the reply to {command}", str(exc),
+                        command, expected=f"a reply with message id {exc.want:#x}",
+                        spec="vfio-user.rst \"Header\": a reply carries its request's "
+                        "message id")
         finally:
             for fd in opened:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if reply is not None:
+            self._meter(data, reply, command)
         if reply is None:
-            death = self.checker.target.death()
+            death = self.target.death()
             if death is not None and death.status == CLEAN_EXIT:
                 if not close_ok:  # it ended the connection, and exited as after any client
                     self._abort(Kind.CLOSE, f"server closes the connection on "
@@ -234,10 +245,21 @@ class Sequence:
             else:
                 self.conn.memory.remove(addr)
 
-    def _abort(self, kind: Kind, title: str, observed: str, command: str) -> None:
+    def _meter(self, data: bytes, reply: Reply, command: str) -> None:
+        """Count a saving phase's stream against the bounds (:mod:`.bounds`)."""
+        over = self.meter.observe(data, reply.is_error, reply.payload,
+                                  self.state.name if self.state is not None else "saving")
+        if over is not None:
+            state, expected, observed = over
+            self._abort(Kind.DATA, f"the {state} stream never ends", observed, command,
+                        expected=expected, spec="PROTOCOL.md section 4: a read shorter than "
+                        "asked ends the stream (the checker's bound on one saving phase)")
+
+    def _abort(self, kind: Kind, title: str, observed: str, command: str, *,
+               expected: str = "a reply within the timeout",
+               spec: str = "vfio-user.rst: every command gets a reply") -> None:
         self.checker.report.checks += 1
-        self.finding(kind, title, "a reply within the timeout", observed,
-                     "vfio-user.rst: every command gets a reply", [command])
+        self.finding(kind, title, expected, observed, spec, [command])
         self.dead = True
         raise SequenceAborted(title)
 
@@ -432,10 +454,11 @@ class Sequence:
             "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR",
             ["DEVICE_FEATURE"])
 
-    def read_stream(self, chunk: int = READ_CHUNK, limit: int = STREAM_LIMIT) -> bytes | None:
-        """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error."""
+    def read_stream(self, chunk: int = READ_CHUNK) -> bytes | None:
+        """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error.
+        A stream beyond the checker's bounds ends the sequence (module docstring)."""
         out = bytearray()
-        while len(out) < limit:
+        while True:
             payload = _MIG_DATA.pack(8 + chunk, chunk)
             reply = self.exchange(raw_message(self.next_id(), wire.Command.MIG_DATA_READ,
                                               payload))
@@ -445,7 +468,6 @@ class Sequence:
             out += reply.payload[8:8 + size]
             if size < chunk:
                 return bytes(out)
-        return bytes(out)
 
     def goto(self, target: State) -> None:
         """Move to ``target`` as a well-behaved VMM does: read a saving state's data to its end
