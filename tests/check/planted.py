@@ -14,6 +14,8 @@ Defects:
   which its own integrity checks refuse at RESUMING -> STOP);
 * ``wrong-register``: the restore leaves BAR0 SCRATCH off by one (migdev) or BAR0's deadline
   an hour late (lvu-sample) after a successful RESUMING -> STOP.
+* ``wrong-memory``: the restore flips a byte of device memory (migdev's BAR2) at
+  :data:`WRONG_MEMORY_AT` after a successful RESUMING -> STOP;
 * ``none``: no defect (the control).
 """
 
@@ -28,7 +30,9 @@ from vfio_user_mig.simulator.device.regs import Reg
 from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.server.io import UnixServer
 
-DEFECTS = ("none", "endless", "corrupt-page", "wrong-register")
+DEFECTS = ("none", "endless", "corrupt-page", "wrong-register", "wrong-memory")
+#: Device memory offset ``wrong-memory`` flips after the restore (migdev).
+WRONG_MEMORY_AT = 0x2345
 #: Stream offset of the byte ``corrupt-page`` flips (lvu-sample: BAR1 offset 0x1800).
 CORRUPT_AT = 0x1800
 MEM = 64 << 10
@@ -76,6 +80,12 @@ def plant(hosted: HostedDevice, defect: str) -> None:
                 else:
                     dev._bar0 += 3600
         dev.on_arc = wrong
+    elif defect == "wrong-memory":
+        def flip(src: State, dst: State) -> None:
+            on_arc(src, dst)
+            if src is State.RESUMING and dst is State.STOP:
+                dev._mm[WRONG_MEMORY_AT] ^= 1
+        dev.on_arc = flip
     else:
         raise ValueError(f"unknown defect {defect!r} (one of {', '.join(DEFECTS)})")
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from tests.check.planted import CORRUPT_AT, hosted
+from tests.check.planted import CORRUPT_AT, WRONG_MEMORY_AT, hosted
 from vfio_user_mig.check.findings import Finding, Kind
 from vfio_user_mig.check.groups import roundtrip
 from vfio_user_mig.check.profiles import get_profile
@@ -83,14 +83,16 @@ def test_a_corrupted_stream_refused_by_the_device_is_reported() -> None:
                for f in findings), [f.title for f in findings]
 
 
-@pytest.mark.parametrize(("device", "name", "offset"), [
-    ("migdev", "BAR0 register SCRATCH", 0x58), ("lvu-sample", "BAR0 deadline", 0)])
-def test_a_register_restored_wrongly_is_a_data_finding(device: str, name: str,
-                                                        offset: int) -> None:
-    _, findings = round_trip("wrong-register", device, device)
+@pytest.mark.parametrize(("defect", "device", "name", "region", "offset"), [
+    ("wrong-register", "migdev", "BAR0 register SCRATCH", 0, 0x58),
+    ("wrong-register", "lvu-sample", "BAR0 deadline", 0, 0),
+    ("wrong-memory", "migdev", "BAR2 (device memory)", 2, WRONG_MEMORY_AT)])
+def test_state_restored_wrongly_is_a_data_finding(defect: str, device: str, name: str,
+                                                   region: int, offset: int) -> None:
+    _, findings = round_trip(defect, device, device)
     titles = [f.title for f in findings]
     assert titles == [f"after the round trip the destination's {name} differs "
-                      f"(region 0 offset {offset:#x})"], titles
+                      f"(region {region} offset {offset:#x})"], titles
     assert findings[0].kind == Kind.DATA
 
 

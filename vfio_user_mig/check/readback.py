@@ -73,14 +73,23 @@ def pattern(seed: int, size: int = 64) -> bytes:
 
 
 class MigDevReadBack:
-    """``migdev``'s round trip (module docstring)."""
+    """``migdev``'s round trip (module docstring). The sizes of BAR2 and the config space are
+    learned while the device runs (DEVICE_GET_REGION_INFO is not served in STOP,
+    :mod:`vfio_user_mig.protocol.gating`) and kept for :meth:`read_back`."""
 
     RB_BAR0, RB_BAR2, RB_CONFIG = 0, 2, 7
     _PAGE = 0x1000
 
+    def _size(self, seq: Sequence, index: int) -> int:
+        sizes: dict[int, int] = self.__dict__.setdefault("_rb_sizes", {})
+        if not sizes.get(index):
+            sizes[index] = region_size(seq, index)
+        return sizes[index]
+
     def disturb(self, seq: Sequence, round_no: int) -> None:
         """A new pattern in one page of BAR2 (a page further each round) and in SCRATCH."""
-        size = region_size(seq, self.RB_BAR2)
+        self._size(seq, self.RB_CONFIG)
+        size = self._size(seq, self.RB_BAR2)
         if size >= self._PAGE:
             at = ((round_no + 1) * 5 * self._PAGE) % size
             write_region(seq, "BAR2 (between pre-copy rounds)", self.RB_BAR2, at,
@@ -92,14 +101,14 @@ class MigDevReadBack:
     def read_back(self, seq: Sequence) -> list[ReadBack]:
         out = [ReadBack("BAR2 (device memory)", self.RB_BAR2, 0,
                         read_region(seq, "BAR2", self.RB_BAR2, 0,
-                                    region_size(seq, self.RB_BAR2)))]
+                                    self._size(seq, self.RB_BAR2)))]
         for reg in MIGRATING:
             out.append(ReadBack(f"BAR0 register {reg.reg.name}", self.RB_BAR0, int(reg.reg),
                                 read_region(seq, f"BAR0 {reg.reg.name}", self.RB_BAR0,
                                             int(reg.reg), reg.size)))
         out.append(ReadBack("config space", self.RB_CONFIG, 0,
                             read_region(seq, "config space", self.RB_CONFIG, 0,
-                                        region_size(seq, self.RB_CONFIG))))
+                                        self._size(seq, self.RB_CONFIG))))
         return out
 
     def resume_stream(self, precopy: bytes, stopcopy: bytes) -> bytes:

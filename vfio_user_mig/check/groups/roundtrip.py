@@ -184,7 +184,8 @@ def _restore(dst: Sequence, stream: bytes, profile: Profile | None,
                       refused or "", f"{_S4}; {_RESTORE}", ["MIG_DATA_WRITE"]):
         leave_clean(dst)
         return
-    if not dst.set_state(State.STOP, title="SET RESUMING -> STOP with the source's stream"):
+    dst.set_state(State.STOP, title="SET RESUMING -> STOP with the source's stream")
+    if dst.state != State.STOP:
         leave_clean(dst)
         return
     if profile is not None and expected is not None:
