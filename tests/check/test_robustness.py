@@ -1,0 +1,191 @@
+"""The checker survives the servers it checks: a stream that never ends is a finding made
+within the checker's bounds (and its memory stays small), a reply with the wrong message id
+is reported as such at once, and however ``check`` is stopped no server it spawned is left
+running and its report (``--json``, ``--markdown``) is still written, marked interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "vfio_user_mig.cli"]
+SERVE = f"{sys.executable} -m vfio_user_mig.cli serve --socket {{socket}}"
+PLANTED = f"{sys.executable} -m tests.check.planted"
+#: The generous bound on a run against a misbehaving server (seconds) and on its peak RSS.
+RUN_LIMIT = 60.0
+RSS_LIMIT = 300 << 20
+
+
+def _run_measured(args: list[str], out: Path) -> tuple[int, int]:
+    """Run ``check`` with stdout to ``out``; (exit status, peak RSS in bytes), from the
+    kernel's rusage of that process (``wait4``). Fails past :data:`RUN_LIMIT`."""
+    with open(out, "wb") as stdout:
+        proc = subprocess.Popen([*CLI, "check", *args], stdout=stdout,
+                                stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + RUN_LIMIT
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss * 1024
+        if time.monotonic() > deadline:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"check ran for more than {RUN_LIMIT:g} s")
+        time.sleep(0.05)
+
+
+def test_a_stream_that_never_ends_is_a_finding_and_memory_stays_small(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    code, rss = _run_measured(["--spawn", f"{PLANTED} endless {{socket}}", "--only", "fsm",
+                               "--only", "migdata", "--only", "roundtrip", "--json"], out)
+    report = json.loads(out.read_text())
+    titles = {f["title"] for f in report["findings"]}
+    assert "the STOP_COPY stream never ends" in titles, titles
+    endless = next(f for f in report["findings"]
+                   if f["title"] == "the STOP_COPY stream never ends")
+    assert endless["kind"] == "data" and "no end of stream" in endless["observed"]
+    assert code == 1
+    assert rss < RSS_LIMIT, f"peak RSS {rss >> 20} MiB"
+
+
+def test_the_stream_bound_is_configurable(tmp_path: Path) -> None:
+    """--stream-limit 1: our own server's 4 MiB STOP_COPY stream is then "endless"."""
+    out = tmp_path / "report.json"
+    code, _ = _run_measured(["--spawn", f"{SERVE} --device-mem 4M", "--only", "roundtrip",
+                             "--stream-limit", "1", "--json"], out)
+    report = json.loads(out.read_text())
+    assert "the STOP_COPY stream never ends" in {f["title"] for f in report["findings"]}
+    assert code == 1
+
+
+def _wrong_id_server(path: str, stop: threading.Event) -> None:
+    """Answers every request with a success reply whose msg id is one more than the request's."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(8)
+    srv.settimeout(0.1)
+    conns: list[socket.socket] = []
+    try:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+                conn.settimeout(0.1)
+                conns.append(conn)
+            except TimeoutError:
+                pass
+            for conn in list(conns):
+                try:
+                    head = conn.recv(16, socket.MSG_PEEK)
+                    if len(head) < 16:
+                        if not head:
+                            conns.remove(conn)
+                            conn.close()
+                        continue
+                    msg_id, command, size = struct.unpack_from("<HHI", head)
+                    data = b""
+                    while len(data) < size:
+                        data += conn.recv(size - len(data))
+                    conn.sendall(struct.pack("<HHIII", (msg_id + 1) & 0xFFFF, command, 16,
+                                             1, 0))
+                except TimeoutError:
+                    continue
+                except OSError:
+                    conns.remove(conn)
+    finally:
+        for conn in conns:
+            conn.close()
+        srv.close()
+
+
+@pytest.fixture
+def wrong_id_socket(tmp_path: Path) -> Iterator[str]:
+    path = str(tmp_path / "wrong.sock")
+    stop = threading.Event()
+    thread = threading.Thread(target=_wrong_id_server, args=(path, stop), daemon=True)
+    thread.start()
+    while not os.path.exists(path):
+        time.sleep(0.01)
+    yield path
+    stop.set()
+    thread.join(5)
+
+
+def test_a_reply_with_the_wrong_message_id_is_reported_as_such(wrong_id_socket: str,
+                                                              tmp_path: Path) -> None:
+    """With a 100 s reply timeout: waiting for the right id would take longer than the run's
+    bound (a hang finding after the timeout is what the checker must not do)."""
+    out = tmp_path / "report.json"
+    code, _ = _run_measured(["--socket", wrong_id_socket, "--only", "fsm", "--timeout", "100",
+                             "--json"], out)
+    report = json.loads(out.read_text())
+    kinds = {f["kind"] for f in report["findings"]}
+    wrong = [f for f in report["findings"] if "wrong message id" in f["title"]]
+    assert wrong, [f["title"] for f in report["findings"]]
+    assert wrong[0]["kind"] == "reply" and "hang" not in kinds
+    assert wrong[0]["title"] == "wrong message id in the reply to VERSION"
+    assert "message id 0x2 while awaiting the reply to 0x1" in wrong[0]["observed"]
+    assert code == 1
+
+
+def _children(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid:
+            out.add(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stopped_check_leaves_no_server_and_writes_its_report(sig: signal.Signals,
+                                                               tmp_path: Path) -> None:
+    markdown = tmp_path / "report.md"
+    proc = subprocess.Popen([*CLI, "check", "--spawn", SERVE, "--json", "--markdown",
+                             str(markdown)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    servers: set[int] = set()
+    deadline = time.monotonic() + RUN_LIMIT
+    # A few sequences in (one server each), with a sequence's server and the spare started
+    # ahead for the next one running.
+    while len(servers) < 4 and time.monotonic() < deadline and proc.poll() is None:
+        servers |= _children(proc.pid)
+        time.sleep(0.02)
+    assert len(servers) >= 4, "check did not spawn its servers"
+    os.kill(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=RUN_LIMIT)
+    left = [p for p in servers if _alive(p)]
+    for pid in left:  # do not leave them to the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"servers left running: {left}"
+    assert proc.returncode == 128 + sig, stderr
+    report = json.loads(stdout)
+    assert report["interrupted"] == sig.name
+    assert report["checks"] >= 1
+    assert markdown.exists() and markdown.read_text().strip()
