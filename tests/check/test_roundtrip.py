@@ -114,3 +114,18 @@ def test_spawned_round_trip_of_our_serve_with_its_profile(device: str) -> None:
     assert report["findings"] == [], report["findings"]
     assert proc.returncode == 0, proc.stderr
     assert report["coverage"]["groups"] == {"roundtrip": 2}
+
+
+def test_peer_socket_gives_the_destination_of_a_running_server() -> None:
+    with two_instances("wrong-register", "migdev") as (src, dst):
+        proc = subprocess.run([*CLI, "check", "--socket", src, "--peer-socket", dst, "--only",
+                               "roundtrip", "--profile", "migdev", "--json"],
+                              capture_output=True, text=True, timeout=120, check=False)
+    report = json.loads(proc.stdout)
+    assert [f["title"] for f in report["findings"]] == [
+        "after the round trip the destination's BAR0 register SCRATCH differs "
+        "(region 0 offset 0x58)"]
+    assert proc.returncode == 1
+    bad = subprocess.run([*CLI, "check", "--spawn", "x {socket}", "--peer-socket", "/tmp/x"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "--peer-socket goes with --socket" in bad.stderr
