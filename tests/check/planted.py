@@ -25,7 +25,8 @@ import signal
 import sys
 from typing import Any
 
-from vfio_user_mig.model import State
+from vfio_user_mig.model import MigrationCaps, State
+from vfio_user_mig.model.states import VFIO_USER_CAPS
 from vfio_user_mig.simulator.device.regs import Reg
 from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.server.io import UnixServer
@@ -90,9 +91,10 @@ def plant(hosted: HostedDevice, defect: str) -> None:
         raise ValueError(f"unknown defect {defect!r} (one of {', '.join(DEFECTS)})")
 
 
-def hosted(defect: str, device: str = "migdev") -> HostedDevice:
+def hosted(defect: str, device: str = "migdev", caps: MigrationCaps = VFIO_USER_CAPS
+           ) -> HostedDevice:
     """A device of ``MEM`` bytes with ``defect`` planted."""
-    out = host_device(device, mem_size=MEM)
+    out = host_device(device, mem_size=MEM, caps=caps)
     plant(out, defect)
     return out
 

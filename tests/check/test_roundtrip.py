@@ -21,15 +21,18 @@ from vfio_user_mig.check.groups import roundtrip
 from vfio_user_mig.check.profiles import get_profile
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
+from vfio_user_mig.model import MigrationCaps
+from vfio_user_mig.model.states import VFIO_USER_CAPS
 from vfio_user_mig.simulator.server.io import UnixServer
 
 CLI = [sys.executable, "-m", "vfio_user_mig.cli"]
 
 
 @contextmanager
-def two_instances(defect: str, device: str) -> Iterator[tuple[str, str]]:
+def two_instances(defect: str, device: str, caps: MigrationCaps = VFIO_USER_CAPS
+                  ) -> Iterator[tuple[str, str]]:
     """Two in-process servers of ``device``, each with ``defect`` planted (source, dest)."""
-    devices = [hosted(defect, device), hosted(defect, device)]
+    devices = [hosted(defect, device, caps), hosted(defect, device, caps)]
     with tempfile.TemporaryDirectory() as tmp:
         paths = [os.path.join(tmp, f"{n}.sock") for n in ("src", "dst")]
         servers = [UnixServer(d.core, p).start() for d, p in zip(devices, paths, strict=True)]
@@ -42,8 +45,9 @@ def two_instances(defect: str, device: str) -> Iterator[tuple[str, str]]:
                 d.close()
 
 
-def round_trip(defect: str, device: str, profile: str | None) -> tuple[Checker, list[Finding]]:
-    with two_instances(defect, device) as (src, dst):
+def round_trip(defect: str, device: str, profile: str | None,
+               caps: MigrationCaps = VFIO_USER_CAPS) -> tuple[Checker, list[Finding]]:
+    with two_instances(defect, device, caps) as (src, dst):
         checker = Checker(SocketTarget(src), timeout=5.0,
                           profile=get_profile(profile) if profile else None)
         checker.peer = SocketTarget(dst)
@@ -94,6 +98,16 @@ def test_state_restored_wrongly_is_a_data_finding(defect: str, device: str, name
     assert titles == [f"after the round trip the destination's {name} differs "
                       f"(region {region} offset {offset:#x})"], titles
     assert findings[0].kind == Kind.DATA
+
+
+def test_stop_copy_only_devices_are_compared_too() -> None:
+    """Without PRE_COPY the device is changed once before the switchover and compared."""
+    checker, findings = round_trip("none", "migdev", "migdev", MigrationCaps.STOP_COPY)
+    assert findings == [] and checker.report.coverage.arcs[("PRE_COPY", "STOP_COPY")] == 0
+    _, findings = round_trip("wrong-memory", "migdev", "migdev", MigrationCaps.STOP_COPY)
+    assert [f.title for f in findings] == [
+        "after the round trip the destination's BAR2 (device memory) differs "
+        f"(region 2 offset {WRONG_MEMORY_AT:#x})"]
 
 
 def test_without_a_second_instance_the_group_is_skipped_with_an_advisory(served: str) -> None:
