@@ -189,3 +189,29 @@ def test_a_stopped_check_leaves_no_server_and_writes_its_report(sig: signal.Sign
     assert report["interrupted"] == sig.name
     assert report["checks"] >= 1
     assert f"| interrupted | by {sig.name}: the report is partial |" in markdown.read_text()
+
+
+def test_stop_all_stops_every_launched_server_and_its_group() -> None:
+    """What ``check`` runs on exit, on a stop signal and from atexit: every server launched
+    and not stopped (a sequence's, a spare, a round trip's destination) is stopped, children
+    in its process group included."""
+    from vfio_user_mig.check.target import LIVE, SpawnTarget, stop_all
+
+    forks = ("import os, sys, time; pid = os.fork(); "
+             "print(pid, flush=True) if pid else None; time.sleep(120)")
+    target = SpawnTarget(f"{sys.executable} -c '{forks}' {{socket}}")
+    launches = [target._launch(), target._launch()]
+    assert set(launches) <= LIVE
+    pids = {launch.proc.pid for launch in launches}
+    deadline = time.monotonic() + RUN_LIMIT
+    while time.monotonic() < deadline and not all(
+            _children(launch.proc.pid) for launch in launches):
+        time.sleep(0.02)
+    pids |= {p for launch in launches for p in _children(launch.proc.pid)}
+    assert len(pids) == 4
+    assert stop_all() == 2
+    assert not set(launches) & LIVE
+    deadline = time.monotonic() + RUN_LIMIT
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.02)
+    assert [p for p in pids if _alive(p)] == []

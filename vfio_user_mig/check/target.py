@@ -34,7 +34,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -58,7 +58,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 def stop_all() -> int:
     """Stop every launched server process still recorded in :data:`LIVE` (SIGTERM to its
     process group, SIGKILL after a short grace); returns how many were running."""
-    launches = list(LIVE)
+    launches = [launch for launch in LIVE if launch.owner == os.getpid()]  # not a fork's
     for launch in launches:
         launch.signal(signal.SIGTERM)
     deadline = time.monotonic() + 1.0
@@ -150,6 +150,8 @@ class _Launch:
     dir: str
     path: str
     stderr: Path
+    #: The checker process that started it (a forked worker inherits :data:`LIVE`).
+    owner: int = field(default_factory=os.getpid)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process group (its children too), even after the leader
