@@ -131,6 +131,22 @@ class GuestSpace:
                 return mem, iova - base
         raise ValueError(f"{iova:#x}+{length:#x} is not in guest memory")
 
+    def track(self, data: bytes, fds: list[int], refused: bool) -> None:
+        """Follow a DMA_MAP/DMA_UNMAP request ``data`` the server accepted (not ``refused``),
+        so that guest memory is what the server believes is mapped."""
+        if refused or len(data) < HEADER_SIZE:
+            return
+        command = struct.unpack_from("<H", data, 2)[0]
+        if command == wire.Command.DMA_MAP and len(data) >= HEADER_SIZE + 32:
+            _argsz, _flags, _off, addr, size = struct.unpack_from("<IIQQQ", data, HEADER_SIZE)
+            self.add(addr, size, fds[0] if fds else None)
+        elif command == wire.Command.DMA_UNMAP and len(data) >= HEADER_SIZE + 24:
+            _argsz, flags, addr, _size = struct.unpack_from("<IIQQ", data, HEADER_SIZE)
+            if flags & wire.DmaUnmapFlag.ALL:
+                self.clear()
+            else:
+                self.remove(addr)
+
     def read(self, iova: int, length: int) -> bytes:
         mem, off = self._find(iova, length)
         return bytes(mem[off:off + length])

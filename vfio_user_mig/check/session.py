@@ -28,7 +28,7 @@ import json
 import os
 import struct
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.bounds import (
@@ -163,6 +163,7 @@ class Sequence:
         self.caps: MigrationCaps | None = None
         #: The sequence cannot go on: every further request raises :class:`SequenceAborted`.
         self.dead = False
+        self._repro: tuple[int, list[dict[str, Any]]] | None = None
         self.meter = StreamMeter(checker.stream_limit, checker.stream_seconds,
                                  checker.endless)
 
@@ -196,7 +197,8 @@ class Sequence:
         try:
             reply = self.conn.request(data, opened, timeout)
             if reply is not None:
-                self._track_dma(data, opened, reply)
+                reply.close_fds()
+                self.conn.memory.track(data, opened, reply.is_error)
         except ReplyTimeout:
             death = self.target.death()
             if death is not None:
@@ -229,22 +231,6 @@ class Sequence:
                             command)
         return reply
 
-    def _track_dma(self, data: bytes, fds: list[int], reply: Reply) -> None:
-        """Keep the checker's guest memory in step with successful DMA_MAP/UNMAP requests."""
-        reply.close_fds()
-        if reply.is_error or len(data) < 16:
-            return
-        command = struct.unpack_from("<H", data, 2)[0]
-        if command == wire.Command.DMA_MAP and len(data) >= 16 + 32:
-            _argsz, _flags, _off, addr, size = struct.unpack_from("<IIQQQ", data, 16)
-            self.conn.memory.add(addr, size, fds[0] if fds else None)
-        elif command == wire.Command.DMA_UNMAP and len(data) >= 16 + 24:
-            _argsz, flags, addr, _size = struct.unpack_from("<IIQQ", data, 16)
-            if flags & wire.DmaUnmapFlag.ALL:
-                self.conn.memory.clear()
-            else:
-                self.conn.memory.remove(addr)
-
     def _meter(self, data: bytes, reply: Reply, command: str) -> None:
         """Count a saving phase's stream against the bounds (:mod:`.bounds`)."""
         over = self.meter.observe(data, reply.is_error, reply.payload,
@@ -271,7 +257,14 @@ class Sequence:
             kind=kind, title=title,
             commands=commands or sorted({s.command for s in self.steps[-1:]}),
             expected=expected, observed=observed, spec=spec,
-            reproducer=[s.to_json() for s in self.steps], group=self.group))
+            reproducer=self._reproducer(), group=self.group))
+
+    def _reproducer(self) -> list[dict[str, Any]]:
+        """The steps as JSON, built once per length of the sequence (findings made after the
+        same steps share it: a round trip's carries the whole stream)."""
+        if self._repro is None or self._repro[0] != len(self.steps):
+            self._repro = (len(self.steps), [s.to_json() for s in self.steps])
+        return self._repro[1]
 
     def advise(self, title: str, detail: str) -> None:
         """Record an advisory: behaviour worth knowing that breaks no rule (not a check)."""
