@@ -3,7 +3,7 @@
 :func:`plant` patches a hosted device in this process; run as a program it serves one on a
 socket until SIGTERM, so that ``check --spawn`` can start it::
 
-    python -m tests.check.planted DEFECT SOCKET [DEVICE]
+    python -m tests.check.planted DEFECT SOCKET [DEVICE [MEMORY_BYTES]]
 
 Defects:
 
@@ -91,10 +91,10 @@ def plant(hosted: HostedDevice, defect: str) -> None:
         raise ValueError(f"unknown defect {defect!r} (one of {', '.join(DEFECTS)})")
 
 
-def hosted(defect: str, device: str = "migdev", caps: MigrationCaps = VFIO_USER_CAPS
-           ) -> HostedDevice:
-    """A device of ``MEM`` bytes with ``defect`` planted."""
-    out = host_device(device, mem_size=MEM, caps=caps)
+def hosted(defect: str, device: str = "migdev", caps: MigrationCaps = VFIO_USER_CAPS,
+           mem: int = MEM) -> HostedDevice:
+    """A device of ``mem`` bytes with ``defect`` planted."""
+    out = host_device(device, mem_size=mem, caps=caps)
     plant(out, defect)
     return out
 
@@ -102,7 +102,7 @@ def hosted(defect: str, device: str = "migdev", caps: MigrationCaps = VFIO_USER_
 def main(argv: list[str]) -> int:
     defect, path = argv[0], argv[1]
     device = argv[2] if len(argv) > 2 else "migdev"
-    served = hosted(defect, device)
+    served = hosted(defect, device, mem=int(argv[3], 0) if len(argv) > 3 else MEM)
     server = UnixServer(served.core, path)
     signal.signal(signal.SIGTERM, lambda *_: server.stop_event.set())
     try:
