@@ -207,6 +207,12 @@ class SpawnTarget:
         LIVE.add(launch)
         return launch
 
+    def warm(self) -> None:
+        """Start the process of the next :meth:`begin` now, if none is waiting (a round
+        trip's destination starts while the source saves)."""
+        if self._spare is None:
+            self._spare = self._launch()
+
     def begin(self) -> socket.socket:
         self.end()
         live, self._spare = self._spare or self._launch(), None

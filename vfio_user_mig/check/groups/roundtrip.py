@@ -2,8 +2,10 @@
 a VMM does, and compare the destination's device with the source's.
 
 Two instances: with ``--spawn`` the group starts a second process of the same command (the
-destination) beside the source's; with ``--socket`` it needs ``--peer-socket`` (a second
-instance) and is otherwise skipped with an advisory: one server cannot be its own destination.
+destination) beside the source's, while the source saves; with ``--socket`` it needs
+``--peer-socket`` (a second instance). Otherwise, and for ``--no-prespawn`` servers (they
+cannot run twice at once), the group is skipped with an advisory: one server cannot be its
+own destination.
 
 Source (PROTOCOL.md sections 3-5): with a profile, the profile maps its DMA regions,
 DMA_LOGGING_START (at the server's migration page size), the profile's stimulus (the device
@@ -60,9 +62,11 @@ def _destination(checker: Checker) -> tuple[Target | None, bool]:
     """The destination instance and whether this group started it (and must close it)."""
     if checker.peer is not None:
         return checker.peer, False
-    if isinstance(checker.target, SpawnTarget):
-        return SpawnTarget(checker.target.template, start_timeout=checker.target.start_timeout,
-                           prespawn=False), True
+    if isinstance(checker.target, SpawnTarget) and checker.target.prespawn:
+        peer = SpawnTarget(checker.target.template, start_timeout=checker.target.start_timeout,
+                           prespawn=False)
+        peer.warm()  # it starts while the source saves
+        return peer, True
     return None, False
 
 
@@ -72,8 +76,9 @@ def run(checker: Checker) -> None:
     if peer is None:
         checker.report.add_advisory(
             "round trip skipped: one server instance",
-            "the round trip migrates between two instances of the server; give "
-            "--peer-socket PATH (a second instance) or --spawn", GROUP)
+            "the round trip migrates between two instances of the server running at once; "
+            "give --peer-socket PATH (a second instance) or --spawn (without --no-prespawn)",
+            GROUP)
         return
     try:
         _round_trip(checker, peer)
