@@ -215,3 +215,42 @@ def test_stop_all_stops_every_launched_server_and_its_group() -> None:
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.02)
     assert [p for p in pids if _alive(p)] == []
+
+
+def test_a_sequence_longer_than_the_bound_ends_with_a_finding(
+        served: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vfio_user_mig.check import session
+    from vfio_user_mig.check.groups import run_suite
+    from vfio_user_mig.check.target import SocketTarget
+
+    monkeypatch.setattr(session, "SEQUENCE_LIMIT", 40)
+    checker = session.Checker(SocketTarget(served))
+    run_suite(checker, {"fsm"})
+    titles = {f.title for f in checker.report.findings}
+    assert titles == {"a sequence exceeds the checker's message bound"}
+    assert all(len(f.reproducer) == 41 for f in checker.report.findings)
+
+
+def test_the_stream_meter_counts_one_saving_phase() -> None:
+    """Bytes add up across reads of one phase, a state SET starts a new phase, and a state
+    found endless is cut at the smaller bound afterwards."""
+    from vfio_user_mig.check.bounds import ENDLESS_RECHECK, StreamMeter
+    from vfio_user_mig.check.requests import feature_request, raw_message
+    from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
+
+    read = raw_message(1, Command.MIG_DATA_READ, struct.pack("<II", 8 + 4096, 4096))
+    full = struct.pack("<II", 8 + 4096, 4096) + bytes(4096)
+    set_state = feature_request(2, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET,
+                                struct.pack("<II", 3, 0))
+    meter = StreamMeter(limit=3 * 4096, seconds=60.0)
+    assert [meter.observe(read, False, full, "STOP_COPY") for _ in range(3)] == [None] * 3
+    over = meter.observe(read, False, full, "STOP_COPY")
+    assert over is not None and over[0] == "STOP_COPY" and "16384 bytes" in over[2]
+    assert meter.observe(set_state, False, b"", "STOP_COPY") is None  # a new phase
+    assert meter.observe(read, False, full, "PRE_COPY") is None
+    assert meter.observe(read, True, b"", "PRE_COPY") is None  # a refused read counts nothing
+    assert meter.endless == {"STOP_COPY"}
+    big = StreamMeter(limit=1 << 30, seconds=60.0, endless={"STOP_COPY"})
+    results = [big.observe(read, False, full, "STOP_COPY")
+               for _ in range(ENDLESS_RECHECK // 4096 + 1)]
+    assert results[:-1] == [None] * (ENDLESS_RECHECK // 4096) and results[-1] is not None
