@@ -11,6 +11,10 @@
 * :class:`SocketTarget` (``--socket PATH``) connects to a running server for each sequence; a
   server that stops accepting connections is a ``crash``.
 
+A target may also offer ``twin()``: a second instance of the same server, to be closed by the
+caller, which the round trip migrates to (:meth:`SpawnTarget.twin`; an in-process target can
+offer one too).
+
 Nothing here ever waits without a deadline, and no process started here outlives the checker:
 each runs in a process group of its own, recorded in :data:`LIVE` until it is stopped;
 :func:`stop_all` stops every one still recorded (``check`` calls it on exit, on SIGTERM,
@@ -206,6 +210,16 @@ class SpawnTarget:
         launch = _Launch(proc, where, path, stderr)
         LIVE.add(launch)
         return launch
+
+    def twin(self) -> SpawnTarget | None:
+        """A second instance of this server for the round trip (its process started now,
+        while the source saves); ``None`` for ``prespawn=False`` servers, which cannot run
+        twice at once."""
+        if not self.prespawn:
+            return None
+        twin = SpawnTarget(self.template, start_timeout=self.start_timeout, prespawn=False)
+        twin.warm()
+        return twin
 
     def warm(self) -> None:
         """Start the process of the next :meth:`begin` now, if none is waiting (a round

@@ -1,11 +1,11 @@
 """Group ``roundtrip``: migrate the device from one instance of the server to a second one, as
 a VMM does, and compare the destination's device with the source's.
 
-Two instances: with ``--spawn`` the group starts a second process of the same command (the
-destination) beside the source's, while the source saves; with ``--socket`` it needs
-``--peer-socket`` (a second instance). Otherwise, and for ``--no-prespawn`` servers (they
-cannot run twice at once), the group is skipped with an advisory: one server cannot be its
-own destination.
+Two instances: the checker's ``peer`` (``--peer-socket``), else the target's ``twin()``
+(with ``--spawn``, a second process of the same command started while the source saves; an
+in-process target may offer one). Otherwise (``--socket`` alone, ``--no-prespawn`` servers,
+which cannot run twice at once) the group is skipped with an advisory: one server cannot be
+its own destination.
 
 Source (PROTOCOL.md sections 3-5): with a profile, the profile maps its DMA regions,
 DMA_LOGGING_START (at the server's migration page size), the profile's stimulus (the device
@@ -31,6 +31,8 @@ The streams are bounded as every stream the checker reads (:mod:`~vfio_user_mig.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vfio_user_mig import wire
 from vfio_user_mig.check.facts import ReadBack
 from vfio_user_mig.check.findings import Kind
@@ -45,7 +47,7 @@ from vfio_user_mig.check.groups.common import (
 )
 from vfio_user_mig.check.session import Checker, Profile, Sequence
 from vfio_user_mig.check.steps import Expect
-from vfio_user_mig.check.target import SpawnTarget, Target
+from vfio_user_mig.check.target import Target
 from vfio_user_mig.model import MigrationCaps, State
 
 GROUP = "roundtrip"
@@ -59,15 +61,13 @@ _RESTORE = ("vfio.h VFIO_DEVICE_STATE_RESUMING: the destination loads the device
 
 
 def _destination(checker: Checker) -> tuple[Target | None, bool]:
-    """The destination instance and whether this group started it (and must close it)."""
+    """The destination instance and whether this group started it (and must close it): the
+    checker's ``peer``, else the target's ``twin()`` when it has one (module docstring)."""
     if checker.peer is not None:
         return checker.peer, False
-    if isinstance(checker.target, SpawnTarget) and checker.target.prespawn:
-        peer = SpawnTarget(checker.target.template, start_timeout=checker.target.start_timeout,
-                           prespawn=False)
-        peer.warm()  # it starts while the source saves
-        return peer, True
-    return None, False
+    twin: Callable[[], Target | None] | None = getattr(checker.target, "twin", None)
+    peer = twin() if twin is not None else None
+    return peer, peer is not None
 
 
 def run(checker: Checker) -> None:
