@@ -95,10 +95,9 @@ class Reply:
 class WrongReplyId(ValueError):
     """A reply whose msg id matches no message sent and unanswered on this connection."""
 
-    def __init__(self, got: int, want: int | None) -> None:
+    def __init__(self, got: int, want: int) -> None:
         super().__init__(f"a reply with message id {got:#x} while awaiting the reply to "
-                         f"{want if want is None else hex(want)} (no message with that id is "
-                         "unanswered)")
+                         f"{want:#x} (no message with that id is unanswered)")
         self.got = got
         self.want = want
 
@@ -263,7 +262,7 @@ class Conn:
             if not msg.is_reply:
                 self._answer(msg)
                 continue
-            if msg.msg_id == msg_id:
+            if msg.msg_id == msg_id or msg_id is None:  # a message too short for an id
                 self.unanswered.discard(msg.msg_id)
                 return msg
             msg.close_fds()
