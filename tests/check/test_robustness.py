@@ -254,3 +254,34 @@ def test_the_stream_meter_counts_one_saving_phase() -> None:
     results = [big.observe(read, False, full, "STOP_COPY")
                for _ in range(ENDLESS_RECHECK // 4096 + 1)]
     assert results[:-1] == [None] * (ENDLESS_RECHECK // 4096) and results[-1] is not None
+
+
+def test_the_stream_bound_scales_with_the_declared_device(tmp_path: Path) -> None:
+    """A 64 MiB device streams more than 64 MiB in a phase (its memory and registers): its
+    byte bound is four times what it declares, and the time bound grows with it."""
+    from vfio_user_mig.check.bounds import (
+        SIZE_FACTOR,
+        STREAM_LIMIT,
+        STREAM_SECONDS,
+        declared_size,
+        stream_bounds,
+    )
+    from vfio_user_mig.simulator.server.hosting import host_device
+    from vfio_user_mig.simulator.server.io import UnixServer
+
+    big = 64 << 20
+    hosted_big = host_device("migdev", mem_size=big)
+    path = str(tmp_path / "big.sock")
+    server = UnixServer(hosted_big.core, path).start()
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        declared = declared_size(sock, 5.0)
+    finally:
+        server.stop()
+        hosted_big.close()
+    assert big < declared < big + (1 << 20)  # BAR2 plus BAR0 and config space
+    limit, seconds = stream_bounds(declared)
+    assert limit == SIZE_FACTOR * declared and seconds > STREAM_SECONDS
+    assert stream_bounds(0) == (STREAM_LIMIT, STREAM_SECONDS)
+    assert stream_bounds(declared, 1 << 20) == (1 << 20, STREAM_SECONDS)  # --stream-limit 1

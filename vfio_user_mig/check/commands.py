@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vfio_user_mig.check.bounds import declared_size, stream_bounds
 from vfio_user_mig.check.findings import Report
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import (
@@ -154,14 +155,16 @@ def run_check(args: argparse.Namespace, started: list[Checker] | None = None) ->
         profile = get_profile(args.profile)
     target = make_target(args)
     checker = Checker(target, timeout=args.timeout, profile=profile)
-    checker.stream_limit = args.stream_limit << 20
     if args.peer_socket:
         checker.peer = SocketTarget(args.peer_socket)
     if started is not None:
         started.append(checker)
     # Reachable at all? If not there is nothing to check: an error (exit 2), not a finding.
-    target.begin().close()
+    # The same connection learns the device's declared size: the streams' bounds scale with it.
+    declared = declared_size(target.begin(), args.timeout)
     target.end()
+    checker.stream_limit, checker.stream_seconds = stream_bounds(
+        declared, args.stream_limit << 20 if args.stream_limit else None)
     try:
         if args.replay:
             from vfio_user_mig.check.replay import replay
@@ -259,9 +262,10 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-socket", metavar="PATH",
                    help="with --socket: a second instance of the same server, the destination "
                         "of the round-trip group (without it that group is skipped)")
-    p.add_argument("--stream-limit", type=_positive_int, default=64, metavar="MIB",
+    p.add_argument("--stream-limit", type=_positive_int, default=None, metavar="MIB",
                    help="MiB one saving phase may send before its stream is reported as "
-                        "endless (default 64)")
+                        "endless (default: 64, or 4 times the sum of the device's region "
+                        "sizes when larger)")
     p.add_argument("--no-prespawn", action="store_true",
                    help="with --spawn: start each server only when its sequence begins (by "
                         "default the next one starts while the current sequence runs; use "
