@@ -27,7 +27,7 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from vfio_user_mig import wire
@@ -80,7 +80,7 @@ class Profile(Protocol):
 
     def prepare(self, seq: Sequence) -> None: ...
 
-    def stimulate(self, seq: Sequence) -> set[int]: ...
+    def stimulate(self, seq: Sequence, armed: Callable[[], None] | None = None) -> set[int]: ...
 
     # -- the round trip (groups/roundtrip.py): device state between rounds, read-back --------
 
