@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import inspect
-from typing import Any, TypeVar
+from typing import Any
 
 from docutils import nodes
 from sphinx.addnodes import pending_xref
@@ -21,14 +21,12 @@ from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
 
 project = "vfio-user-mig"
-extensions = ["sphinx.ext.autodoc", "sphinx.ext.autosummary", "sphinx.ext.napoleon"]
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.autosummary"]
 templates_path = ["_templates"]
 exclude_patterns = ["_build"]
 autosummary_generate = True
 autodoc_default_options = {"ignore-module-all": True, "undoc-members": True}
 autodoc_member_order = "bysource"
-napoleon_google_docstring = True
-napoleon_numpy_docstring = False
 html_theme = "alabaster"
 html_title = "vfio-user-mig API reference"
 nitpicky = True
@@ -94,23 +92,51 @@ def _rewrite_targets(app: Sphinx, doctree: nodes.document) -> None:
             if not candidates:
                 continue
         for candidate in candidates:
-            obj = _lookup(candidate)
-            if isinstance(obj, TypeVar):
+            action = _resolve(candidate)
+            if action is None:
+                continue
+            if action == "":
                 node.replace_self(node.children)
-                break
-            canonical = _canonical(obj) if obj is not _MISSING else None
-            if canonical and canonical.startswith("vfio_user_mig"):
-                node["reftarget"] = canonical
-                break
+            else:
+                node["reftarget"] = action
+            break
+
+
+def _resolve(path: str) -> str | None:
+    """What a reference to ``path`` becomes: the documented dotted path of its definition, ``""``
+    for plain text (a type variable or type alias: it exists but has no entry of its own), or
+    ``None`` when ``path`` names nothing."""
+    obj = _lookup(path)
+    parent_path, _, name = path.rpartition(".")
+    parent = _lookup(parent_path) if parent_path else _MISSING
+    if obj is _MISSING:
+        # A dataclass field without a default exists only as an annotation of its class.
+        if inspect.isclass(parent) and any(name in getattr(k, "__annotations__", {})
+                                           for k in parent.__mro__):
+            return f"{_canonical(parent)}.{name}"
+        return None
+    canonical = _canonical(obj)
+    if canonical and canonical.startswith("vfio_user_mig"):
+        return canonical
+    if canonical:
+        return None  # defined outside the package: not documented here
+    if inspect.isclass(parent):
+        return f"{_canonical(parent)}.{name}"  # an attribute of a documented class
+    return ""
 
 
 def _private(app: Sphinx, env: BuildEnvironment, node: pending_xref,
              contnode: nodes.TextElement) -> nodes.Element | None:
-    """A reference to a private name of the package (``campaign._Run`` in a signature) is
-    plain text: private names are not documented."""
+    """A reference to a private name of the package (``campaign._Run`` in a signature), or to
+    module data that exists but has no entry (a constant without a doc comment), is plain
+    text. A name that does not exist stays unresolved and fails the build."""
     target = str(node.get("reftarget", ""))
-    if target.startswith("vfio_user_mig.") and any(
-            part.startswith("_") and not part.startswith("__") for part in target.split(".")):
+    if not target.startswith("vfio_user_mig."):
+        return None
+    if any(part.startswith("_") and not part.startswith("__") for part in target.split(".")):
+        return contnode
+    obj = _lookup(target)
+    if obj is not _MISSING and _canonical(obj) is None:
         return contnode
     return None
 

@@ -43,14 +43,19 @@ class HeaderFields(Protocol):
 class WireError(ValueError):
     """Malformed or unencodable vfio-user bytes.
 
-    Attributes:
-        errno: positive errno (``EINVAL``, ``E2BIG``, ``ENOTSUP``, ...).
-        field: dotted name of the offending field (e.g. ``"header.msg_size"``,
-            ``"DEVICE_FEATURE.flags"``), or ``""``.
-        header: the parsed header when the 16 header bytes were readable (so a server can
-            still address an error reply to ``header.msg_id``), else ``None``.
-        fds: file descriptors that arrived with the bad message (set by the Framer); the
-            caller owns them and must close them.
+    Its attributes:
+
+    ``errno``
+        positive errno (``EINVAL``, ``E2BIG``, ``ENOTSUP``, ...).
+    ``field``
+        dotted name of the offending field (e.g. ``"header.msg_size"``,
+        ``"DEVICE_FEATURE.flags"``), or ``""``.
+    ``header``
+        the parsed header when the 16 header bytes were readable (so a server can still
+        address an error reply to ``header.msg_id``), else ``None``.
+    ``fds``
+        file descriptors that arrived with the bad message (set by the Framer); the caller
+        owns them and must close them.
     """
 
     def __init__(

@@ -1,9 +1,9 @@
 """Run one scenario against a client: referees up, the client started, the session recorded.
 
-The thin IO of ``check-client``: :func:`run_scenario` starts a :class:`~vfio_user_mig.
-simulator.referee.pump.Referee` for the source (``{socket}``) and one for the destination
-(``{dst_socket}``), starts the client command (or waits for a client started by hand), waits
-at most ``timeout`` seconds, kills the client's whole process group if it is still running,
+The thin IO of ``check-client``: :func:`run_scenario` starts a
+:class:`~vfio_user_mig.simulator.referee.pump.Referee` for the source (``{socket}``) and one for the
+destination (``{dst_socket}``), starts the client command (or waits for a client started by hand),
+waits at most ``timeout`` seconds, kills the client's whole process group if it is still running,
 and returns the :class:`Session`. Judging is :mod:`.judge`'s and :mod:`.scenarios`' job.
 
 libvfio-user's ``samples/client`` starts its own destination: it execs ``<its directory>/
