@@ -7,7 +7,7 @@ state (:func:`~vfio_user_mig.model.transition_path`), whether the STOP_COPY stre
 whether DMA logging is on, the DMA maps, how much of a saved stream RESUMING has taken -- and
 :meth:`Oracle.apply` turns an op into requests whose :class:`~.steps.Expect` it derives from the
 model and :func:`~vfio_user_mig.protocol.gating.legality_table`. Where the model allows several
-outcomes (an arc whose action may fail, a reset that may keep the migration state, a second
+outcomes (an arc whose action may fail, a second
 DMA_LOGGING_START) it accepts each and learns the outcome from the reply and a state GET.
 
 Rules used (PROTOCOL.md sections): 2 (command gating in STOP/STOP_COPY, DMA_MAP/UNMAP, region
@@ -28,7 +28,7 @@ from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.requests import feature_request, raw_message
 from vfio_user_mig.check.session import Sequence, SequenceAborted
-from vfio_user_mig.check.steps import ANY, Expect, judge, refused
+from vfio_user_mig.check.steps import ANY, Expect, judge, refused, request_label
 from vfio_user_mig.model import InvalidTransition, State, transition_path
 from vfio_user_mig.protocol.gating import gate, readable_states
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
@@ -425,9 +425,9 @@ class Oracle:
             return
         self.logging = None
         self.resume_clean = False
-        self.read_state(f"DEVICE_RESET in {before.name}", {before, State.RUNNING},
-                        "PROTOCOL.md section 5: DEVICE_RESET returns the device to RUNNING "
-                        "(libvfio-user keeps the migration state)")
+        self.read_state(f"DEVICE_RESET in {before.name}", {State.RUNNING},
+                        "kernel vfio.h (VFIO_DEVICE_RESET returns the device_state to "
+                        "RUNNING); PROTOCOL.md section 5")
         if self.seq.state == before:
             self.stream_ended = None
 
@@ -444,7 +444,8 @@ class Oracle:
             expect = refused(_errno.EINVAL, rule=rule + " of an operation the feature lacks")
         else:
             expect = Expect("ok", payload=data[16:], rule=rule + " replies echo the request")
-        self._check(f"PROBE feature {feature} ops {int(ops) >> 16:#x}", data, expect)
+        name = request_label(data).split(" ", 1)[1]
+        self._check(f"PROBE {name}", data, expect)
 
     def _op_caps(self, op: Op) -> None:
         assert self.seq.caps is not None

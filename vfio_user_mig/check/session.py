@@ -166,6 +166,8 @@ class Sequence:
         self.caps: MigrationCaps | None = None
         #: The sequence cannot go on: every further request raises :class:`SequenceAborted`.
         self.dead = False
+        #: How many fds came with the last reply (they are closed on arrival).
+        self.reply_fds = 0
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -192,6 +194,7 @@ class Sequence:
         try:
             reply = self.conn.request(data, opened, timeout)
             if reply is not None:
+                self.reply_fds = len(reply.fds)
                 self._track_dma(data, opened, reply)
         except ReplyTimeout:
             death = self.checker.target.death()

@@ -13,6 +13,7 @@ checks, random exploration and replay all use it.
 from __future__ import annotations
 
 import base64
+import enum
 import errno as _errno
 import os
 import zlib
@@ -38,9 +39,16 @@ def request_label(data: bytes) -> str:
             feature = wire.FeatureIndex(index).name
         except ValueError:
             feature = f"feature {index}"
-        ops = "|".join(op.name or "" for op in wire.FeatureOp if flags & op) or "no op"
-        return f"{name} {feature} {ops}"
+        return f"{name} {feature} {flag_names(wire.FeatureOp(flags & 0x70000), 'no op')}"
     return name
+
+
+def flag_names(flags: enum.Flag, none: str = "none") -> str:
+    """``flags`` as readable text, e.g. ``PROBE|GET`` (finding titles never show a Python
+    repr such as ``<FeatureOp.GET: 65536>``)."""
+    names = [m.name for m in type(flags) if m.name and m.value and m in flags
+             and m.value & (m.value - 1) == 0]
+    return "|".join(names) or none
 
 
 @dataclass(frozen=True)

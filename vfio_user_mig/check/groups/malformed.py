@@ -8,7 +8,8 @@ huge), type and flag bits, a reply flag on a request, unknown commands (0, 14, 1
 argsz and size lies in each command with an argsz, truncated payloads, trailing bytes after
 fixed payloads (accepted or refused: the spec is silent; libvfio-user ignores them), and a
 msg_size larger than the bytes sent (then the client half-closes; the server must not hang on
-the read or crash).
+the read or crash). On a healthy connection, last: message ids above 255 must be echoed whole,
+and a command with the no-reply flag must be executed and not answered (:func:`header_effects`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import contextlib
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from vfio_user_mig import wire
 from vfio_user_mig.check.conn import BadFrame, ReplyTimeout
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.requests import feature_request
@@ -203,7 +206,69 @@ def _short_body(checker: Checker) -> None:
 _SMUGGLED_ID = 0x7E57
 
 
-def _smuggled(checker: Checker, flags: int, what: str) -> None:
+#: Message ids above 255 whose low byte is 0: the checker's own ids are never 0, so a server
+#: that keeps 8 bits of an id answers one no request of the checker has.
+WIDE_IDS = (0x0100, 0xAB00, 0xFF00)
+_HEADER_RULE = "vfio-user.rst \"Header\"; PROTOCOL.md section 1"
+
+
+def _stray_after(seq: Sequence, data: bytes, note: str) -> list[int] | None:
+    """Send ``data`` without waiting, then a MIG_DEVICE_STATE GET (answered as usual); the ids
+    of the replies that came before the GET's (``None``: the sequence cannot go on)."""
+    seq.steps.append(Step(data, (), Expect("any", rule=_HEADER_RULE), note, no_reply=True))
+    before = len(seq.conn.stray)
+    if not seq.conn.send(data):
+        return None
+    reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
+                                         FeatureOp.GET, argsz=16))
+    if reply is None:
+        return None
+    return seq.conn.stray[before:]
+
+
+def header_effects(seq: Sequence) -> None:
+    """Message ids and the no-reply flag (vfio-user.rst "Header": msg_id is 16 bits and the
+    reply echoes it; a command with the No_reply flag (0x10) is executed and not answered).
+    The device must be in RUNNING; it is left there."""
+    for msg_id in WIDE_IDS:
+        data = feature_request(msg_id, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET, argsz=16)
+        ids = _stray_after(seq, data, f"msg_id {msg_id:#06x}; its reply is read with the next")
+        if ids is None:
+            return
+        seq.verify(ids == [msg_id], Kind.REPLY, "message id above 255 echoed",
+                   f"one reply with msg_id {msg_id:#06x}",
+                   ", ".join(f"{i:#06x}" for i in ids) or "no reply",
+                   f"{_HEADER_RULE}: msg_id is a 16-bit field the reply echoes")
+    no_reply = int(wire.HeaderFlag.NO_REPLY)
+    get = feature_request(_NO_REPLY_ID, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET, argsz=16)
+    stop = feature_request(_NO_REPLY_ID + 1, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET,
+                           struct.pack("<II", State.STOP, 0))
+    for data, what in ((get, "GET"), (stop, "SET STOP")):
+        flagged = data[:8] + struct.pack("<I", no_reply) + data[12:]
+        ids = _stray_after(seq, flagged, f"MIG_DEVICE_STATE {what} with the no-reply flag")
+        if ids is None:
+            return
+        msg_id = _HDR.unpack_from(flagged)[0]
+        seq.verify(msg_id not in ids, Kind.REPLY,
+                   "a request with the no-reply flag is answered",
+                   f"no reply to {msg_id:#06x}", f"a reply to {msg_id:#06x}",
+                   f"{_HEADER_RULE}: flags bit 4, No_reply: no reply is sent")
+    state = seq.get_state()
+    if state is None:
+        return
+    seq.verify(state == State.STOP, Kind.STATE,
+               "a SET with the no-reply flag is executed", "STOP", state.name,
+               f"{_HEADER_RULE}: No_reply suppresses the reply, not the command")
+    seq.state = state
+    seq.goto(State.RUNNING)
+
+
+#: Ids of the no-reply requests (never used otherwise).
+_NO_REPLY_ID = 0x6E00
+
+
+def _smuggled(checker: Checker, flags: int, what: str,
+              then: Callable[[Sequence], None] | None = None) -> None:
     """A refused message whose payload is itself a whole request: MIG_DEVICE_STATE SET STOP
     with an id the checker never uses. A server that answers the refused message but leaves
     its payload unread takes the payload for the next message and executes it. msg_size says
@@ -235,6 +300,8 @@ def _smuggled(checker: Checker, flags: int, what: str) -> None:
         seq.verify(not answered, Kind.REPLY, title,
                    f"no reply to the hidden request {_SMUGGLED_ID:#x}",
                    f"a reply to the hidden request {_SMUGGLED_ID:#x}", _S1)
+        if then is not None and not answered and not seq.dead and seq.state == State.RUNNING:
+            then(seq)
 
 
 def run(checker: Checker) -> None:
@@ -242,4 +309,4 @@ def run(checker: Checker) -> None:
     _cases_run(checker, _cases())
     _short_body(checker)
     _smuggled(checker, 1, "reply-typed message")
-    _smuggled(checker, 2, "message of type 2")
+    _smuggled(checker, 2, "message of type 2", header_effects)
