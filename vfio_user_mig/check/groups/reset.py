@@ -10,26 +10,21 @@ PROTOCOL.md section 5. libvfio-user since 2026 leaves the migration state alone 
 is reported (a departure from the kernel rule), not accepted. DEVICE_RESET in ERROR is checked
 by the ``migdata`` group, where a damaged stream leaves a device in ERROR.
 
-Effects checked besides the state: after a reset from a saving state no stream is offered
-(MIG_DATA_READ refused with EINVAL, PROTOCOL.md section 4: RUNNING is not a saving state); in
-RUNNING, a device that was logging DMA before the reset and still answers a
-DMA_LOGGING_REPORT after it is an *advisory* (a reset returns the device to its power-on state,
-where no logging runs, but neither the spec nor the kernel says so in words).
+Effects checked besides the state: in RUNNING, a device that was logging DMA before the reset
+and still answers a DMA_LOGGING_REPORT after it is an *advisory* (a reset returns the device to
+its power-on state, where no logging runs, but neither the spec nor the kernel says so in
+words).
 """
 
 from __future__ import annotations
-
-import errno as _errno
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     IOVA_BASE,
     enc,
-    is_saving,
     log_report,
     log_start,
-    mig_read,
 )
 from vfio_user_mig.check.requests import raw_message
 from vfio_user_mig.check.session import Checker, Sequence
@@ -94,15 +89,9 @@ def _one(checker: Checker, state: State) -> None:
         if seq.caps is None:
             return
         seq.goto(state)
-        saving = is_saving(seq, state)
         observed = check_reset(seq, state)
         if observed is None:
             return
-        if saving and observed == State.RUNNING:
-            seq.check(f"no migration stream after DEVICE_RESET in {state.name}",
-                      mig_read(seq, 64),
-                      refused(_errno.EINVAL, rule="PROTOCOL.md section 4: MIG_DATA_READ only "
-                              "in a saving state; the reset device runs"))
         if state == State.RUNNING and observed == State.RUNNING:
             _logging_survives(seq)
         if observed in (state, State.RUNNING):
