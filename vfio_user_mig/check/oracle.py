@@ -26,6 +26,7 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
+from vfio_user_mig.check.groups.common import UNKNOWN_FEATURE_ERRNOS, UNKNOWN_FEATURE_RULE
 from vfio_user_mig.check.requests import feature_request, raw_message
 from vfio_user_mig.check.session import Sequence, SequenceAborted
 from vfio_user_mig.check.steps import ANY, Expect, judge, refused, request_label
@@ -320,7 +321,8 @@ class Oracle:
         if exact:
             ok = Expect("any", rule=rule + " (a repeated map: implementation-defined)")
         elif overlap:
-            ok = Expect("error", rule=rule + ": a region overlapping a mapped one is refused")
+            ok = Expect("error", rule=rule + ": a region overlapping a mapped one is refused "
+                        "(any errno: vfio-user.rst gives none)")
         else:
             ok = Expect("ok", payload_len=0, rule=rule + ": the reply has no payload")
         msg = wire.encode(wire.DmaMap(addr=iova, size=size, msg_id=self.seq.next_id()))
@@ -334,7 +336,8 @@ class Oracle:
         mapped = self.maps.get(iova, (0, False))[0] == size
         rule = "PROTOCOL.md section 2: DMA_UNMAP echoes the 24-byte request"
         ok = (Expect("ok", payload_len=24, rule=rule) if mapped else
-              Expect("error", rule="PROTOCOL.md section 2: DMA_UNMAP of a region not mapped"))
+              Expect("error", rule="PROTOCOL.md section 2: DMA_UNMAP of a region not mapped "
+                     "(any errno: vfio-user.rst gives none)"))
         msg = wire.encode(wire.DmaUnmap(addr=iova, size=size, msg_id=self.seq.next_id()))
         reply = self._check("DMA_UNMAP", msg, self._gated(Command.DMA_UNMAP, ok))
         if not reply.is_error:
@@ -380,7 +383,8 @@ class Oracle:
             expect = Expect("ok", payload_len=8 + 24 + wire.bitmap_len(size, LOG_PAGE),
                             rule=rule + ": the bitmap is ceil(pages / 64) * 8 bytes")
         elif self.logging is False:
-            expect = Expect("error", rule=rule + " while logging is off is refused")
+            expect = Expect("error", rule=rule + " while logging is off is refused (any errno: "
+                            "the kernel leaves it to the driver)")
         else:
             expect = Expect("any", rule=rule + " of a range that is not one fd-backed map is "
                             "implementation-defined")
@@ -439,7 +443,7 @@ class Oracle:
         asked = ops & (FeatureOp.GET | FeatureOp.SET)
         rule = "PROTOCOL.md section 3: PROBE"
         if supported is None:
-            expect = Expect("error", rule=rule + " of an unknown feature is refused")
+            expect = refused(*UNKNOWN_FEATURE_ERRNOS, rule=UNKNOWN_FEATURE_RULE)
         elif asked & ~supported:
             expect = refused(_errno.EINVAL, rule=rule + " of an operation the feature lacks")
         else:
