@@ -9,7 +9,8 @@
 * A read whose request carries bytes after its 8-byte struct (argsz = 8 + size) may be refused
   (the spec is silent on trailing bytes); answered, its reply payload is at most argsz bytes
   (argsz is the largest reply the client takes) and at most 8 + size.
-* The STOP_COPY stream read in 4 KiB reads is the stream read again in 4093-byte reads after
+* The STOP_COPY stream read in reads of the chunk size is the stream read again in reads of
+  another size (3 bytes less, or a third of the stream plus one when that is smaller) after
   STOP -> STOP_COPY (the device is stopped: its data is fixed): a short read or size 0 before
   the data is out ends the stream too early.
 * RESUMING a truncated, corrupted (one bit flipped), reordered (two chunks swapped) or foreign
@@ -27,9 +28,9 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
-from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     EINVAL,
@@ -49,8 +50,6 @@ from vfio_user_mig.wire import Command
 
 _S4 = "PROTOCOL.md section 4"
 _SMALL = 4096
-#: A read size that divides no usual chunk: the same stream must come, in other pieces.
-_ODD = 4093
 
 
 def _reads(checker: Checker) -> None:
@@ -71,48 +70,48 @@ def _reads(checker: Checker) -> None:
             size = int.from_bytes(reply.payload[4:8], "little")
             seq.verify(size == 0, Kind.REPLY, "MIG_DATA_READ of size 0 returns size 0",
                        "size 0", f"size {size}", _S4)
-        reply = seq.check("MIG_DATA_READ with a larger argsz", mig_read(seq, 64, argsz=8 + 4096),
-                          Expect("ok", rule=f"{_S4}: argsz is the largest reply the client "
-                                 "takes"))
-        head = _data_of(reply, 64) + _trailing_read(seq)
-        rest = read_stream_checked(seq, _SMALL, "STOP_COPY stream in 4 KiB reads")
-        if rest is None:
-            return
-        small = head + rest
-        seq.goto(State.STOP)
-        seq.goto(State.STOP_COPY)
-        odd = seq.read_stream(_ODD)
-        if odd is not None and checker.saved_stream is None:
-            checker.saved_stream = odd  # a whole stream: the RESUMING checks load it
-        if odd is not None:
-            seq.verify(small == odd, Kind.DATA,
-                       "the STOP_COPY stream read in 4 KiB reads is the stream read in "
-                       f"{_ODD}-byte reads", f"{len(small)} bytes, the same",
-                       f"{len(odd)} bytes, " + ("the same" if small[:len(odd)] == odd[:len(small)]
-                                                else "different"),
-                       f"{_S4}: a read returns min(size, what is left); a short read ends the "
-                       "stream, so it comes only once the data is out (the device is stopped "
-                       "between the two reads: its data is fixed)")
+        seq.check("MIG_DATA_READ with a larger argsz", mig_read(seq, 64, argsz=8 + 4096),
+                  Expect("ok", rule=f"{_S4}: argsz is the largest reply the client takes"))
+        _trailing_read(seq)
+        read_stream_checked(seq, _SMALL, "STOP_COPY stream in 4 KiB reads")
 
 
-def _data_of(reply: Reply | None, asked: int) -> bytes:
-    """The data of a well-formed MIG_DATA_READ reply (empty otherwise)."""
-    if reply is None or reply.is_error or len(reply.payload) < 8:
-        return b""
-    size = struct.unpack_from("<I", reply.payload, 4)[0]
-    return bytes(reply.payload[8:8 + min(size, asked)])
+def _same_stream(seq: Sequence) -> None:
+    """The STOP_COPY stream read twice, in reads of the chunk size and of another size (module
+    docstring); leaves the device in STOP."""
+    chunk = chunk_size(seq.checker)
+    seq.goto(State.STOP_COPY)
+    whole = seq.read_stream(chunk)
+    seq.goto(State.STOP)
+    if whole is None:
+        return
+    # at least three reads, none a multiple of a usual chunk
+    size = max(min(chunk - 3, len(whole) // 3 + 1), 1)
+    seq.goto(State.STOP_COPY)
+    odd = seq.read_stream(size)
+    seq.goto(State.STOP)
+    if odd is None:
+        return
+    seq.verify(whole == odd, Kind.DATA,
+               "the STOP_COPY stream read in other read sizes is the same stream",
+               f"{len(whole)} bytes in reads of {chunk}, the same in reads of {size}",
+               f"{len(odd)} bytes, " + ("the same" if whole[:len(odd)] == odd[:len(whole)]
+                                        else "different"),
+               f"{_S4}: a read returns min(size, what is left); a short read ends the stream, "
+               "so it comes only once the data is out (the device is stopped between the two "
+               "reads: its data is fixed)")
 
 
-def _trailing_read(seq: Sequence) -> bytes:
+def _trailing_read(seq: Sequence) -> None:
     """A read of 1024 bytes (argsz 8 + 1024) with 8 bytes after the struct (module docstring);
-    returns the data it read (part of the stream)."""
+    the device is in STOP_COPY."""
     size = 1024
     data = raw_message(seq.next_id(), Command.MIG_DATA_READ,
                        struct.pack("<II", 8 + size, size) + bytes(8))
     reply = seq.check("MIG_DATA_READ with 8 trailing bytes is answered", data,
                       Expect("any", rule=f"{_S4}; the spec is silent on trailing bytes"))
     if reply is None or reply.is_error:
-        return b""
+        return
     payload = reply.payload
     got = struct.unpack_from("<I", payload, 4)[0] if len(payload) >= 8 else -1
     seq.verify(8 <= len(payload) <= 8 + size and 0 <= got <= size, Kind.REPLY,
@@ -120,13 +119,14 @@ def _trailing_read(seq: Sequence) -> bytes:
                f"a payload of at most argsz = {8 + size} bytes, size <= {size}",
                f"a {len(payload)}-byte payload, size {got}",
                f"{_S4}: argsz is the largest reply the client takes; size <= the size asked")
-    return _data_of(reply, size)
 
 
 def _writes(checker: Checker, stream: bytes) -> None:
-    with checker.sequence("migdata", "write argsz and size lies") as seq:
+    with checker.sequence("migdata", "the same stream in other read sizes; write argsz and "
+                          "size lies") as seq:
         if seq.caps is None:
             return
+        _same_stream(seq)
         seq.goto(State.RESUMING)
         part = stream[:64]
         seq.check("MIG_DATA_WRITE with argsz below 8 + size refused",
@@ -152,15 +152,8 @@ def _bad_streams(stream: bytes, chunk: int) -> list[tuple[str, bytes]]:
 
 
 def _foreign(size: int) -> bytes:
-    """``size`` bytes no device saved: a fixed pseudo-random sequence (xorshift32)."""
-    out = bytearray(size)
-    x = 0x2545F491
-    for i in range(size):
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        out[i] = x & 0xFF
-    return bytes(out)
+    """``size`` bytes no device saved: a fixed pseudo-random sequence."""
+    return random.Random(0x5EED).randbytes(size)
 
 
 def _raw_stream(checker: Checker) -> bool:
@@ -213,8 +206,8 @@ _DAMAGE_RULE = ("kernel vfio.h, RESUMING -> STOP: data found incomplete, inconsi
 
 def run(checker: Checker) -> None:
     """The ``migdata`` group (module docstring)."""
+    stream = ensure_saved_stream(checker)  # first: later setups may find a stream half read
     _reads(checker)
-    stream = ensure_saved_stream(checker)
     if stream is None or not stream:
         return
     _writes(checker, stream)
