@@ -108,17 +108,18 @@ def _trailing_read(seq: Sequence) -> None:
     size = 1024
     data = raw_message(seq.next_id(), Command.MIG_DATA_READ,
                        struct.pack("<II", 8 + size, size) + bytes(8))
-    reply = seq.check("MIG_DATA_READ with 8 trailing bytes is answered", data,
-                      Expect("any", rule=f"{_S4}; the spec is silent on trailing bytes"))
+    rule = f"{_S4}: argsz is the largest reply the client takes; size <= the size asked"
+    reply = seq.exchange(data, expect=Expect("any", max_len=8 + size, rule=rule))
     if reply is None or reply.is_error:
+        seq.verify(reply is not None, Kind.CLOSE, "MIG_DATA_READ with 8 trailing bytes is "
+                   "answered", "a reply", "the connection closed", rule)
         return
     payload = reply.payload
     got = struct.unpack_from("<I", payload, 4)[0] if len(payload) >= 8 else -1
     seq.verify(8 <= len(payload) <= 8 + size and 0 <= got <= size, Kind.REPLY,
                "MIG_DATA_READ reply longer than the request's argsz allows",
                f"a payload of at most argsz = {8 + size} bytes, size <= {size}",
-               f"a {len(payload)}-byte payload, size {got}",
-               f"{_S4}: argsz is the largest reply the client takes; size <= the size asked")
+               f"a {len(payload)}-byte payload, size {got}", rule)
 
 
 def _writes(checker: Checker, stream: bytes) -> None:
@@ -177,11 +178,27 @@ def _resume(checker: Checker, name: str, bad: bytes, chunk: int) -> None:
             if reply.is_error:
                 refused_write = True
                 break
-        seq.set_state(State.STOP, may_fail=True,
-                      title=f"SET RESUMING -> STOP after a {name} stream")
-        refused_leave = seq.state != State.STOP
+        must_fail = name == "truncated" or not _raw_stream(checker)
+        # the SET's recorded expectation is the refusal, so that --replay shows the defect
+        leave = seq.exchange(seq.set_state_request(int(State.STOP)), expect=Expect(
+            "error" if must_fail and not refused_write else "any", rule=_DAMAGE_RULE))
+        if leave is None:
+            seq.verify(False, Kind.CLOSE, f"{name} stream: SET RESUMING -> STOP answered",
+                       "a reply", "the connection closed", "vfio-user.rst: every command "
+                       "gets a reply")
+            return
+        observed = seq.get_state()
+        if observed is None:
+            return
+        allowed = {State.RESUMING, State.ERROR} if leave.is_error else {State.STOP}
+        seq.verify(observed in allowed, Kind.STATE,
+                   f"SET RESUMING -> STOP after a {name} stream: state reached",
+                   " or ".join(sorted(s.name for s in allowed)), observed.name,
+                   "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR")
+        seq.state = observed
+        refused_leave = leave.is_error
         title = f"a {name} migration stream is loaded without an error"
-        if name == "truncated" or not _raw_stream(checker):
+        if must_fail:
             seq.verify(refused_write or refused_leave, Kind.DATA, title,
                        "an error on a MIG_DATA_WRITE or on leaving RESUMING",
                        "every write and the SET to STOP succeeded", _DAMAGE_RULE)

@@ -18,6 +18,9 @@ words).
 
 from __future__ import annotations
 
+import contextlib
+import struct
+
 from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
@@ -26,17 +29,19 @@ from vfio_user_mig.check.groups.common import (
     log_report,
     log_start,
 )
-from vfio_user_mig.check.requests import raw_message
+from vfio_user_mig.check.requests import feature_request, raw_message
 from vfio_user_mig.check.session import Checker, Sequence
-from vfio_user_mig.check.steps import ANY, Expect, refused
+from vfio_user_mig.check.steps import ANY, Expect, describe_reply, refused
 from vfio_user_mig.model import State
 from vfio_user_mig.protocol.gating import legality_table
-from vfio_user_mig.wire import Command
+from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 
 RULE = ("kernel vfio.h (enum vfio_device_mig_state, any -> ERROR: VFIO_DEVICE_RESET returns "
         "the device_state to RUNNING; drivers' reset handlers set RUNNING); PROTOCOL.md "
         "section 5")
 _PAGE = 4096
+#: MIG_DEVICE_STATE GET reply {argsz, flags, device_state, data_fd} (PROTOCOL.md section 3).
+_GET_REPLY = struct.Struct("<IIII")
 
 
 def check_reset(seq: Sequence, state: State, where: str = "") -> State | None:
@@ -56,12 +61,20 @@ def check_reset(seq: Sequence, state: State, where: str = "") -> State | None:
         seq.check(label, data, Expect("ok", payload_len=0, rule="vfio-user.rst: "
                                       "VFIO_USER_DEVICE_RESET, the reply has no payload"))
         allowed = State.RUNNING
-    observed = seq.get_state()
-    if observed is None:
-        return None
+    rule = RULE if gate is None else "PROTOCOL.md section 2: a refused request has no effect"
+    # the GET's recorded expectation is the exact reply, so that --replay shows the state too
+    flags = int(FeatureIndex.MIG_DEVICE_STATE | FeatureOp.GET)
+    reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
+                                         FeatureOp.GET, argsz=_GET_REPLY.size),
+                         expect=Expect("ok", payload=_GET_REPLY.pack(_GET_REPLY.size, flags,
+                                                                     allowed, 0), rule=rule))
+    observed = None
+    if reply is not None and not reply.is_error and len(reply.payload) >= _GET_REPLY.size:
+        with contextlib.suppress(ValueError):
+            observed = State(_GET_REPLY.unpack_from(reply.payload)[2])
     seq.verify(observed == allowed, Kind.STATE, f"state after {label}", allowed.name,
-               observed.name, RULE if gate is None else "PROTOCOL.md section 2: a refused "
-               "request has no effect", ["DEVICE_RESET"])
+               observed.name if observed is not None else describe_reply(reply), rule,
+               ["DEVICE_RESET"])
     seq.state = observed
     return observed
 
