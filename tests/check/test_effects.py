@@ -408,3 +408,17 @@ def test_finding_text_has_no_python_reprs(served: Served,
 def test_clean_server_passes_the_effect_checks(served: Served) -> None:
     found = findings(served, "fsm", "gating", "feature", "migdata", "reset", "malformed")
     assert found == []
+
+
+def test_read_reply_filling_a_larger_argsz_is_found(served: Served,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply padded to the request's argsz (4104 bytes for a 64-byte read): larger than
+    the size asked."""
+    def fill(command: int, data: bytearray) -> bytearray | None:
+        if command == Command.MIG_DATA_READ and len(data) == 16 + 8 + 64:
+            return data + bytes(4096 - 64)
+        return None
+
+    rewrite_replies(monkeypatch, served, fill)
+    found = titles(findings(served, "migdata"))
+    assert found.get("MIG_DATA_READ with a larger argsz") == Kind.REPLY
