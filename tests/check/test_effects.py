@@ -422,3 +422,16 @@ def test_read_reply_filling_a_larger_argsz_is_found(served: Served,
     rewrite_replies(monkeypatch, served, fill)
     found = titles(findings(served, "migdata"))
     assert found.get("MIG_DATA_READ with a larger argsz") == Kind.REPLY
+
+
+def test_echo_with_a_wrong_field_is_found(served: Served,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def wrong_count(command: int, data: bytearray) -> bytearray | None:
+        if command == Command.REGION_WRITE and len(data) == 32:
+            struct.pack_into("<I", data, 16 + 12, 0)  # planted: count 0 in the echo
+            return data
+        return None
+
+    rewrite_replies(monkeypatch, served, wrong_count)
+    found = titles(findings(served, "gating"))
+    assert found.get("REGION_WRITE reply echoes the request") == Kind.REPLY

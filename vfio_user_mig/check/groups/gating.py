@@ -55,6 +55,11 @@ REPLY_LEN: dict[Command, int] = {
     Command.MIG_DATA_WRITE: 0,
 }
 
+#: Replies that begin with the request's first bytes (PROTOCOL.md section 2): DMA_UNMAP echoes
+#: its 24 bytes, REGION_READ and REGION_WRITE their 16-byte {offset, region, count}.
+ECHO: dict[Command, int] = {Command.DMA_UNMAP: 24, Command.REGION_READ: 16,
+                            Command.REGION_WRITE: 16}
+
 Builder = Callable[[Sequence], tuple[bytes, tuple[str, ...], Expect | None]]
 
 
@@ -201,7 +206,15 @@ def _row(checker: Checker, state: State, stream: bytes | None) -> None:
                     override.reply, rule=f"{_RULE}: {command.name} is not gated in "
                     f"{state.name} (its own validity is not checked here)")
                 verb = "executed"
-            seq.check(f"{command.name} {verb} in {state.name}", data, expect, fds=fds)
+            reply = seq.check(f"{command.name} {verb} in {state.name}", data, expect, fds=fds)
+            echo = ECHO.get(command, 0)
+            if echo and gate_errno is None and override is None and reply is not None \
+                    and not reply.is_error and len(reply.payload) >= echo:
+                seq.verify(reply.payload[:echo] == data[16:16 + echo], Kind.REPLY,
+                           f"{command.name} reply echoes the request",
+                           data[16:16 + echo].hex(), reply.payload[:echo].hex(),
+                           "PROTOCOL.md section 2: the reply begins with the request's "
+                           f"{echo} bytes (vfio-user.rst, {command.name} reply)")
 
 
 def run(checker: Checker) -> None:
