@@ -366,7 +366,7 @@ def test_no_reply_request_not_executed_is_found(served: Served,
 
     monkeypatch.setattr(core, "_dispatch", drop)
     found = titles(findings(served, "malformed"))
-    assert found.get("a SET with the no-reply flag is executed") == Kind.STATE
+    assert found.get("a DMA_MAP with the no-reply flag is executed") == Kind.ERRNO
 
 
 # -- PROBE, titles -----------------------------------------------------------------------------
