@@ -27,6 +27,7 @@ from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import UNKNOWN_FEATURE_ERRNOS, UNKNOWN_FEATURE_RULE
+from vfio_user_mig.check.groups.dma_dirty import START_RULE, start_reply_page_size
 from vfio_user_mig.check.requests import feature_request, raw_message
 from vfio_user_mig.check.session import Sequence, SequenceAborted
 from vfio_user_mig.check.steps import ANY, Expect, judge, refused, request_label
@@ -354,11 +355,13 @@ class Oracle:
     def _op_log_start(self, op: Op) -> None:
         data = self._feature(FeatureIndex.DMA_LOGGING_START, FeatureOp.SET,
                              wire.DmaLoggingControl(LOG_PAGE))
-        expect = (Expect("ok", payload=data[16:], rule="PROTOCOL.md section 3: a SET reply "
-                         "echoes the request") if self.logging is False else
+        expect = (Expect("ok", payload_len=len(data) - 16, rule=START_RULE)
+                  if self.logging is False else
                   Expect("any", rule="PROTOCOL.md section 3: starting logging twice is "
                          "implementation-defined"))
         reply = self._check("DMA_LOGGING_START", data, expect)
+        if self.logging is False and not reply.is_error:
+            start_reply_page_size(self.seq, data, reply, f"DMA_LOGGING_START in {self.state.name}")
         if not reply.is_error or self.logging is not False:
             self.logging = True if not reply.is_error or self.logging else None
 
