@@ -6,7 +6,9 @@ device memory (a memfd), the save/restore objects -- with the tables the server 
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
+import gc
 import hashlib
 import mmap
 import os
@@ -46,7 +48,7 @@ from vfio_user_mig.simulator.device.session import SaveSession
 from vfio_user_mig.simulator.device.stream import (
     StreamGeometry,
     memory_fingerprint,
-    page_crcs,
+    page_fingerprints,
 )
 from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
@@ -179,6 +181,12 @@ class MigDevBase(BookkeepingDevice):
             self._mm, self._geo, self._regs_snapshot, self._digest_of, precopy=precopy
         )
 
+    def _drop_save(self) -> None:
+        """End the save session (if any): it lets go of device memory at once."""
+        save, self._save = self._save, None
+        if isinstance(save, SaveSession):
+            save.close()
+
     @property
     def restore_decoder(self) -> StreamDecoder | None:
         """The restore decoder in progress, if any (for inspection)."""
@@ -219,17 +227,19 @@ class MigDevBase(BookkeepingDevice):
         digest tests and the migration driver compare)."""
         return self._digest_of(hashlib.sha256(self._mm).digest(), self._regs_snapshot())
 
-    def _page_crcs(self, first_page: int, count: int) -> bytes:
-        """:func:`~.stream.page_crcs` of ``count`` pages of device memory from ``first_page``."""
+    def _page_fingerprints(self, first_page: int, count: int) -> bytes:
+        """:func:`~.stream.page_fingerprints` of ``count`` pages of device memory from
+        ``first_page``."""
         a = first_page * PAGE_SIZE
         with memoryview(self._mm) as mem:
-            return page_crcs(mem[a : a + count * PAGE_SIZE], PAGE_SIZE)
+            return page_fingerprints(mem[a : a + count * PAGE_SIZE], PAGE_SIZE)
 
-    def _stream_digest(self, crc_table: bytes) -> bytes:
-        """The END digest of the stream (format 2): over the
-        :func:`~.stream.memory_fingerprint` of device memory (the SHA-256 of its page-CRC
-        table ``crc_table``, :meth:`_page_crcs` of every page) and the registers."""
-        return self._digest_of(memory_fingerprint(crc_table), self._regs_snapshot())
+    def _stream_digest(self, fp_table: bytes) -> bytes:
+        """The END digest of the stream (format 3): over the
+        :func:`~.stream.memory_fingerprint` of device memory (the SHA-256 of its
+        page-fingerprint table ``fp_table``, :meth:`_page_fingerprints` of every page) and the
+        registers."""
+        return self._digest_of(memory_fingerprint(fp_table), self._regs_snapshot())
 
     def digest(self) -> str:
         if self._closed:
@@ -250,7 +260,7 @@ class MigDevBase(BookkeepingDevice):
             raise DeviceError("DEVICE_RESET: device is closed", _errno.EBADF)
         self._power_on()
         if not keep_mig_state:
-            self._save = None
+            self._drop_save()
             self._restore = None
             self._state = State.RUNNING
 
@@ -259,9 +269,14 @@ class MigDevBase(BookkeepingDevice):
             return
         self._abort_job()
         self._closed = True
-        self._save = None
+        self._drop_save()
         self._restore = None
-        self._mm.close()
+        try:
+            self._mm.close()
+        except BufferError:  # views of memory sent in STOP_COPY, held by a reference cycle
+            gc.collect()  # (e.g. an exception's traceback of a failed send): free them
+            with contextlib.suppress(BufferError):  # still held: unmapped when freed
+                self._mm.close()
         os.close(self._fd)
 
 __all__ = [
