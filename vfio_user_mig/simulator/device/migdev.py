@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno as _errno
 
 from vfio_user_mig.model.errors import ArcActionError
-from vfio_user_mig.model.graph import transition_graph
+from vfio_user_mig.model.graph import is_direct_arc
 from vfio_user_mig.model.states import State
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.migdev_base import (
@@ -118,7 +118,7 @@ class MigDev(MigDevRegions):
             raise ArcActionError(f"{arc}: device is closed", _errno.EBADF)
         if src != self._state:
             raise ArcActionError(f"{arc}: device is in {self._state.name}", _errno.EINVAL)
-        if not transition_graph(self._caps).has_edge(src, dst):
+        if not is_direct_arc(src, dst, self._caps):
             raise ArcActionError(f"{arc}: not a direct arc of this device", _errno.EINVAL)
         injected = self._injected.pop((src, dst), None)
         if injected is not None:
