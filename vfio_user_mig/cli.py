@@ -13,7 +13,6 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from vfio_user_mig.model import VFIO_USER_CAPS, InvalidTransition, MigrationCaps, State
@@ -60,6 +59,8 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Draw the FSM (PNG/SVG/PDF via matplotlib) or print it as Mermaid or DOT text."""
+    from pathlib import Path
+
     from vfio_user_mig.model import render
 
     fmt = args.format
@@ -131,6 +132,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
                                    protocol=not args.fsm_only)
     result = suite.run_suite(suite.select(theorems, args.only or []), name)
     if args.markdown:
+        from pathlib import Path
+
         Path(args.markdown).write_text(report.render_markdown(result) + "\n")
     if args.json:
         print(report.render_json(result))

@@ -62,7 +62,6 @@ from vfio_user_mig.simulator.device.stream import (
     StreamError,
     header_payload,
 )
-from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
 
 class _Restorer:
@@ -134,6 +133,8 @@ class MigDev(MigDevRegions):
         elif src in SAVING_STATES and dst not in SAVING_STATES:
             self._drop_save()
         if dst is State.RESUMING:
+            from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+
             self._power_on()
             self._restore = StreamDecoder(self._geo, _Restorer(self))
         elif src is State.RESUMING:

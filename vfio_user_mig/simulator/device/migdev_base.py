@@ -14,7 +14,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vfio_user_mig.model.graph import running_states, saving_states
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
@@ -44,13 +44,15 @@ from vfio_user_mig.simulator.device.regs import (
     Reg,
     Status,
 )
-from vfio_user_mig.simulator.device.session import SaveSession
 from vfio_user_mig.simulator.device.stream import (
     StreamGeometry,
     memory_fingerprint,
     page_fingerprints,
 )
-from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+
+if TYPE_CHECKING:  # imported when a save or restore starts (a server starts without them)
+    from vfio_user_mig.simulator.device.session import SaveSession
+    from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
 PROFILE = "migdev"
 PAGE_SIZE = 4096
@@ -172,11 +174,15 @@ class MigDevBase(BookkeepingDevice):
     @property
     def save_session(self) -> SaveSession | None:
         """The save session in progress, if any (for inspection)."""
+        from vfio_user_mig.simulator.device.session import SaveSession
+
         return self._save if isinstance(self._save, SaveSession) else None
 
     def _new_save(self, *, precopy: bool) -> SaveStream:
         """The save stream of a session entering the saving group (a subclass may serve
         another source, e.g. :mod:`.memstream`)."""
+        from vfio_user_mig.simulator.device.session import SaveSession
+
         return SaveSession(
             self._mm, self._geo, self._regs_snapshot, self._digest_of, precopy=precopy
         )
@@ -184,8 +190,9 @@ class MigDevBase(BookkeepingDevice):
     def _drop_save(self) -> None:
         """End the save session (if any): it lets go of device memory at once."""
         save, self._save = self._save, None
-        if isinstance(save, SaveSession):
-            save.close()
+        close = getattr(save, "close", None)
+        if close is not None:
+            close()
 
     @property
     def restore_decoder(self) -> StreamDecoder | None:
