@@ -209,6 +209,13 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 16M, 4096)") from exc
 
 
+class _Stopped(BaseException):
+    """Raised by ``serve``'s SIGINT/SIGTERM handler (in the main thread, where the server
+    runs) to leave a blocking wait at once; a ``BaseException`` so that no ``except
+    Exception`` on the way mistakes it for an error. ``finally`` blocks still release the
+    connection, the device and the socket."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a vfio-user server on a UNIX socket until SIGINT/SIGTERM (or ``--max-connections``).
 
@@ -252,6 +259,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         stopped_by.append(signal.Signals(signum).name)
         server.stop_event.set()
+        if len(stopped_by) == 1:  # stop at once, not at the next poll of the socket
+            raise _Stopped
 
     old: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -262,6 +271,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
           file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
         server.serve_forever()
+    except _Stopped:
+        pass
     finally:
         for restored, handler in old.items():
             signal.signal(restored, handler)
