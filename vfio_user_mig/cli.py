@@ -263,13 +263,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise _Stopped
 
     old: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, on_signal)
-    print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
-          f"{caps_label(args.caps)}) on {args.socket}, pid {os.getpid()}",
-          file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, on_signal)
+        print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
+              f"{caps_label(args.caps)}) on {args.socket}, pid {os.getpid()}",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
         server.serve_forever()
     except _Stopped:
         pass
