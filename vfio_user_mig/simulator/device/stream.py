@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+import functools
 import hashlib
 import struct
 import zlib
@@ -161,13 +162,20 @@ def pages_checked_span(count: int) -> int:
     return PAGES_PREFIX.size + PAGE_FP.size * count
 
 
+@functools.lru_cache(maxsize=8)
+def _page_slices(size: int, page_size: int) -> tuple[slice, ...]:
+    return tuple(slice(o, o + page_size) for o in range(0, size, page_size))
+
+
 def page_fingerprints(data: Chunk, page_size: int) -> bytes:
     """The page fingerprints of whole pages ``data``: XXH3-64 of each page (``u64``
     little-endian each, in order)."""
     view = memoryview(data)
-    fp = xxh3_64_intdigest
-    fps = [fp(view[o : o + page_size]) for o in range(0, len(view), page_size)]
-    return _FPS.pack(*fps) if len(fps) == MAX_RUN_PAGES else struct.pack(f"<{len(fps)}Q", *fps)
+    slices = _page_slices(len(view), page_size)
+    fps = map(xxh3_64_intdigest, map(view.__getitem__, slices))  # no Python loop per page
+    if len(slices) == MAX_RUN_PAGES:
+        return _FPS.pack(*fps)
+    return struct.pack(f"<{len(slices)}Q", *fps)
 
 
 def memory_fingerprint(fp_table: Chunk) -> bytes:
