@@ -73,3 +73,39 @@ def test_a_different_server(two: tuple[str, str, str, HostedDevice]) -> None:
     assert first[0]["class"] == "one refuses, the other accepts"
     assert first[0]["reference"]["errno"] == "EIO" and first[0]["reproducer"]
     assert report.passed < report.checks
+
+
+def test_a_state_difference_explains_what_follows() -> None:
+    """A MIG_DEVICE_STATE GET whose replies differ (here after DEVICE_RESET: our device is
+    RUNNING, libvfio-user's still PRE_COPY) means the two devices diverged: a later
+    MIG_DATA_READ that one refuses and the other answers is explained as a consequence, and
+    the GET itself by the reset rule even after a MIG_DATA_WRITE (a shape seen against
+    libvfio-user's sample)."""
+    from vfio_user_mig import wire
+    from vfio_user_mig.check.differential import compare
+    from vfio_user_mig.check.steps import Step
+    from vfio_user_mig.model import State
+
+    def feature(msg_id: int, feature: wire.FeatureIndex, op: wire.FeatureOp,
+                data: object = None) -> Step:
+        return Step(wire.encode(wire.DeviceFeature(msg_id=msg_id, feature=feature, ops=op,
+                                                   data=data)))
+
+    def state(s: State) -> bytes:
+        return (16).to_bytes(4, "little") + (0x10002).to_bytes(4, "little") + int(s).to_bytes(
+            4, "little") + bytes(4)
+
+    steps = [
+        feature(1, wire.FeatureIndex.MIG_DEVICE_STATE, wire.FeatureOp.SET,
+                wire.MigDeviceState(device_state=State.PRE_COPY)),
+        Step(wire.encode(wire.MigDataWrite(msg_id=2, data=b"\0" * 8))),
+        Step(wire.encode(wire.DeviceReset(msg_id=3))),
+        feature(4, wire.FeatureIndex.MIG_DEVICE_STATE, wire.FeatureOp.GET),
+        Step(wire.encode(wire.MigDataRead(msg_id=5, size=8))),
+    ]
+    einval = _reply(0x21, errno.EINVAL)
+    ours = [_reply(), einval, _reply(), _reply(payload=state(State.RUNNING)), einval]
+    theirs = [_reply(), einval, _reply(), _reply(payload=state(State.PRE_COPY)),
+              _reply(payload=bytes(16))]
+    _, diffs = compare(steps, ours, theirs, 0)
+    assert [(d["step"], d["explained"]) for d in diffs] == [(3, "reset-state"), (4, "diverged")]

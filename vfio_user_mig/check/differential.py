@@ -28,6 +28,7 @@ from vfio_user_mig.check.findings import Report
 from vfio_user_mig.check.session import Checker, SequenceAborted
 from vfio_user_mig.check.steps import Step, errname
 from vfio_user_mig.check.target import Target, TargetError
+from vfio_user_mig.wire.constants import FeatureIndex, FeatureOp
 
 GROUP = "differential"
 #: Longest message or payload shown in a difference, in bytes (the reproducer has them whole).
@@ -129,9 +130,19 @@ def _set_target(step: Step) -> int | None:
     if step.command != "DEVICE_FEATURE" or len(data) < 28:
         return None
     flags = int.from_bytes(data[20:24], "little")
-    if flags & 0xFFFF != 2 or not flags & (1 << 17):
+    if flags & 0xFFFF != FeatureIndex.MIG_DEVICE_STATE or not flags & FeatureOp.SET:
         return None
     return int.from_bytes(data[24:28], "little")
+
+
+def _is_state_get(step: Step) -> bool:
+    """A MIG_DEVICE_STATE GET: when its replies differ, the two devices are in different
+    states, whatever rule explains the difference, so later replies may differ too."""
+    data = step.data
+    if step.command != "DEVICE_FEATURE" or len(data) < 24:
+        return False
+    flags = int.from_bytes(data[20:24], "little")
+    return flags & 0xFFFF == FeatureIndex.MIG_DEVICE_STATE and bool(flags & FeatureOp.GET)
 
 
 def _feature(step: Step) -> int:
@@ -169,6 +180,12 @@ RULES: tuple[Rule, ...] = (
     Rule("device-data", "region contents and the migration stream (its length too) are the "
          "device's own state; libvfio-user's sample BAR0 read gives the time elapsed",
          lambda s, p, c, a, b, x: s.command in ("REGION_READ", "MIG_DATA_READ") and _both_ok(a, b)),
+    Rule("reset-state", "after DEVICE_RESET our device is RUNNING (the spec returns a device "
+         "in ERROR to RUNNING, and the kernel's migration drivers reset device_state to "
+         "RUNNING), libvfio-user keeps the migration state (PROTOCOL.md section 5; "
+         "docs/wire-compat.md, server behaviour: DEVICE_RESET)",
+         lambda s, p, c, a, b, x: x.reset_since_set and s.command == "DEVICE_FEATURE"
+         and _feature(s) == FeatureIndex.MIG_DEVICE_STATE and c == CLASSES[6]),
     Rule("foreign-stream", "each server resumes from a stream saved by the server under test; "
          "a stream is device-specific, so the reference may refuse it or judge it incomplete",
          lambda s, p, c, a, b, x: s.command in ("MIG_DATA_WRITE", "DEVICE_FEATURE")
@@ -186,12 +203,6 @@ RULES: tuple[Rule, ...] = (
          "(docs/conformance/libvfio-user.md S3)",
          lambda s, p, c, a, b, x: x.state == _RESUMING and _set_target(s) is not None
          and _target_refuses(a, b)),
-    Rule("reset-state", "after DEVICE_RESET our device is RUNNING (the spec returns a device "
-         "in ERROR to RUNNING, and the kernel's migration drivers reset device_state to "
-         "RUNNING), libvfio-user keeps the migration state (PROTOCOL.md section 5; "
-         "docs/wire-compat.md, server behaviour: DEVICE_RESET)",
-         lambda s, p, c, a, b, x: x.reset_since_set and s.command == "DEVICE_FEATURE"
-         and _feature(s) == 2 and c == CLASSES[6]),
     Rule("diverged", "the two servers' states diverged at an earlier step (a difference on a "
          "request that changes state); later replies differ as a consequence",
          lambda s, p, c, a, b, x: x.diverged_at is not None),
@@ -199,7 +210,8 @@ RULES: tuple[Rule, ...] = (
          "dirty report of a range that is not one fd-backed map are implementation-defined "
          "(libvfio-user: exact repeats accepted, ENOENT, EINVAL/ENOTSUP)",
          lambda s, p, c, a, b, x: (s.command in ("DMA_MAP", "DMA_UNMAP")
-                                or (s.command == "DEVICE_FEATURE" and _feature(s) == 8))
+                                or (s.command == "DEVICE_FEATURE"
+                                    and _feature(s) == FeatureIndex.DMA_LOGGING_REPORT))
          and c in CLASSES[2:4]),
 )
 
@@ -242,7 +254,8 @@ def compare(steps: list[Step], target: list[Outcome], reference: list[Outcome],
                 diff["reproducer"] = [s.to_json() for s in steps[:index + 1]]
             diffs.append(diff)
             if diverged_at is None and ((rule is not None and rule.name == "reset-state")
-                                        or (step.command in _STATEFUL and cls != CLASSES[6])):
+                                        or (step.command in _STATEFUL and cls != CLASSES[6])
+                                        or _is_state_get(step)):
                 diverged_at = index
         ok = a.reply is not None and not a.reply.is_error
         wanted = _set_target(step)
