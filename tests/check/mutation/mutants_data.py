@@ -18,7 +18,7 @@ from tests.check.mutation.patches import (
 )
 from vfio_user_mig import wire
 from vfio_user_mig.model import ArcActionError, State
-from vfio_user_mig.simulator.device import DeviceError, PciRegion
+from vfio_user_mig.simulator.device import DeviceError, DmaKind, PciRegion
 from vfio_user_mig.simulator.server.hosting import HostedDevice
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 
@@ -160,12 +160,41 @@ def _report_does_not_clear(hosted: HostedDevice) -> None:
     log = hosted.device.dirty_log
 
     def fn(real: Any, iova: int, length: int, page_size: int) -> list[int]:
-        kept = set(log._dirty)
         pages: list[int] = real(iova, length, page_size)
-        log._dirty |= kept
+        for page in pages:  # dirty again: what was reported stays set
+            log.mark(iova + page * page_size, page_size)
         return pages
 
     _wrap_report(hosted, fn)
+
+
+@mutant("dirty_not_logged_in_precopy", "device writes during PRE_COPY are not logged (the "
+        "pages changed after pre-copy sent them are never sent again)", "dma", "dirty",
+        profile="migdev", needs="the dirtylog checks (a page dirtied during PRE_COPY)")
+def _dirty_not_logged_in_precopy(hosted: HostedDevice) -> None:
+    core = hosted.core
+    log = hosted.device.dirty_log
+    real = log.mark
+
+    def mark(iova: int, length: int) -> None:
+        if core.state != State.PRE_COPY:
+            real(iova, length)
+
+    log.mark = mark  # type: ignore[method-assign]
+
+
+@mutant("dma_write_corrupts_data", "the device's DMA writes to guest memory carry one flipped "
+        "byte", "dma", "data", profile="migdev")
+def _dma_write_corrupts_data(hosted: HostedDevice) -> None:
+    space = hosted.core.dma
+    real = space.resolve
+
+    def resolve(op: Any, message: Any = None) -> Any:
+        if op.kind is DmaKind.WRITE and op.data:
+            op = replace(op, data=bytes([op.data[0] ^ 0x01]) + bytes(op.data[1:]))
+        return real(op, message)
+
+    space.resolve = resolve  # type: ignore[method-assign]
 
 
 # ----- MIG_DATA_READ / MIG_DATA_WRITE ---------------------------------------------------------

@@ -63,23 +63,6 @@ def _complex_stops_at_first_step(hosted: HostedDevice) -> None:
     fsm.set_state = set_state  # type: ignore[method-assign]
 
 
-@mutant("complex_wrong_intermediate", "RUNNING -> STOP_COPY walks through PRE_COPY instead of "
-        "STOP (the device saves while running, its memory still changing)", "fsm", "data",
-        needs="the roundtrip group (destination compared with the source)")
-def _complex_wrong_intermediate(hosted: HostedDevice) -> None:
-    fsm = hosted.core.fsm
-    real = fsm.set_state
-
-    def set_state(target: State | int) -> Any:
-        if fsm.state == State.RUNNING and target == State.STOP_COPY:
-            first = real(State.PRE_COPY)
-            if first.error is not None:
-                return first
-        return real(target)
-
-    fsm.set_state = set_state  # type: ignore[method-assign]
-
-
 @mutant("illegal_arc_accepted", "STOP_COPY -> PRE_COPY (no path in the model) is accepted and "
         "the server moves there", "fsm", "errno")
 def _illegal_arc_accepted(hosted: HostedDevice) -> None:
