@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.check.mutation.catalogue import GROUPS, KINDS, Mutant, catalogue
+from tests.check.mutation.catalogue import GROUPS, KINDS, Mutant, catalogue, markdown
 from tests.check.mutation.harness import run_baseline, run_mutant
 from vfio_user_mig.check.findings import Kind
 
@@ -81,6 +82,12 @@ def test_unmutated_server_passes_the_pinned_random_runs(run: tuple[int, int]) ->
     report = run_checker(None, groups=(), random=run)
     assert [f.title for f in report.findings] == []
     assert report.checks > 0
+
+
+def test_catalogue_page_is_current() -> None:
+    page = Path(__file__).parent / "mutation" / "README.md"
+    assert page.read_text() == markdown(MUTANTS), (
+        "regenerate: python -m tests.check.mutation.catalogue > tests/check/mutation/README.md")
 
 
 def test_catalogue_covers_every_group_and_kind() -> None:

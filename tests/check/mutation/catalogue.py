@@ -85,4 +85,40 @@ def catalogue() -> list[Mutant]:
     return list(MUTANTS)
 
 
-__all__ = ["GROUPS", "KINDS", "MUTANTS", "Mutant", "catalogue", "mutant"]
+def markdown(mutants: list[Mutant]) -> str:
+    """The catalogue as the Markdown page ``tests/check/mutation/README.md`` (generated:
+    ``python -m tests.check.mutation.catalogue > tests/check/mutation/README.md``)."""
+    pending = [m for m in mutants if m.needs]
+    killed = len(mutants) - len(pending)
+    lines = [
+        "# Planted server defects (mutants) and the checks that catch them",
+        "",
+        "Generated from `tests/check/mutation/catalogue.py` (do not edit by hand).",
+        "`tests/check/test_mutants.py` runs `vfio-user-mig check` against each mutant,",
+        "planted into our own server in the test process, and fails when one survives;",
+        "`python benchmarks/run.py check_mutants` prints the kill rate (`check_mutant_kill_rate`).",
+        "",
+        f"{len(mutants)} mutants: {killed} caught by the current checks "
+        f"(kill rate {killed / len(mutants):.2f}), {len(pending)} waiting for a check "
+        "being built (strict expected failures).",
+        "",
+        "| mutant | defect | checked by | finding | device | status |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in mutants:
+        by = (f"`--random {m.random[0]} --seed {m.random[1]}`" if m.random
+              else ", ".join(m.groups))
+        device = m.device + (f", `--profile {m.profile}`" if m.profile else "")
+        status = f"pending: {m.needs}" if m.needs else "killed"
+        lines.append(f"| `{m.name}` | {m.description} | {by} | {m.kind} | {device} | "
+                     f"{status} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # the registry is the imported module's, not __main__'s
+    from tests.check.mutation import catalogue as _registry
+
+    print(_registry.markdown(_registry.catalogue()), end="")
+
+
+__all__ = ["GROUPS", "KINDS", "MUTANTS", "Mutant", "catalogue", "markdown", "mutant"]
