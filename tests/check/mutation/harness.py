@@ -71,6 +71,9 @@ def run_checker(mutant: Mutant | None, *, groups: tuple[str, ...], device: str =
     target = make_target(mutant, device, reconnect)
     checker = Checker(target, timeout=timeout,
                       profile=get_profile(profile) if profile else None)
+    peer = None
+    if "roundtrip" in groups:  # the destination: a second instance with the same defect
+        peer = checker.peer = make_target(mutant, device)  # type: ignore[attr-defined]
     try:
         if random is not None:
             runs, seed = random
@@ -82,6 +85,8 @@ def run_checker(mutant: Mutant | None, *, groups: tuple[str, ...], device: str =
                 run_suite(checker, known)
     finally:
         target.close()
+        if peer is not None:
+            peer.close()
     return checker.report
 
 
