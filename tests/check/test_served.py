@@ -17,14 +17,22 @@ from vfio_user_mig.check.session import Checker
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.server.hosting import HostedDevice
 
+#: lvu-sample mirrors libvfio-user's sample: its stream has no integrity check, so a damaged
+#: stream of the right length is loaded -- a true finding about that device.
+KNOWN = {"lvu-sample": ("stream is loaded without an error",)}
+
 
 @pytest.mark.parametrize("device", ["migdev", "lvu-sample"])
 def test_our_server_passes_the_suite_in_process(device: str) -> None:
     target = ServedTarget(device)
     checker = Checker(target)
+    peer = checker.peer = ServedTarget(device)  # type: ignore[attr-defined]  # the round trip's
     run_suite(checker)
     target.close()
-    assert [f.title for f in checker.report.findings] == []
+    peer.close()
+    known = KNOWN.get(device, ())
+    assert [f.title for f in checker.report.findings
+            if not any(k in f.title for k in known)] == []
     assert checker.report.checks >= 500
     assert set(checker.report.coverage.groups) >= set(GROUPS)
     assert target.started == sum(checker.report.coverage.groups.values())

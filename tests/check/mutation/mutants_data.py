@@ -215,7 +215,7 @@ def _mig_read_ignores_size(hosted: HostedDevice) -> None:
 
 
 @mutant("mig_read_fills_argsz", "MIG_DATA_READ reads argsz - 8 bytes when argsz is larger than "
-        "8 + size", "migdata", "reply",
+        "8 + size", "migdata", "data",
         needs="the effects checks (MIG_DATA_READ bounds at a large argsz)")
 def _mig_read_fills_argsz(hosted: HostedDevice) -> None:
     def fn(real: Any, msg: Any, fds: list[int]) -> Any:
@@ -244,7 +244,7 @@ def _mig_read_client_limit_ignored(hosted: HostedDevice) -> None:
 
 
 @mutant("mig_write_reply_with_payload", "the MIG_DATA_WRITE reply echoes the request's argsz "
-        "and size", ("fsm", "migdata"), "reply",
+        "and size", ("gating", "migdata"), "reply",
         needs="the effects checks (reply payload sizes)")
 def _mig_write_reply_with_payload(hosted: HostedDevice) -> None:
     def fn(raw: bytes) -> bytes:
@@ -268,14 +268,6 @@ def _stop_copy_stream_never_ends(hosted: HostedDevice) -> None:
         return data
 
     on_device(hosted, "mig_data_read", read)
-
-
-@mutant("precopy_sends_nothing", "PRE_COPY reads return no data (everything is left for "
-        "STOP_COPY)", "fsm", "data", needs="the effects checks (PRE_COPY making progress)")
-def _precopy_sends_nothing(hosted: HostedDevice) -> None:
-    core = hosted.core
-    on_device(hosted, "mig_data_read",
-              lambda real, size: b"" if core.state == State.PRE_COPY else real(size))
 
 
 # ----- restore --------------------------------------------------------------------------------

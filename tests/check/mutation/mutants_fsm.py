@@ -162,9 +162,12 @@ def _probe_set_changes_state(hosted: HostedDevice) -> None:
 
     def fn(real: Any, msg: Any, fds: list[int]) -> Any:
         if (int(msg.feature) == FeatureIndex.MIG_DEVICE_STATE and msg.ops & FeatureOp.PROBE
-                and msg.ops & FeatureOp.SET and isinstance(msg.data, wire.MigDeviceState)):
+                and msg.ops & FeatureOp.SET and msg.data is not None):
+            data = msg.data
+            target = (int(data.device_state) if isinstance(data, wire.MigDeviceState)
+                      else int.from_bytes(bytes(data)[:4], "little"))
             with contextlib.suppress(Exception):  # the probe's answer stays the echo
-                core.fsm.set_state(int(msg.data.device_state))
+                core.fsm.set_state(target)
         return real(msg, fds)
 
     wrap_feature(core, fn)
@@ -186,7 +189,7 @@ def _reset_lands_in_stop(hosted: HostedDevice) -> None:
 
 
 @mutant("reset_keeps_error", "DEVICE_RESET from ERROR keeps the device in ERROR",
-        ("reset", "migdata"), "state", device="lvu-sample",
+        ("reset", "migdata"), "state",
         needs="the effects checks (state after a reset from ERROR)")
 def _reset_keeps_error(hosted: HostedDevice) -> None:
     fsm = hosted.core.fsm

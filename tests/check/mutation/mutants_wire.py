@@ -208,7 +208,8 @@ def _no_reply_flag_ignored(hosted: HostedDevice) -> None:
 
 
 @mutant("msg_id_truncated_to_8_bits", "replies carry the low 8 bits of the request's msg_id",
-        "fsm", "hang", timeout=0.3, needs="the effects checks (message ids above 255)")
+        "malformed", "reply", timeout=0.3,
+        needs="the effects checks (message ids above 255)")
 def _msg_id_truncated_to_8_bits(hosted: HostedDevice) -> None:
     def fn(raw: bytes) -> bytes:
         if header(raw)[3] & 0xF == int(wire.MsgType.REPLY):
@@ -219,7 +220,8 @@ def _msg_id_truncated_to_8_bits(hosted: HostedDevice) -> None:
 
 
 @mutant("wrong_msg_id_on_irq_info", "the DEVICE_GET_IRQ_INFO reply in RUNNING carries the "
-        "next msg_id", "gating", "hang", timeout=0.3)
+        "next msg_id", "gating", "reply", timeout=0.3,
+        needs="the roundtrip work (a wrong message id reported as such, not as a hang)")
 def _wrong_msg_id_on_irq_info(hosted: HostedDevice) -> None:
     core = hosted.core
 
