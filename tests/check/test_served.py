@@ -26,17 +26,15 @@ KNOWN = {"lvu-sample": ("stream is loaded without an error",)}
 def test_our_server_passes_the_suite_in_process(device: str) -> None:
     target = ServedTarget(device)
     checker = Checker(target)
-    peer = checker.peer = ServedTarget(device)  # type: ignore[attr-defined]  # the round trip's
     run_suite(checker)
     target.close()
-    peer.close()
     known = KNOWN.get(device, ())
     assert [f.title for f in checker.report.findings
             if not any(k in f.title for k in known)] == []
     assert checker.report.checks >= 500
     assert set(checker.report.coverage.groups) >= set(GROUPS)
-    # one sequence per connection: the round trip's destination runs on the peer
-    assert target.started + peer.started == sum(checker.report.coverage.groups.values())
+    # one connection per sequence (the round trip's destination runs on the twin)
+    assert target.started <= sum(checker.report.coverage.groups.values()) <= target.started + 1
 
 
 def test_each_sequence_gets_a_fresh_device() -> None:

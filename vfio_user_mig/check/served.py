@@ -4,7 +4,8 @@
 (:func:`~vfio_user_mig.simulator.server.hosting.host_device`, or the ``factory`` given) and
 serves its :class:`~vfio_user_mig.simulator.server.core.ServerCore` over one end of a UNIX
 socketpair with the real IO pump (:func:`~vfio_user_mig.simulator.server.io.pump`) in a
-thread; the checker gets the other end. Nothing is spawned and no path is bound, so a
+thread; the checker gets the other end; :meth:`ServedTarget.twin` is a second instance with the
+same factory (the round trip's destination). Nothing is spawned and no path is bound, so a
 sequence costs the device's construction and one thread: this is the cheapest target there
 is, for the checker's own tests and for its mutation tests (``factory`` builds a core or a
 device with a planted defect, in the test process only).
@@ -84,6 +85,11 @@ class ServedTarget:
     def hosted(self) -> HostedDevice | None:
         """The hosted device of the sequence running (``None`` between sequences)."""
         return self._run.hosted if self._run is not None else None
+
+    def twin(self) -> ServedTarget:
+        """A second instance of this server (same factory), for a migration round trip's
+        destination; the caller closes it."""
+        return ServedTarget(factory=self.factory, tick=self.tick, name=f"{self.name} (twin)")
 
     def begin(self) -> socket.socket:
         self.end()

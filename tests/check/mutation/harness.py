@@ -4,7 +4,8 @@
 sequence, :class:`~vfio_user_mig.check.served.ServedTarget`; one for the whole run when the
 mutant needs reconnections, :class:`~vfio_user_mig.check.served.ServedSocketTarget`), then
 runs the groups the mutant names (``--only``) with its profile, or its pinned random run,
-and returns the report: the mutant is *killed* when the report has a finding.
+and returns the report (the round trip migrates to the target's ``twin()``, a second
+instance carrying the same defect): the mutant is *killed* when the report has a finding.
 """
 
 from __future__ import annotations
@@ -71,9 +72,6 @@ def run_checker(mutant: Mutant | None, *, groups: tuple[str, ...], device: str =
     target = make_target(mutant, device, reconnect)
     checker = Checker(target, timeout=timeout,
                       profile=get_profile(profile) if profile else None)
-    peer = None
-    if "roundtrip" in groups:  # the destination: a second instance with the same defect
-        peer = checker.peer = make_target(mutant, device)  # type: ignore[attr-defined]
     try:
         if random is not None:
             runs, seed = random
@@ -85,8 +83,6 @@ def run_checker(mutant: Mutant | None, *, groups: tuple[str, ...], device: str =
                 run_suite(checker, known)
     finally:
         target.close()
-        if peer is not None:
-            peer.close()
     return checker.report
 
 

@@ -346,6 +346,58 @@ def _save_corrupts_one_byte(hosted: HostedDevice) -> None:
     on_device(hosted, "on_arc", on_arc)
 
 
+@mutant("save_corrupts_one_page", "one byte of device memory (BAR2) is flipped while STOP_COPY "
+        "saves it and put back afterwards: the stream carries a page the device never had",
+        "roundtrip", "data", profile="migdev",
+        needs="the roundtrip group (destination compared with the source)")
+def _save_corrupts_one_page(hosted: HostedDevice) -> None:
+    device = hosted.device
+    at = 0x3000
+
+    def flip() -> None:
+        byte = device.region_read(PciRegion.BAR2, at, 1, 0.0)
+        device.region_write(PciRegion.BAR2, at, bytes([byte[0] ^ 0x5A]), 0.0)
+
+    def on_arc(real: Any, src: State, dst: State) -> None:
+        real(src, dst)
+        if State.STOP_COPY in (src, dst):  # flipped on the way in, put back on the way out
+            flip()
+
+    on_device(hosted, "on_arc", on_arc)
+
+
+@mutant("stop_copy_sends_stale_bar1", "STOP_COPY after PRE_COPY sends BAR1 as it was when "
+        "pre-copy began: changes made during pre-copy are lost", "roundtrip", "data",
+        device="lvu-sample", profile="lvu-sample",
+        needs="the roundtrip group (destination compared with the source)")
+def _stop_copy_sends_stale_bar1(hosted: HostedDevice) -> None:
+    core = hosted.core
+    device = hosted.device
+    saved: dict[str, Any] = {"bar1": None, "sent": 0}
+
+    def on_arc(real: Any, src: State, dst: State) -> None:
+        if dst == State.PRE_COPY:
+            saved["bar1"] = device.region_read(PciRegion.BAR1, 0, 0x3000, 0.0)
+        if dst == State.STOP_COPY:
+            saved["sent"] = 0
+        if dst not in (State.PRE_COPY, State.STOP_COPY):
+            saved["bar1"] = None
+        real(src, dst)
+
+    def read(real: Any, size: int) -> bytes:
+        data: bytes = real(size)
+        old = saved["bar1"]
+        if core.state == State.STOP_COPY and old is not None:
+            start = saved["sent"]
+            saved["sent"] = start + len(data)
+            stale = old[start:start + len(data)]
+            data = stale + data[len(stale):]
+        return data
+
+    on_device(hosted, "on_arc", on_arc)
+    on_device(hosted, "mig_data_read", read)
+
+
 @mutant("restore_register_wrong", "after a restore BAR0 (the device's register) is off by one",
         "roundtrip", "data", device="lvu-sample", profile="lvu-sample",
         needs="the roundtrip group (destination compared with the source)")
