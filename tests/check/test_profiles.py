@@ -48,4 +48,4 @@ def test_written_pages_are_dirty(device: str) -> None:
             dirty |= {iova + p * 4096 for p in bitmap.pages()}
     target.close()
     assert checker.report.findings == []
-    assert written and written <= dirty
+    assert written and {w // 4096 * 4096 for w in written} <= dirty  # any address in a page

@@ -169,3 +169,23 @@ def test_no_fd_or_thread_leak() -> None:
         migrate(small())
         migrate(small(), Hooks(relay_filter=_flip_first_chunk))
     assert count() == before
+
+
+@pytest.mark.parametrize(("hint", "selected"), [(512, 4096), (16 * KiB, 16 * KiB)])
+def test_driver_reports_at_the_page_size_the_device_selected(hint: int, selected: int) -> None:
+    """vfio-user.rst DMA_LOGGING_START: page_size is a hint and the reply carries the size the
+    device selected. A 512-byte hint selects 4 KiB (a REPORT at 512 would be EINVAL) and a
+    16 KiB one 16 KiB (one report page = four guest pages): the DMA-written RAM still arrives."""
+    import dataclasses
+
+    seen: dict[str, Any] = {}
+
+    def ready(parts: dict[str, Any]) -> None:
+        driver = parts["driver"]
+        driver.config = dataclasses.replace(driver.config, log_page_hint=hint)
+        seen["driver"] = driver
+
+    r = migrate(small(dma_share=1.0, device_share=0.0, dirty_rate=4 * MiB, policy="iterations",
+                      iterations=3), Hooks(on_ready=ready))
+    assert r.ok and r.summary["ram_verified"] and r.stats["dma_jobs"] > 0, r.summary["errors"]
+    assert seen["driver"].log_page_size == selected

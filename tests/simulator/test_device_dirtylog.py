@@ -5,10 +5,11 @@ from __future__ import annotations
 import errno
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vfio_user_mig.simulator.device import DeviceError, DirtyLog
+from vfio_user_mig.simulator.device.dirtylog import MAX_PAGE_SIZE, select_page_size
 
 PAGE_SIZES = [1 << 12, 1 << 13, 1 << 14, 1 << 16]
 SPAN = 1 << 20
@@ -40,17 +41,40 @@ class Reference:
         return out
 
 
+@pytest.mark.parametrize(("hint", "selected"), [
+    (1, 4096), (512, 4096), (4095, 4096), (4096, 4096), (0x3000, 0x2000), (8192, 8192),
+    (1 << 21, 1 << 21), (1 << 63, MAX_PAGE_SIZE), ((1 << 64) - 1, MAX_PAGE_SIZE)])
+def test_page_size_hint_selects_a_supported_size(hint: int, selected: int) -> None:
+    """vfio-user.rst DMA_LOGGING_START: page_size is a hint; the device selects the largest
+    power of two not above it (the kernel's mlx5 ilog2), clamped into [4 KiB, 1 TiB]."""
+    assert select_page_size(hint) == selected
+    log = DirtyLog()
+    assert log.start(hint) == selected == log.page_size
+    assert log.start(hint) == selected  # a second START selecting the same size is a no-op
+
+
+def test_start_ranges_aligned_to_the_hint() -> None:
+    """Kernel vfio_ioctl_device_feature_logging_start: IS_ALIGNED(iova/length, page_size)."""
+    log = DirtyLog()
+    assert log.start(512, [(0x200, 0x400)]) == 4096  # aligned to the 512-byte hint
+    log.mark(0, 0x1000)
+    assert log.report(0, 0x1000, 4096) == [0]
+    log.stop()
+    with pytest.raises(DeviceError):
+        log.start(0x2000, [(0x1000, 0x2000)])
+
+
 def test_start_errors_and_stop() -> None:
     log = DirtyLog()
     log.mark(0, 4096)  # inactive: ignored
     with pytest.raises(DeviceError) as exc:
         log.report(0, 4096, 4096)
     assert exc.value.errno == errno.EINVAL
-    for bad_ps in (0, 1000, 4095, 2048, 3 << 12):
-        with pytest.raises(DeviceError) as exc:
-            log.start(bad_ps)
-        assert exc.value.errno == errno.EINVAL
-    for bad_ranges in ([(0, 0)], [(2**64 - 4096, 8192)], [(0, 8192), (4096, 4096)]):
+    with pytest.raises(DeviceError) as exc:
+        log.start(0)  # hints nothing
+    assert exc.value.errno == errno.EINVAL
+    for bad_ranges in ([(0, 0)], [(2**64 - 4096, 8192)], [(0, 8192), (4096, 4096)],
+                       [(0x800, 0x1000)], [(0, 0x1800)]):  # the last two: not aligned
         with pytest.raises(DeviceError) as exc:
             log.start(4096, bad_ranges)
         assert exc.value.errno == errno.EINVAL
@@ -104,17 +128,22 @@ ops = st.lists(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    lps=st.sampled_from(PAGE_SIZES),
-    ranges=st.sampled_from([[], [(0x4000, 0x20000)], [(0, 0x1000), (0x50000, 0x30000)]]),
+    hint=st.sampled_from([512, 1024, *PAGE_SIZES]),
+    ranges=st.sampled_from([[], [(0x4000, 0x20000)], [(0, 0x1000), (0x50000, 0x30000)],
+                            [(0x200, 0x1400), (0x50400, 0x30000)]]),
     script=ops,
 )
 def test_matches_reference(
-    lps: int,
+    hint: int,
     ranges: list[tuple[int, int]],
     script: list[tuple[str, int, int] | tuple[str, int, int, int]],
 ) -> None:
+    # ranges must be aligned to the hint (kernel IS_ALIGNED); a hint below 4 KiB selects 4 KiB
+    # logging pages that ranges only partly cover
+    assume(all((a | n) % hint == 0 for a, n in ranges))
+    lps = select_page_size(hint)
     log, ref = DirtyLog(), Reference(lps, ranges)
-    log.start(lps, ranges)
+    assert log.start(hint, ranges) == lps
     for op in script:
         if op[0] == "mark":
             log.mark(op[1], op[2])

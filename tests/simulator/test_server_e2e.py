@@ -150,6 +150,25 @@ def test_dma_through_fd_mapping_with_dirty_logging(session: Session) -> None:
     assert c.dma_logging_report(0, mem.size, 4096) == []  # read-and-clear
 
 
+def test_logging_page_size_hint_and_later_map(session: Session) -> None:
+    """DMA_LOGGING_START page_size is a hint: the client gets the size selected (512 -> 4 KiB);
+    num_ranges 0 logs a map added after START; DMA_UNMAP with GET_DIRTY_BITMAP does not lose
+    the pages dirtied in it."""
+    c, mem = session.client, session.memory
+    c.region_write(BAR2, 0, b"E" * 8192)
+    assert c.dma_logging_start(512) == 4096
+    c.dma_map(0, mem.size, fd=mem.fd)  # after START
+    status = run_dma_job(session, DmaDir.TO_CLIENT, 0x5000, 4096)
+    assert status & Status.DONE
+    reply, _ = c.request(wire.DmaUnmap(0, mem.size, int(wire.DmaUnmapFlag.GET_DIRTY_BITMAP),
+                                       argsz=40 + wire.bitmap_len(mem.size, 4096),
+                                       bitmap=wire.UnmapBitmap(4096,
+                                                               wire.bitmap_len(mem.size, 4096)),
+                                       msg_id=c._new_id()))
+    bitmap = wire.DirtyBitmap(0, mem.size, 4096, bytearray(reply.bitmap_data))
+    assert list(bitmap.pages()) == [5]
+
+
 def test_dma_by_messages_while_client_has_requests_in_flight(session: Session) -> None:
     c, mem = session.client, session.memory
     mem.write(0x1000, b"G" * 4096)

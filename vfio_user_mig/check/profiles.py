@@ -15,7 +15,9 @@ Contract of a :class:`Profile`:
 * :meth:`Profile.stimulate`: makes the device write guest memory while RUNNING, waits until it
   has, and returns the IOVAs written (any address in each page written) through the mappings.
   Pages the server writes with DMA_WRITE messages are the client's own to track (the server
-  does not log them) and are not returned.
+  does not log them) and are not returned. ``armed``, when given, is called once the stimulus
+  is set going and before its writes are awaited (the dirty-logging checks move the device to
+  PRE_COPY there, to have pages written in PRE_COPY).
 
 Profiles: ``migdev`` (our MigDev, its BAR0 DMA engine: :mod:`vfio_user_mig.simulator.device.regs`)
 and ``lvu-sample`` (libvfio-user's ``samples/server`` and our ``serve --device lvu-sample``;
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.session import Profile, Sequence
@@ -77,16 +80,24 @@ def _read(seq: Sequence, region: int, offset: int, count: int) -> bytes | None:
 class MigDevProfile:
     """``migdev``: the BAR0 DMA engine copies device memory (BAR2) to guest pages.
 
-    prepare: maps one 4-page memfd-backed region at :attr:`IOVA` and turns bus mastering on
-    (config COMMAND). stimulate: writes a pattern to BAR2, then one DMA job per page of
-    :attr:`PAGES` (DMA_DIR TO_CLIENT, DMA_MODE MAPPED_ONLY: through the mapping), polling
-    STATUS until each job is DONE; returns those pages' IOVAs."""
+    maps: two memfd-backed ranges, :attr:`A` (16 MiB: 4096 pages of 4 KiB, 512 of 32 KiB) and
+    :attr:`B` (1 MiB). prepare: maps them and turns bus mastering on (config COMMAND).
+    stimulate: writes a pattern to BAR2, then one small DMA job per entry of :attr:`WRITES`
+    (DMA_DIR TO_CLIENT, DMA_MODE MAPPED_ONLY: through the mapping), polling STATUS until each
+    is DONE; returns the first and last IOVA of each write. The writes hit the first and the
+    last byte of both ranges, cross a page boundary (pages 63/64 at 4 KiB) and reach past
+    report page 256 at every report page size up to 32 KiB (dirty logging completeness,
+    PROTOCOL.md section 3). Only the descriptor registers that change are rewritten: three
+    REGION_WRITEs and a STATUS read per write."""
 
     name = "migdev"
-    IOVA = 0x200000
-    SIZE = 8 * PAGE
-    PAGES = (0, 2)
-    dma_maps: tuple[tuple[int, int, bool], ...] = ((IOVA, SIZE, True),)
+    A, A_SIZE = 0x0100_0000, 16 << 20
+    B, B_SIZE = 0x0300_0000, 1 << 20
+    dma_maps: tuple[tuple[int, int, bool], ...] = ((A, A_SIZE, True), (B, B_SIZE, True))
+    #: (iova, length) of each DMA job.
+    WRITES: tuple[tuple[int, int], ...] = (
+        (A, 8), (A + 64 * PAGE - 8, 16), (A + 257 * PAGE + 0x100, 8),
+        (A + 0x90_0000 + 0x10, 8), (A + A_SIZE - 8, 8), (B, 8), (B + B_SIZE - 8, 8))
     #: BAR0 registers (regs.Reg), BAR indexes, config COMMAND bits, job codes.
     BAR0, BAR2, CONFIG = 0, 2, 7
     STATUS, DOORBELL, DEV_OFFSET, DMA_IOVA, DMA_LEN, DMA_DIR, DMA_MODE = (
@@ -104,34 +115,37 @@ class MigDevProfile:
         _write(seq, self.name, self.CONFIG, self.COMMAND_OFF,
                struct.pack("<H", self.MEMORY_AND_BUS_MASTER))
 
-    def stimulate(self, seq: Sequence) -> set[int]:
+    def stimulate(self, seq: Sequence, armed: Callable[[], None] | None = None) -> set[int]:
         from vfio_user_mig.check.findings import Kind
 
+        if armed is not None:
+            armed()
         pattern = bytes((i * 7 + 1) & 0xFF for i in range(64))
         _write(seq, self.name, self.BAR2, 0, pattern)
+        for reg, value, size in ((self.DEV_OFFSET, 0, 8), (self.DMA_DIR, self.TO_CLIENT, 4),
+                                 (self.DMA_MODE, self.MAPPED_ONLY, 4)):
+            _write(seq, self.name, self.BAR0, reg, value.to_bytes(size, "little"))
         written: set[int] = set()
-        for page in self.PAGES:
-            iova = self.IOVA + page * PAGE
-            for reg, value, size in ((self.DEV_OFFSET, 0, 8), (self.DMA_IOVA, iova, 8),
-                                     (self.DMA_LEN, PAGE, 8), (self.DMA_DIR, self.TO_CLIENT, 4),
-                                     (self.DMA_MODE, self.MAPPED_ONLY, 4),
-                                     (self.DOORBELL, 1, 4)):
-                _write(seq, self.name, self.BAR0, reg, value.to_bytes(size, "little"))
+        for iova, length in self.WRITES:
+            for reg, value in ((self.DMA_IOVA, iova), (self.DMA_LEN, length),
+                               (self.DOORBELL, 1)):
+                _write(seq, self.name, self.BAR0, reg,
+                       value.to_bytes(4 if reg == self.DOORBELL else 8, "little"))
             status = self._wait(seq)
             done = status is not None and bool(status & self.DONE)
             seq.verify(done, Kind.DATA, "profile migdev: the DMA job completes",
                        "STATUS.DONE", f"STATUS {status}", "regs.py: the DMA engine")
-            if done:
-                written.add(iova)
-                if iova in self._mapped(seq):
-                    got = seq.conn.memory.read(iova, len(pattern))
-                    seq.verify(got == pattern, Kind.DATA,
-                               "profile migdev: the DMA job writes device memory to the page",
-                               pattern.hex(), got.hex(), "regs.py: DMA_DIR TO_CLIENT")
+            if not done:
+                continue
+            written |= {iova, iova + length - 1}
+            mapped = any(m <= iova < m + n for m, n, _fd in self.dma_maps
+                         if m in seq.conn.memory.regions)
+            if mapped:
+                got = seq.conn.memory.read(iova, length)
+                seq.verify(got == pattern[:length], Kind.DATA,
+                           "profile migdev: the DMA job writes device memory to the page",
+                           pattern[:length].hex(), got.hex(), "regs.py: DMA_DIR TO_CLIENT")
         return written
-
-    def _mapped(self, seq: Sequence) -> set[int]:
-        return {self.IOVA + p * PAGE for p in self.PAGES if self.IOVA in seq.conn.memory.regions}
 
     def _wait(self, seq: Sequence) -> int | None:
         deadline = time.monotonic() + self.JOB_TIMEOUT
@@ -158,6 +172,11 @@ class LvuSampleProfile:
     sends DMA_WRITE and DMA_READ messages for iova 0, which :meth:`Conn.drain` answers.
     Returns ``{DIRECT}`` once the messages have come and stopped. Afterwards BAR0 holds a
     deadline in the past: the sample then refuses SET RUNNING (EINVAL) until BAR0 is rewritten.
+    The sample only ever writes the first 4 KiB of its region 1: the spread, last-page and
+    two-range parts of the dirty-logging checks are ``migdev``'s. With ``armed`` the timer is
+    armed in RUNNING, then ``armed`` runs (the sample arms only in RUNNING; its timer fires in
+    PRE_COPY too). Each stimulus takes up to two seconds (the sample's deadline is in whole
+    seconds).
     """
 
     name = "lvu-sample"
@@ -189,11 +208,13 @@ class LvuSampleProfile:
                   Expect("ok", payload_len=0, rule="PROTOCOL.md section 2: DEVICE_SET_IRQS"),
                   fds=("eventfd",))
 
-    def stimulate(self, seq: Sequence) -> set[int]:
+    def stimulate(self, seq: Sequence, armed: Callable[[], None] | None = None) -> set[int]:
         from vfio_user_mig.check.findings import Kind
 
         start = len(seq.conn.server_requests)
         _write(seq, self.name, self.BAR0, 0, struct.pack("<q", int(time.time()) + 1))
+        if armed is not None:  # the timer is armed (in RUNNING only); it fires in PRE_COPY too
+            armed()
         deadline = time.monotonic() + self.WAIT
         reads = 0
         while time.monotonic() < deadline and not seq.conn.closed:

@@ -24,7 +24,7 @@ import itertools
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -74,7 +74,7 @@ class Profile(Protocol):
 
     def prepare(self, seq: Sequence) -> None: ...
 
-    def stimulate(self, seq: Sequence) -> set[int]: ...
+    def stimulate(self, seq: Sequence, armed: Callable[[], None] | None = None) -> set[int]: ...
 
 
 class SequenceAborted(Exception):

@@ -11,14 +11,17 @@ a second START while logging is accepted (libvfio-user, same page size) or refus
 EINVAL) but logging stays on; REPORT of an unmapped range is refused; REPORT replies carry a
 bitmap of ceil(ceil(length / page_size) / 64) * 8 bytes and argsz = the reply size, at page
 sizes equal to, larger and smaller than the logging page size, over a 64 MiB map (16384 pages
-of 4 KiB); a REPORT whose argsz cannot hold the bitmap is refused. With a profile, every page
-the device wrote is reported dirty at the three page sizes.
+of 4 KiB); a REPORT whose argsz cannot hold the bitmap is refused. START's page_size is a
+hint: the reply carries the selected size (a power of two; 512 and 0x3000 are hints, 0 is
+EINVAL) and a range not aligned to it is EINVAL (the kernel); DMA_UNMAP with GET_DIRTY_BITMAP
+returns the bitmap while logging, EINVAL while not (docs/wire-compat.md row 7). Maps with
+neither READ nor WRITE (the kernel) or with both of libvfio-user's MMAP and FILE_IO are EINVAL.
+With a profile: dirty logging completeness (:mod:`.dma_dirty`).
 """
 
 from __future__ import annotations
 
 import errno as _errno
-import struct
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
@@ -29,6 +32,17 @@ from vfio_user_mig.check.groups.common import (
     log_report,
     log_start,
     log_stop,
+)
+from vfio_user_mig.check.groups.dma_dirty import (
+    START_RULE,
+    UNMAP_RULE,
+    report,
+    run_profile,
+    run_smaller,
+    start,
+    start_reply_page_size,
+    unmap_bitmap,
+    unmap_bitmap_request,
 )
 from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, refused
@@ -59,6 +73,14 @@ def _maps(seq: Sequence) -> None:
     seq.check("DMA_MAP with unknown flag bits refused",
               enc(seq, wire.DmaMap(a + 0x200000, 0x1000, flags=0x3 | 0x10)),
               refused(EINVAL, rule=f"{_S2}: flags bits 0-3 only (docs/wire-compat.md 6)"))
+    seq.check("DMA_MAP with neither READ nor WRITE refused",
+              enc(seq, wire.DmaMap(a + 0x700000, 0x1000, flags=0)),
+              refused(EINVAL, rule=f"{_S2}: kernel vfio_dma_do_map refuses a map with no "
+                      "access (EINVAL)"))
+    seq.check("DMA_MAP with both MMAP and FILE_IO refused",
+              enc(seq, wire.DmaMap(a + 0x800000, 0x1000, flags=0x3 | 0x4 | 0x8)),
+              refused(EINVAL, rule=f"{_S2}: libvfio-user's access modes are exclusive "
+                      "(handle_dma_map EINVAL; docs/wire-compat.md 6)"), fds=("memfd:4096",))
     seq.check("DMA_MAP with the MMAP flag and no fd refused",
               enc(seq, wire.DmaMap(a + 0x300000, 0x1000, flags=0x3 | 0x4)),
               refused(EINVAL, rule=f"{_S2}: libvfio-user's MMAP flag needs an fd"))
@@ -93,24 +115,6 @@ def _maps(seq: Sequence) -> None:
               refused(*_UNMAP_MISSING, rule=f"{_S2}: UNMAP ALL removed every map"))
 
 
-def _report(seq: Sequence, iova: int, length: int, page_size: int, title: str) -> bytes | None:
-    """REPORT and check its form; the bitmap, or ``None`` when refused."""
-    bitmap_len = wire.bitmap_len(length, page_size)
-    reply = seq.check(title, log_report(seq, iova, length, page_size),
-                      Expect("ok", payload_len=8 + 24 + bitmap_len,
-                             rule=f"{_S3}: bitmap of ceil(ceil(length/page_size)/64)*8 = "
-                             f"{bitmap_len} bytes after the 24-byte range"))
-    if reply is None or reply.is_error or len(reply.payload) < 32:
-        return None
-    argsz, = struct.unpack_from("<I", reply.payload)
-    body = struct.unpack_from("<QQQ", reply.payload, 8)
-    seq.verify(argsz == len(reply.payload) and body == (iova, length, page_size), Kind.REPLY,
-               f"{title}: argsz and range echoed",
-               f"argsz {len(reply.payload)}, range {(iova, length, page_size)}",
-               f"argsz {argsz}, range {body}", f"{_S3}; section 3: GET argsz = reply size")
-    return reply.payload[32:]
-
-
 def _logging(seq: Sequence) -> None:
     a = IOVA_BASE
     seq.check("DMA_MAP 64 MiB with an fd", enc(seq, wire.DmaMap(a, _BIG)),
@@ -123,26 +127,24 @@ def _logging(seq: Sequence) -> None:
     if reply is not None and reply.is_error:
         seq.verify(reply.errno == EINVAL, Kind.ERRNO, "STOP when not logging: EINVAL if refused",
                    "success or EINVAL", str(reply.errno), _S3)
-    req = log_start(seq, _LOG_PAGE)
-    seq.check("DMA_LOGGING_START echoes the request", req,
-              Expect("ok", payload=req[16:], rule=f"{_S3}; section 3: SET replies echo"))
+    _hints(seq)
+    reply = seq.check("DMA_LOGGING_START with a range not aligned to page_size refused",
+                      log_start(seq, _PAGE, ((a + 0x800, 0x1000),)),
+                      refused(EINVAL, rule=f"{_S3}: kernel vfio_ioctl_device_feature_logging_"
+                              "start (IS_ALIGNED iova and length, else EINVAL)"))
+    if reply is not None and not reply.is_error:  # accepted: stop it for what follows
+        seq.check("DMA_LOGGING_STOP", log_stop(seq), Expect("ok", rule=_S3))
+    lps = start(seq, _LOG_PAGE, (), "DMA_LOGGING_START") or _LOG_PAGE
     reply = seq.check("second DMA_LOGGING_START while logging", log_start(seq, _LOG_PAGE),
                       Expect("any", rule=f"{_S3}: accepted or refused; logging stays on"))
     if reply is not None and reply.is_error:
         seq.verify(reply.errno in (_errno.EBUSY, EINVAL), Kind.ERRNO,
                    "second START refused with EBUSY or EINVAL", "EBUSY or EINVAL",
                    str(reply.errno), _S3)
-    for page_size in (_LOG_PAGE, 2 * _LOG_PAGE, 16 * _LOG_PAGE, _PAGE):
-        _report(seq, a, _BIG, page_size,
-                f"DMA_LOGGING_REPORT of 64 MiB at page size {page_size}")
-    reply = seq.check("DMA_LOGGING_REPORT at page size 512 (below the kernel's 4 KiB)",
-                      log_report(seq, a, _BIG, 512),
-                      Expect("any", rule=f"{_S3}: the spec is silent; libvfio-user extends the "
-                             "bitmap, the kernel refuses page sizes below 4 KiB (EINVAL)"))
-    if reply is not None and reply.is_error:
-        seq.verify(reply.errno == EINVAL, Kind.ERRNO, "REPORT below 4 KiB pages: EINVAL if "
-                   "refused", "success or EINVAL", str(reply.errno), _S3)
-    _report(seq, a + _BIG // 4, _BIG // 2, _PAGE, "DMA_LOGGING_REPORT of part of a map")
+    for page_size in (lps, 2 * lps, 16 * lps):
+        report(seq, a, _BIG, page_size,
+               f"DMA_LOGGING_REPORT of 64 MiB at page size {page_size}")
+    report(seq, a + _BIG // 4, _BIG // 2, lps, "DMA_LOGGING_REPORT of part of a map")
     seq.check("DMA_LOGGING_REPORT whose argsz cannot hold the bitmap refused",
               log_report(seq, a, _BIG, _PAGE, argsz=32 + 8),
               refused(EINVAL, rule=f"{_S3}; section 3: argsz is the largest reply"))
@@ -152,37 +154,68 @@ def _logging(seq: Sequence) -> None:
     seq.check("DMA_LOGGING_REPORT with a page size not a power of two refused",
               log_report(seq, a, _BIG, 3000),
               refused(EINVAL, rule=f"{_S3}: page_size is a power of two"))
+    _unmap_with_bitmap(seq, lps)
     req = log_stop(seq)
     seq.check("DMA_LOGGING_STOP echoes the request", req,
               Expect("ok", payload=req[16:], rule=f"{_S3}; section 3: SET replies echo"))
     seq.check("DMA_LOGGING_REPORT after STOP refused", log_report(seq, a, _BIG, _PAGE),
               refused(EINVAL, rule=f"{_S3}: nothing is logged after STOP"))
+    seq.check("DMA_UNMAP with GET_DIRTY_BITMAP while not logging refused",
+              unmap_bitmap_request(seq, a, _BIG, _PAGE),
+              refused(EINVAL, rule=f"{UNMAP_RULE}; libvfio-user: EINVAL when logging is off"))
+    _smaller_reports(seq, a)
 
 
-def _dirty(seq: Sequence) -> None:
-    """With a profile: every page the device wrote is reported dirty (module docstring)."""
-    profile = seq.checker.profile
-    assert profile is not None
-    for iova, size, with_fd in profile.dma_maps:
-        seq.check(f"profile DMA_MAP {iova:#x}", enc(seq, wire.DmaMap(iova, size)),
-                  Expect("ok", rule=_S2), fds=(f"memfd:{size}",) if with_fd else ())
-    profile.prepare(seq)
-    seq.check("DMA_LOGGING_START", log_start(seq, _LOG_PAGE), Expect("ok", rule=_S3))
-    for page_size in (_LOG_PAGE, 4 * _LOG_PAGE, _PAGE):
-        written = profile.stimulate(seq)
-        for iova, size, with_fd in profile.dma_maps:
-            if not with_fd:
-                continue  # written by DMA messages: the client's to track, not the server's
-            bitmap = _report(seq, iova, size, page_size,
-                             f"REPORT of profile map {iova:#x} at page size {page_size}")
-            if bitmap is None:
-                continue
-            want = sorted({(w - iova) // page_size for w in written if iova <= w < iova + size})
-            missing = [n for n in want if not bitmap[n // 8] >> (n % 8) & 1]
-            seq.verify(not missing, Kind.DATA,
-                       f"every page the device wrote is reported dirty (page size {page_size})",
-                       f"pages {want[:8]} dirty", f"pages {missing[:8]} not dirty",
-                       f"{_S3}: page n is bit n % 64 of u64 word n // 64")
+def _smaller_reports(seq: Sequence, a: int) -> None:
+    """Reports at page sizes below the logging page, last (libvfio-user never answers one of
+    more than 192 pages: D1 of docs/conformance/libvfio-user.md)."""
+    lps = start(seq, _LOG_PAGE, (), "DMA_LOGGING_START again")
+    if lps is None:
+        return
+    if lps > _PAGE:
+        report(seq, a, _BIG, _PAGE, f"DMA_LOGGING_REPORT of 64 MiB at page size {_PAGE}")
+    reply = seq.check("DMA_LOGGING_REPORT at page size 512 (below the kernel's 4 KiB)",
+                      log_report(seq, a, _BIG, 512),
+                      Expect("any", rule=f"{_S3}: the spec is silent; libvfio-user extends the "
+                             "bitmap, the kernel refuses page sizes below 4 KiB (EINVAL)"))
+    if reply is not None and reply.is_error:
+        seq.verify(reply.errno == EINVAL, Kind.ERRNO, "REPORT below 4 KiB pages: EINVAL if "
+                   "refused", "success or EINVAL", str(reply.errno), _S3)
+    seq.check("DMA_LOGGING_STOP", log_stop(seq), Expect("ok", rule=_S3))
+
+
+def _hints(seq: Sequence) -> None:
+    """START page_size is a hint (dma_dirty docstring): 512 and 0x3000 select a power of two
+    (0x3000 may be refused with EINVAL: the kernel's alignment check presumes a power of two);
+    0 hints nothing (EINVAL, libvfio-user)."""
+    seq.check("DMA_LOGGING_START with page_size 0 refused", log_start(seq, 0),
+              refused(EINVAL, rule=f"{_S3}: 0 hints no page size (libvfio-user EINVAL)"))
+    if start(seq, 512, (), "DMA_LOGGING_START with a page size hint of 512") is not None:
+        seq.check("DMA_LOGGING_STOP", log_stop(seq), Expect("ok", rule=_S3))
+    req = log_start(seq, 0x3000)
+    title = "DMA_LOGGING_START with a page size hint of 0x3000 (not a power of two)"
+    reply = seq.check(title, req, Expect("any", rule=f"{START_RULE}; or EINVAL"))
+    if reply is None:
+        return
+    if reply.is_error:
+        seq.verify(reply.errno == EINVAL, Kind.ERRNO, f"{title}: EINVAL if refused",
+                   "success or EINVAL", str(reply.errno), _S3)
+        return
+    start_reply_page_size(seq, req, reply, title)
+    seq.check("DMA_LOGGING_STOP", log_stop(seq), Expect("ok", rule=_S3))
+
+
+def _unmap_with_bitmap(seq: Sequence, lps: int) -> None:
+    """While logging: DMA_UNMAP with GET_DIRTY_BITMAP of a mapped region returns its bitmap
+    and unmaps it (docs/wire-compat.md row 7)."""
+    iova = IOVA_BASE + 4 * _BIG
+    seq.check("DMA_MAP 1 MiB with an fd", enc(seq, wire.DmaMap(iova, 1 << 20)),
+              Expect("ok", rule=_S2), fds=(f"memfd:{1 << 20}",))
+    if unmap_bitmap(seq, iova, 1 << 20, lps, "DMA_UNMAP with GET_DIRTY_BITMAP while "
+                    "logging") is not None:
+        seq.check("DMA_UNMAP after DMA_UNMAP with GET_DIRTY_BITMAP refused",
+                  enc(seq, wire.DmaUnmap(iova, 1 << 20)),
+                  refused(*_UNMAP_MISSING, rule=f"{UNMAP_RULE}: the region is unmapped"))
 
 
 def run(checker: Checker) -> None:
@@ -193,4 +226,7 @@ def run(checker: Checker) -> None:
         _logging(seq)
     if checker.profile is not None:
         with checker.sequence("dma", f"dirty pages written by {checker.profile.name}") as seq:
-            _dirty(seq)
+            run_profile(seq)
+        with checker.sequence("dma", f"dirty pages written by {checker.profile.name}, "
+                              "reported at half the logging page") as seq:
+            run_smaller(seq)

@@ -367,9 +367,17 @@ class Client(ClientIO):
         self.send(msg)
         return int(msg.msg_id)
 
-    def dma_logging_start(self, page_size: int, ranges: Sequence[tuple[int, int]] = ()) -> None:
+    def dma_logging_start(self, page_size: int, ranges: Sequence[tuple[int, int]] = ()) -> int:
+        """DMA_LOGGING_START with the ``page_size`` hint; returns the page size the device
+        selected, from the reply (vfio-user.rst: "On output the device will return the page
+        size it selected"; a reply that echoes the hint selects the hint, as libvfio-user's).
+        EPROTO for a reply whose page size is not a power of two."""
         control = wire.DmaLoggingControl(page_size, tuple(wire.DmaRange(i, n) for i, n in ranges))
-        self.feature(FeatureIndex.DMA_LOGGING_START, FeatureOp.SET, control)
+        data = self.feature(FeatureIndex.DMA_LOGGING_START, FeatureOp.SET, control).data
+        selected = data.page_size if isinstance(data, wire.DmaLoggingControl) else page_size
+        if selected <= 0 or selected & (selected - 1):
+            raise VfioUserError(wire.Command.DEVICE_FEATURE, _errno.EPROTO)
+        return int(selected)
 
     def dma_logging_stop(self) -> None:
         self.feature(FeatureIndex.DMA_LOGGING_STOP, FeatureOp.SET, wire.DmaLoggingControl(0, ()))

@@ -11,6 +11,17 @@ Logging keeps a set of dirty *logging pages* (absolute IOVA // ``page_size`` giv
   range. A logging page only partly inside stays dirty (a write is never lost; a page may be
   reported twice, which is safe).
 
+The ``page_size`` given to :meth:`DirtyLog.start` is a hint (vfio-user.rst
+"VFIO_DEVICE_FEATURE_DMA_LOGGING_START", the kernel's ``vfio.h``: "If the device cannot do the
+hinted page size then it's the driver's choice which page size to pick based on its support.
+On output the device will return the page size it selected"). :func:`select_page_size` is our
+device's choice, the one the kernel's mlx5 driver makes (``mlx5vf_start_page_tracker``): the
+largest power of two not above the hint (``ilog2``), clamped into
+[:data:`MIN_PAGE_SIZE`, :data:`MAX_PAGE_SIZE`]. A hint of 0 hints nothing: EINVAL (as
+libvfio-user's ``dma_controller_dirty_page_logging_start``). Each range must be aligned, iova
+and length, to that power of two (the kernel's ``vfio_ioctl_device_feature_logging_start``
+checks ``IS_ALIGNED(range.iova, page_size)`` and the length on the hint: EINVAL).
+
 The bitmap encoding is the wire layer's job; this module deals in page numbers.
 """
 
@@ -33,6 +44,15 @@ def _check_page_size(page_size: int, what: str) -> None:
             f"{what}: page_size {page_size:#x} is not a power of two in "
             f"[{MIN_PAGE_SIZE:#x}, {MAX_PAGE_SIZE:#x}]"
         )
+
+
+def select_page_size(hint: int) -> int:
+    """The logging page size our device selects for a START ``page_size`` hint (module
+    docstring): ``2**floor(log2(hint))`` clamped into [MIN_PAGE_SIZE, MAX_PAGE_SIZE];
+    :class:`DeviceError` (EINVAL) for 0."""
+    if hint <= 0:
+        raise DeviceError(f"DMA_LOGGING_START: page_size {hint:#x} hints no page size")
+    return min(max(1 << (hint.bit_length() - 1), MIN_PAGE_SIZE), MAX_PAGE_SIZE)
 
 
 def _check_range(iova: int, length: int, what: str) -> None:
@@ -63,33 +83,44 @@ class DirtyLog:
         """The logged (iova, length) ranges, sorted; empty means everything."""
         return self._ranges
 
-    def start(self, page_size: int, ranges: Iterable[tuple[int, int]] = ()) -> None:
-        """Start logging; no ranges means all of the IOVA space.
+    def start(self, page_size: int, ranges: Iterable[tuple[int, int]] = ()) -> int:
+        """Start logging with the page size selected for the hint ``page_size``
+        (:func:`select_page_size`) and return it; no ranges means all of the IOVA space, maps
+        added later included (vfio-user.rst: "A value of zero indicates that all writes should
+        be logged").
 
-        While logging, a second start with the same page size succeeds and changes nothing
-        (the dirty pages and ranges are kept); another page size is EINVAL (libvfio-user's
-        ``dma_controller_dirty_page_logging_start``; the spec is silent). EINVAL for a bad page
-        size, an empty/wrapping range or overlapping ranges. On error nothing changes.
+        While logging, a second start whose hint selects the same page size succeeds and
+        changes nothing (the dirty pages and ranges are kept); another page size is EINVAL
+        (libvfio-user's ``dma_controller_dirty_page_logging_start``; the spec is silent).
+        EINVAL for a hint of 0, a range not aligned to the hint's power of two, an
+        empty/wrapping range or overlapping ranges. On error nothing changes.
         """
+        selected = select_page_size(page_size)
         if self.active:
-            if page_size != self._page_size:
+            if selected != self._page_size:
                 raise DeviceError(
                     f"DMA_LOGGING_START: logging already started with page size "
-                    f"{self._page_size:#x}, not {page_size:#x}"
+                    f"{self._page_size:#x}, not {selected:#x}"
                 )
-            return
-        _check_page_size(page_size, "DMA_LOGGING_START")
+            return selected
+        align = 1 << (page_size.bit_length() - 1)
         sorted_ranges = sorted(ranges)
         for iova, length in sorted_ranges:
             _check_range(iova, length, "DMA_LOGGING_START")
+            if (iova | length) & (align - 1):
+                raise DeviceError(
+                    f"DMA_LOGGING_START: range iova={iova:#x} length={length:#x} is not "
+                    f"aligned to page_size {align:#x}"
+                )
         for (a_iova, a_len), (b_iova, _) in itertools.pairwise(sorted_ranges):
             if a_iova + a_len > b_iova:
                 raise DeviceError(
                     f"DMA_LOGGING_START: ranges at {a_iova:#x} and {b_iova:#x} overlap"
                 )
-        self._page_size = page_size
+        self._page_size = selected
         self._ranges = tuple(sorted_ranges)
         self._dirty = set()
+        return selected
 
     def stop(self) -> None:
         """Stop logging and forget the dirty pages; stopping when inactive is a no-op."""

@@ -112,7 +112,9 @@ class MigrationDriver(DeviceRelay):
             self._io(side, "DMA_MAP", lambda s=side: s.client.dma_map(0, s.guest.size,
                                                                        fd=s.guest.fd))
         try:
-            src.client.dma_logging_start(self.page_size, [(0, src.guest.size)])
+            hint = self.config.log_page_hint or self.page_size
+            # page_size is a hint: reports use the size the device selected (the reply's)
+            self.log_page_size = src.client.dma_logging_start(hint, [(0, src.guest.size)])
             self.logging = True
         except VfioUserError as exc:
             self._emit("error", where="src DMA_LOGGING_START", errno=exc.errno,
@@ -148,9 +150,18 @@ class MigrationDriver(DeviceRelay):
         if not self.logging:
             return
         src = self.src
+        lps, ps = self.log_page_size, self.page_size
         pages = self._io(src, "DMA_LOGGING_REPORT", src.client.dma_logging_report, 0,
-                         src.guest.size, self.page_size)
-        self._dma_dirty.update(pages)
+                         src.guest.size, lps)
+        if lps == ps:
+            self._dma_dirty.update(pages)
+        elif lps > ps:  # a logging page covers several guest pages
+            per = lps // ps
+            last = src.guest.n_pages
+            for p in pages:
+                self._dma_dirty.update(range(p * per, min((p + 1) * per, last)))
+        else:
+            self._dma_dirty.update(p * lps // ps for p in pages)
 
     def _send_ram(self, phase: str, everything: bool = False) -> tuple[int, int]:
         """Send the dirty guest pages; returns (bytes, pages)."""

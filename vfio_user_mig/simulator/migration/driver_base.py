@@ -58,6 +58,8 @@ class DriverBase:
         self.caps = MigrationCaps.STOP_COPY
         self.page_size = src.guest.page_size
         self.logging = False
+        #: the DMA logging page size the source device selected (DMA_LOGGING_START's reply)
+        self.log_page_size = self.page_size
         self._dma_dirty: set[int] = set()
         self._chunks = 0
         self._round = 0

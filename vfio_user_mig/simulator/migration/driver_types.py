@@ -57,6 +57,10 @@ class DriverConfig:
     write_window: int = 1
     """MIG_DATA_WRITEs sent and not yet acknowledged while the next chunk is read (0: each
     write waits for its reply before the next read)."""
+    log_page_hint: int | None = None
+    """The DMA_LOGGING_START ``page_size`` hint (None: the guest page size). The driver
+    reports at the page size the device selected (the START reply) and maps it to guest
+    pages."""
     size_query: bool = False
     """Ask the source device for its pending bytes (experimental MIG_DATA_SIZE, the kernel's
     ``VFIO_DEVICE_FEATURE_MIG_DATA_SIZE``) after every pre-copy round and use the answer

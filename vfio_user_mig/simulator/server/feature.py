@@ -5,6 +5,7 @@ docs/wire-compat.md for the extension).
 
 from __future__ import annotations
 
+import dataclasses
 import errno as _errno
 from collections.abc import Callable
 from typing import Any
@@ -55,8 +56,13 @@ class FeatureHandlers(ServerState):
             FeatureIndex.MIG_DATA_SIZE: self._feat_mig_data_size,
         }[FeatureIndex(feature)]
         data = handler(msg)
-        if ops & FeatureOp.SET:  # PROTOCOL.md section 3: a SET reply echoes the request
-            return wire.DeviceFeatureReply.echo(msg), []
+        if ops & FeatureOp.SET:
+            # PROTOCOL.md section 3: a SET reply echoes the request, except that
+            # DMA_LOGGING_START's carries the page size selected (vfio-user.rst: "the same as
+            # the request, unless the page size was changed"): the handler returns the data.
+            return wire.DeviceFeatureReply(
+                msg.feature, msg.ops, data, msg.argsz, msg_id=msg.msg_id
+            ), []
         reply = wire.DeviceFeatureReply(
             feature=msg.feature, ops=msg.ops, data=data, msg_id=msg.msg_id
         )
@@ -115,10 +121,13 @@ class FeatureHandlers(ServerState):
                 echo=True,
             )
         try:
-            self.device.dirty_log.start(data.page_size, [(r.iova, r.length) for r in data.ranges])
+            selected = self.device.dirty_log.start(
+                data.page_size, [(r.iova, r.length) for r in data.ranges]
+            )
         except DeviceError as exc:
             raise Refusal(exc.errno, str(exc), echo=True) from None
-        return data
+        # page_size is a hint; the reply carries the size selected (dirtylog.select_page_size)
+        return dataclasses.replace(data, page_size=selected)
 
     def _feat_log_stop(self, msg: wire.DeviceFeature) -> Any:
         try:

@@ -17,6 +17,7 @@ from vfio_user_mig.simulator.device.dma import (
     DmaMapError,
     FdMemory,
 )
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.server.mig_channel import open_channel
 from vfio_user_mig.simulator.server.state import ServerState
 from vfio_user_mig.simulator.server.types import (
@@ -88,7 +89,19 @@ class SetupHandlers(ServerState):
             raise Refusal(
                 _errno.EINVAL, f"DMA_MAP addr={msg.addr:#x} size={msg.size:#x}: empty or wraps"
             )
-        if msg.flags & (DmaMapFlag.MMAP | DmaMapFlag.FILE_IO) and not fds:
+        if not msg.flags & (DmaMapFlag.READ | DmaMapFlag.WRITE):
+            # kernel vfio_dma_do_map: neither READ nor WRITE (nor VADDR) is EINVAL
+            raise Refusal(_errno.EINVAL, f"DMA_MAP flags {msg.flags:#x}: neither READ nor WRITE")
+        modes = msg.flags & (DmaMapFlag.MMAP | DmaMapFlag.FILE_IO)
+        if modes and self.config.strict_spec:
+            # the spec defines bits 0-1 only; the kernel's mask (READ|WRITE|VADDR) refuses
+            # bit 3 and reads bit 2 as VADDR: libvfio-user's own bits only by default
+            raise Refusal(_errno.EINVAL, f"DMA_MAP flags {msg.flags:#x}: bits 2-3 (strict spec)")
+        if modes == DmaMapFlag.MMAP | DmaMapFlag.FILE_IO:
+            # two access modes at once: libvfio-user's handle_dma_map takes MMAP and then finds
+            # FILE_IO left over (EINVAL)
+            raise Refusal(_errno.EINVAL, f"DMA_MAP flags {msg.flags:#x}: MMAP and FILE_IO")
+        if modes and not fds:
             # libvfio-user's own flags (docs/wire-compat.md row 6) name an fd access mode
             raise Refusal(_errno.EINVAL, f"DMA_MAP flags {msg.flags:#x} need a file descriptor")
         readable = bool(msg.flags & DmaMapFlag.READ)
@@ -148,6 +161,8 @@ class SetupHandlers(ServerState):
             )
 
     def _dma_unmap(self, msg: wire.DmaUnmap, fds: list[int]) -> tuple[Any, list[int]]:
+        if msg.flags == DmaUnmapFlag.GET_DIRTY_BITMAP:
+            return self._dma_unmap_bitmap(msg), []
         if msg.flags & ~int(DmaUnmapFlag.ALL):
             raise Refusal(_errno.EINVAL, f"DMA_UNMAP flags {msg.flags:#x} unsupported")
         if msg.flags & DmaUnmapFlag.ALL:
@@ -164,6 +179,45 @@ class SetupHandlers(ServerState):
         return wire.DmaUnmapReply(
             addr=msg.addr, size=msg.size, flags=msg.flags, argsz=msg.argsz, msg_id=msg.msg_id
         ), []
+
+    def _dma_unmap_bitmap(self, msg: wire.DmaUnmap) -> wire.DmaUnmapReply:
+        """DMA_UNMAP with GET_DIRTY_BITMAP (docs/wire-compat.md row 7, libvfio-user's
+        ``handle_dma_unmap``): the dirty pages of the region since the last report are
+        returned in the reply (read-and-clear, as DMA_LOGGING_REPORT) and the region is
+        unmapped, so no page dirtied in it is lost. EINVAL when logging is off, for a page
+        size not a power of two of at least 4 KiB (the REPORT rule) or a bitmap size other
+        than ``bitmap_len(size, pgsize)``; E2BIG above the bitmap limit; ENOENT when the range
+        is not exactly one mapped region. Everything is checked before anything is cleared."""
+        header = msg.bitmap
+        if header is None:  # not reached: the codec requires the bitmap header
+            raise Refusal(_errno.EINVAL, "DMA_UNMAP GET_DIRTY_BITMAP without a bitmap")
+        if not self.device.dirty_log.active:
+            raise Refusal(_errno.EINVAL, "DMA_UNMAP GET_DIRTY_BITMAP while not logging")
+        pgsize = header.pgsize
+        if pgsize < 4096 or pgsize & (pgsize - 1):
+            raise Refusal(_errno.EINVAL, f"DMA_UNMAP bitmap pgsize {pgsize:#x}")
+        if msg.size == 0:
+            raise Refusal(_errno.EINVAL, "DMA_UNMAP GET_DIRTY_BITMAP of an empty range")
+        need = wire.bitmap_len(msg.size, pgsize)
+        if header.size != need:
+            raise Refusal(_errno.EINVAL, f"DMA_UNMAP bitmap size {header.size} != {need}")
+        limit = min(self.config.max_bitmap_size, self._client_limit())
+        if need > limit:
+            raise Refusal(_errno.E2BIG, f"DMA_UNMAP bitmap {need} bytes > {limit}")
+        if not any(m.iova == msg.addr and m.size == msg.size for m in self.dma.mappings):
+            raise Refusal(
+                _errno.ENOENT, f"DMA_UNMAP iova={msg.addr:#x} size={msg.size:#x}: not mapped"
+            )
+        try:
+            pages = self.device.dirty_log.report(msg.addr, msg.size, pgsize)
+            bitmap = wire.DirtyBitmap.from_pages(msg.addr, msg.size, pgsize, pages).to_bytes()
+        except (DeviceError, ValueError) as exc:
+            raise Refusal(getattr(exc, "errno", _errno.EINVAL), str(exc)) from None
+        self._release(self.dma.unmap(msg.addr, msg.size))
+        return wire.DmaUnmapReply(
+            addr=msg.addr, size=msg.size, flags=msg.flags, argsz=msg.argsz, bitmap=header,
+            bitmap_data=bitmap, msg_id=msg.msg_id,
+        )
 
     def _device_info(self, msg: wire.DeviceGetInfo, fds: list[int]) -> tuple[Any, list[int]]:
         if msg.argsz < DEVICE_INFO.size:
