@@ -136,8 +136,7 @@ def _dirty_pages_never_reported(hosted: HostedDevice) -> None:
 
 
 @mutant("dirty_pages_lost_past_64", "dirty pages from report page 64 on are lost (one u64 word "
-        "of bitmap)", "dma", "dirty", profile="migdev",
-        needs="the dirtylog checks (pages dirtied past the first 64)")
+        "of bitmap)", "dma", "dirty", profile="migdev")
 def _dirty_pages_lost_past_64(hosted: HostedDevice) -> None:
     _wrap_report(hosted, lambda real, iova, length, page_size:
                  [p for p in real(iova, length, page_size) if p < 64])
@@ -154,8 +153,7 @@ def _dirty_last_page_lost(hosted: HostedDevice) -> None:
 
 
 @mutant("report_does_not_clear", "DMA_LOGGING_REPORT does not clear the pages it returned",
-        "dma", "dirty", profile="migdev",
-        needs="the dirtylog checks (a second REPORT comes back clean)")
+        "dma", "dirty", profile="migdev")
 def _report_does_not_clear(hosted: HostedDevice) -> None:
     log = hosted.device.dirty_log
 
@@ -170,7 +168,7 @@ def _report_does_not_clear(hosted: HostedDevice) -> None:
 
 @mutant("dirty_not_logged_in_precopy", "device writes during PRE_COPY are not logged (the "
         "pages changed after pre-copy sent them are never sent again)", "dma", "dirty",
-        profile="migdev", needs="the dirtylog checks (a page dirtied during PRE_COPY)")
+        profile="migdev")
 def _dirty_not_logged_in_precopy(hosted: HostedDevice) -> None:
     core = hosted.core
     log = hosted.device.dirty_log
