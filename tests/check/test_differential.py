@@ -109,3 +109,17 @@ def test_a_state_difference_explains_what_follows() -> None:
               _reply(payload=bytes(16))]
     _, diffs = compare(steps, ours, theirs, 0)
     assert [(d["step"], d["explained"]) for d in diffs] == [(3, "reset-state"), (4, "diverged")]
+
+
+def test_every_rule_has_its_row_in_wire_compat() -> None:
+    """docs/wire-compat.md lists exactly the rules the comparison applies, in its
+    ``check --against`` section, so every explained difference points at a written row."""
+    import re
+    from pathlib import Path
+
+    from vfio_user_mig.check.differential import RULES
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "wire-compat.md").read_text()
+    section = text.split("## Differences between two conforming servers", 1)[1].split("\n## ")[0]
+    rows = re.findall(r"^\| `([a-z-]+)` \|", section, flags=re.M)
+    assert rows == [r.name for r in RULES]

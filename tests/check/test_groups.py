@@ -38,7 +38,14 @@ def test_every_group_passes_against_our_server(served: tuple[HostedDevice, str])
     hosted, path = served
     name = "lvu-sample" if "Lvu" in type(hosted.device).__name__ else "migdev"
     checker = Checker(SocketTarget(path))
-    run_suite(checker)
+    peer = host_device(name, mem_size=1 << 20)  # the round trip's destination
+    peer_server = UnixServer(peer.core, path + ".peer").start()
+    checker.peer = SocketTarget(path + ".peer")
+    try:
+        run_suite(checker)
+    finally:
+        peer_server.stop()
+        peer.close()
     titles = {f.title for f in checker.report.findings} - KNOWN.get(name, set())
     assert titles == set()
     assert checker.report.checks >= 500

@@ -1,20 +1,35 @@
 """The ``vfio-user-mig check`` command: point the checker at a server and report.
 
 Exit status: 0 when the server shows no finding, 1 when it shows at least one, 2 when the
-arguments are wrong or the server cannot be started or reached at all.
+arguments are wrong or the server cannot be started or reached at all, 128 + the signal's
+number when SIGTERM, SIGINT or SIGHUP stopped the run. A stopped run still stops every server
+it spawned (:func:`~vfio_user_mig.check.target.stop_all`) and still writes its report
+(``--json``, ``--markdown``, or the summary): what was checked so far, marked
+``"interrupted": "SIGTERM"`` (or the signal that stopped it).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+from vfio_user_mig.check.bounds import declared_size, stream_bounds
 from vfio_user_mig.check.findings import Report
 from vfio_user_mig.check.session import Checker
-from vfio_user_mig.check.target import SocketTarget, SpawnTarget, Target, TargetError
+from vfio_user_mig.check.target import (
+    SocketTarget,
+    SpawnTarget,
+    Target,
+    TargetError,
+    stop_all,
+)
 from vfio_user_mig.cli import command
 from vfio_user_mig.simulator.executor import ExecutorError, add_executor_args
 
@@ -37,6 +52,39 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+#: The signals that stop a run cleanly (module docstring).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived (a BaseException: no ``except Exception`` swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While inside, the first stop signal raises :class:`Interrupted` in the main thread;
+    later ones are ignored (the cleanup that follows is bounded). Handlers restored after."""
+    fired: list[int] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    old: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for sig in STOP_SIGNALS:
+        old[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for number, previous in old.items():
+            signal.signal(number, previous if previous is not None else signal.SIG_DFL)
 
 
 def make_target(args: argparse.Namespace) -> Target:
@@ -97,8 +145,9 @@ def human_summary(report: Report, elapsed: float) -> str:
     return "\n".join(lines)
 
 
-def run_check(args: argparse.Namespace) -> Report:
-    """Run what the arguments ask for and return the report."""
+def run_check(args: argparse.Namespace, started: list[Checker] | None = None) -> Report:
+    """Run what the arguments ask for and return the report (``started`` receives the
+    checker, whose report is the partial one when the run is interrupted)."""
     profile = None
     if args.profile:
         from vfio_user_mig.check.profiles import get_profile
@@ -106,9 +155,16 @@ def run_check(args: argparse.Namespace) -> Report:
         profile = get_profile(args.profile)
     target = make_target(args)
     checker = Checker(target, timeout=args.timeout, profile=profile)
+    if args.peer_socket:
+        checker.peer = SocketTarget(args.peer_socket)
+    if started is not None:
+        started.append(checker)
     # Reachable at all? If not there is nothing to check: an error (exit 2), not a finding.
-    target.begin().close()
+    # The same connection learns the device's declared size: the streams' bounds scale with it.
+    declared = declared_size(target.begin(), args.timeout)
     target.end()
+    checker.stream_limit, checker.stream_seconds = stream_bounds(
+        declared, args.stream_limit << 20 if args.stream_limit else None)
     try:
         if args.replay:
             from vfio_user_mig.check.replay import replay
@@ -154,12 +210,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("vfio-user-mig check: --random over workers or Dask needs --spawn: one running "
               "server cannot give concurrent sequences a state of their own", file=sys.stderr)
         return 2
+    if args.peer_socket and not args.socket:
+        print("vfio-user-mig check: --peer-socket goes with --socket (with --spawn the round "
+              "trip starts its second instance itself)", file=sys.stderr)
+        return 2
     started = time.monotonic()
+    checkers: list[Checker] = []
+    interrupted: Interrupted | None = None
     try:
-        report = run_check(args)
+        with stop_signals_raise():
+            try:
+                report = run_check(args, checkers)
+            except Interrupted as exc:
+                interrupted = exc
+                report = (checkers[0].report if checkers
+                          else Report(server=args.spawn or args.socket, caps={}))
+            finally:
+                stop_all()
     except (TargetError, ValueError, OSError, ExecutorError) as exc:
         print(f"vfio-user-mig check: {exc}", file=sys.stderr)
         return 2
+    if interrupted is not None:
+        report.extra["interrupted"] = str(interrupted)
     elapsed = time.monotonic() - started
     report.extra["elapsed_s"] = round(elapsed, 3)
     report.coverage.totals = coverage_totals(report)
@@ -171,6 +243,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(report.dumps())
     else:
         print(human_summary(report, elapsed))
+        if interrupted is not None:
+            print(f"interrupted by {interrupted}: the report is partial")
+    if interrupted is not None:
+        return 128 + interrupted.signum
     return 1 if report.findings else 0
 
 
@@ -183,6 +259,13 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
     where.add_argument("--spawn", metavar="'CMD ... {socket} ...'",
                        help="start a fresh server for each sequence, {socket} replaced by a "
                             "fresh path; the process is stopped after the sequence")
+    p.add_argument("--peer-socket", metavar="PATH",
+                   help="with --socket: a second instance of the same server, the destination "
+                        "of the round-trip group (without it that group is skipped)")
+    p.add_argument("--stream-limit", type=_positive_int, default=None, metavar="MIB",
+                   help="MiB one saving phase may send before its stream is reported as "
+                        "endless (default: 64, or 4 times the sum of the device's region "
+                        "sizes when larger)")
     p.add_argument("--no-prespawn", action="store_true",
                    help="with --spawn: start each server only when its sequence begins (by "
                         "default the next one starts while the current sequence runs; use "
@@ -192,7 +275,7 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
                         "(default 2)")
     p.add_argument("--only", action="append", metavar="GROUP",
                    help="run only this group of the suite (repeatable): fsm, gating, feature, "
-                        "dma, migdata, reset, disconnect, malformed")
+                        "dma, migdata, reset, disconnect, malformed, roundtrip")
     p.add_argument("--no-suite", action="store_true",
                    help="skip the deterministic suite (e.g. with --random)")
     p.add_argument("--random", type=int, default=0, metavar="N",

@@ -8,8 +8,13 @@ DMA_WRITE requests, which are answered from :class:`GuestSpace` while a reply is
 a VMM must.)
 
 :meth:`Conn.request` returns the :class:`Reply` to the message's ``msg_id``, ``None`` when the
-server closed the connection, and raises :class:`ReplyTimeout` when no reply came in time or
-:class:`BadFrame` when the server sent bytes that cannot be a message.
+server closed the connection, and raises :class:`ReplyTimeout` when no reply came in time,
+:class:`BadFrame` when the server sent bytes that cannot be a message, or :class:`WrongReplyId`
+as soon as a reply comes whose ``msg_id`` is neither the awaited one nor that of an earlier
+message still unanswered (vfio-user.rst "Header": a reply carries the id of its request) --
+at once, not as a hang after the timeout. Replies to earlier unanswered messages (sent with
+:meth:`Conn.send` alone, e.g. reply-typed or no-reply messages) are kept in
+:attr:`Conn.stray`.
 """
 
 from __future__ import annotations
@@ -87,6 +92,16 @@ class Reply:
         self.fds = []
 
 
+class WrongReplyId(ValueError):
+    """A reply whose msg id matches no message sent and unanswered on this connection."""
+
+    def __init__(self, got: int, want: int) -> None:
+        super().__init__(f"a reply with message id {got:#x} while awaiting the reply to "
+                         f"{want:#x} (no message with that id is unanswered)")
+        self.got = got
+        self.want = want
+
+
 class GuestSpace:
     """The checker's guest memory: DMA regions by IOVA, each backed by a memfd mapping (so the
     device can write through it) or by plain memory (regions mapped without an fd)."""
@@ -115,6 +130,22 @@ class GuestSpace:
                 return mem, iova - base
         raise ValueError(f"{iova:#x}+{length:#x} is not in guest memory")
 
+    def track(self, data: bytes, fds: list[int], refused: bool) -> None:
+        """Follow a DMA_MAP/DMA_UNMAP request ``data`` the server accepted (not ``refused``),
+        so that guest memory is what the server believes is mapped."""
+        if refused or len(data) < HEADER_SIZE:
+            return
+        command = struct.unpack_from("<H", data, 2)[0]
+        if command == wire.Command.DMA_MAP and len(data) >= HEADER_SIZE + 32:
+            _argsz, _flags, _off, addr, size = struct.unpack_from("<IIQQQ", data, HEADER_SIZE)
+            self.add(addr, size, fds[0] if fds else None)
+        elif command == wire.Command.DMA_UNMAP and len(data) >= HEADER_SIZE + 24:
+            _argsz, flags, addr, _size = struct.unpack_from("<IIQQ", data, HEADER_SIZE)
+            if flags & wire.DmaUnmapFlag.ALL:
+                self.clear()
+            else:
+                self.remove(addr)
+
     def read(self, iova: int, length: int) -> bytes:
         mem, off = self._find(iova, length)
         return bytes(mem[off:off + length])
@@ -136,8 +167,10 @@ class Conn:
         self.closed = False
         #: Server requests (DMA_READ/DMA_WRITE) answered while waiting: (command, addr, count).
         self.server_requests: list[tuple[int, int, int]] = []
-        #: Replies that matched no request sent (msg ids).
+        #: Replies to messages sent earlier and not awaited (msg ids).
         self.stray: list[int] = []
+        #: Ids of messages sent whose reply has not come (a reply to one is no wrong id).
+        self.unanswered: set[int] = set()
 
     def close(self) -> None:
         self.memory.clear()
@@ -151,6 +184,11 @@ class Conn:
 
     def send(self, data: bytes, fds: list[int] | None = None) -> bool:
         """Send one message; ``False`` when the server has closed the connection."""
+        if len(data) >= HEADER_SIZE:
+            self.unanswered.add(_HEADER.unpack_from(data)[0])
+        return self._send(data, fds)
+
+    def _send(self, data: bytes, fds: list[int] | None = None) -> bool:
         try:
             if fds:
                 anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -224,10 +262,14 @@ class Conn:
             if not msg.is_reply:
                 self._answer(msg)
                 continue
-            if msg.msg_id == msg_id:
+            if msg.msg_id == msg_id or msg_id is None:  # a message too short for an id
+                self.unanswered.discard(msg.msg_id)
                 return msg
-            self.stray.append(msg.msg_id)
             msg.close_fds()
+            if msg.msg_id not in self.unanswered:
+                raise WrongReplyId(msg.msg_id, msg_id)
+            self.unanswered.discard(msg.msg_id)
+            self.stray.append(msg.msg_id)
 
     def drain(self, wait: float) -> list[Reply]:
         """Messages that arrive within ``wait`` seconds (server requests are answered)."""
@@ -244,6 +286,7 @@ class Conn:
             if not msg.is_reply:
                 self._answer(msg)
             else:
+                self.unanswered.discard(msg.msg_id)
                 out.append(msg)
 
     def _answer(self, msg: Reply) -> None:
@@ -271,4 +314,4 @@ class Conn:
             payload = b""
         head = _HEADER.pack(msg.msg_id, msg.command, HEADER_SIZE + len(payload), reply_flags,
                             err)
-        self.send(head + payload)
+        self._send(head + payload)

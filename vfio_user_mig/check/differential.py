@@ -168,7 +168,10 @@ def _target_refuses(a: Outcome, b: Outcome) -> bool:
             and not b.reply.is_error)
 
 
-#: Differences expected between conforming servers (docs/wire-compat.md, device profiles).
+#: Where every rule of :data:`RULES` has its row (kept equal by a test).
+RULES_DOC = "docs/wire-compat.md, section `check --against` rules"
+
+#: Differences expected between conforming servers: one row each in :data:`RULES_DOC`.
 RULES: tuple[Rule, ...] = (
     Rule("version-capabilities", "the VERSION JSON is each server's own text: formatting, "
          "limits and extra keys such as libvfio-user's migration.pgsize or our experimental "
@@ -313,7 +316,7 @@ def summarise(diffs: list[dict[str, Any]], target: str, reference: str, runs: in
         "by_rule": dict(Counter(d["explained"] or "unexplained" for d in diffs).most_common()),
         "top": [{"class": c, "command": cmd, "rule": r, "count": n}
                 for (c, cmd, r), n in top.most_common(10)],
-        "rules": {r.name: r.reason for r in RULES},
+        "rules": {r.name: f"{r.reason} ({RULES_DOC}: {r.name})" for r in RULES},
         "items": diffs,
     }
 

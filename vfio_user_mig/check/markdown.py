@@ -68,6 +68,8 @@ def _summary(data: dict[str, Any]) -> list[str]:
         f"| distinct findings | {len(data.get('findings', []))} |",
         f"| findings (all occurrences) | {data.get('finding_count', 0)} |",
     ]
+    if data.get("interrupted"):
+        lines.append(f"| interrupted | by {data['interrupted']}: the report is partial |")
     caps = data.get("caps") or {}
     if caps:
         lines.append(f"| version | {caps.get('version', '?')} |")

@@ -22,7 +22,8 @@ Contract of a :class:`Profile`:
 Profiles: ``migdev`` (our MigDev, its BAR0 DMA engine: :mod:`vfio_user_mig.simulator.device.regs`)
 and ``lvu-sample`` (libvfio-user's ``samples/server`` and our ``serve --device lvu-sample``;
 INTEROP.md "What samples/server does"). :func:`get_profile` looks one up by name and
-:func:`profile_names` lists them.
+:func:`profile_names` lists them. The round trip's methods (``disturb``, ``read_back``,
+``resume_stream``) come from :mod:`vfio_user_mig.check.readback`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from collections.abc import Callable
 
 from vfio_user_mig import wire
+from vfio_user_mig.check.readback import LvuSampleReadBack, MigDevReadBack
 from vfio_user_mig.check.session import Profile, Sequence
 
 
@@ -77,7 +79,7 @@ def _read(seq: Sequence, region: int, offset: int, count: int) -> bytes | None:
     return bytes(reply.payload[16:16 + count])
 
 
-class MigDevProfile:
+class MigDevProfile(MigDevReadBack):
     """``migdev``: the BAR0 DMA engine copies device memory (BAR2) to guest pages.
 
     maps: two memfd-backed ranges, :attr:`A` (16 MiB: 4096 pages of 4 KiB, 512 of 32 KiB) and
@@ -160,7 +162,7 @@ class MigDevProfile:
         return None
 
 
-class LvuSampleProfile:
+class LvuSampleProfile(LvuSampleReadBack):
     """``lvu-sample``: libvfio-user's ``samples/server`` (and ours, ``--device lvu-sample``).
 
     prepare: maps iova 0 (one page, no fd: reached by DMA_WRITE/DMA_READ messages) and

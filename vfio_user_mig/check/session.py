@@ -12,9 +12,12 @@ outcome :func:`~vfio_user_mig.check.steps.judge` decides; :meth:`Sequence.verify
 on something already received. Every message sent is recorded as a
 :class:`~vfio_user_mig.check.steps.Step`, so each finding carries the messages that reproduce
 it. A request that gets no reply in time (``hang``), a server that dies (``crash``) or closes
-where it must answer (``close``), or sends bytes that are no message (``reply``) ends the
-sequence: :class:`SequenceAborted` is raised after the finding is recorded and the checker
-moves on to the next sequence. The checker itself never waits without a deadline.
+where it must answer (``close``), sends bytes that are no message or a reply with another
+message id (``reply``) ends the sequence: :class:`SequenceAborted` is raised after the finding
+is recorded and the checker moves on to the next sequence. The checker itself never waits
+without a deadline.
+
+The bounds on streams and sequence lengths are :mod:`~vfio_user_mig.check.bounds`'s.
 """
 
 from __future__ import annotations
@@ -25,11 +28,17 @@ import json
 import os
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vfio_user_mig import wire
-from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout
+from vfio_user_mig.check.bounds import (
+    SEQUENCE_LIMIT,
+    STREAM_LIMIT,
+    STREAM_SECONDS,
+    StreamMeter,
+)
+from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout, WrongReplyId
+from vfio_user_mig.check.facts import ReadBack, ServerFacts
 from vfio_user_mig.check.findings import Finding, Kind, Report
 from vfio_user_mig.check.requests import (
     CLIENT_MAX_DATA_XFER,
@@ -53,9 +62,6 @@ from vfio_user_mig.model.graph import transition_graph
 
 #: Chunk size the checker asks for when it reads a migration stream.
 READ_CHUNK = 64 * 1024
-#: A stream longer than this is not read to its end by the checker (it stops and says so).
-STREAM_LIMIT = 256 * 1024 * 1024
-
 _STATE = struct.Struct("<II")
 _MIG_DATA = struct.Struct("<II")
 _ECHO_SIZE = 8 + _STATE.size
@@ -76,38 +82,17 @@ class Profile(Protocol):
 
     def stimulate(self, seq: Sequence, armed: Callable[[], None] | None = None) -> set[int]: ...
 
+    # -- the round trip (groups/roundtrip.py): device state between rounds, read-back --------
+
+    def disturb(self, seq: Sequence, round_no: int) -> None: ...
+
+    def read_back(self, seq: Sequence) -> list[ReadBack]: ...
+
+    def resume_stream(self, precopy: bytes, stopcopy: bytes) -> bytes: ...
+
 
 class SequenceAborted(Exception):
     """The sequence cannot go on; the finding that says why is already recorded."""
-
-
-@dataclass
-class ServerFacts:
-    """What the server said about itself (VERSION reply and MIGRATION feature)."""
-
-    version: tuple[int, int] = (0, 0)
-    capabilities: dict[str, Any] = field(default_factory=dict)
-    caps: MigrationCaps | None = None
-
-    @property
-    def max_data_xfer_size(self) -> int:
-        value = self.capabilities.get("max_data_xfer_size", wire.DEFAULT_MAX_DATA_XFER_SIZE)
-        return int(value) if isinstance(value, int) else wire.DEFAULT_MAX_DATA_XFER_SIZE
-
-    @property
-    def migration_pgsize(self) -> int | None:
-        mig = self.capabilities.get("migration")
-        if isinstance(mig, dict) and isinstance(mig.get("pgsize"), int):
-            return int(mig["pgsize"])
-        return None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": f"{self.version[0]}.{self.version[1]}",
-            "capabilities": self.capabilities,
-            "migration": (None if self.caps is None
-                          else [f.name for f in MigrationCaps if f & self.caps]),
-        }
 
 
 class Checker:
@@ -124,16 +109,26 @@ class Checker:
         self.report = Report(server=target.name, caps={})
         #: A migration stream read from this server (for RESUMING checks), once one was read.
         self.saved_stream: bytes | None = None
+        #: Bounds of one saving phase's stream (module docstring).
+        self.stream_limit = STREAM_LIMIT
+        self.stream_seconds = STREAM_SECONDS
+        #: States whose stream was found endless in this run.
+        self.endless: set[str] = set()
+        #: A second instance of the server (the round trip's destination), when given.
+        self.peer: Target | None = None
 
     @contextlib.contextmanager
     def sequence(self, group: str, title: str, *, setup: bool = True,
-                 max_xfer: int | None = None) -> Iterator[Sequence]:
+                 max_xfer: int | None = None, target: Target | None = None
+                 ) -> Iterator[Sequence]:
         """A fresh connection; ``setup`` negotiates and brings the device to RUNNING.
 
+        ``target``: another instance than :attr:`target` (the round trip's destination).
         When the setup itself cannot go on (its finding recorded), the body still runs but
         its first request ends the sequence (:attr:`Sequence.dead`)."""
-        sock = self.target.begin()
-        seq = Sequence(self, Conn(sock, self.timeout), group, title)
+        target = target or self.target
+        sock = target.begin()
+        seq = Sequence(self, Conn(sock, self.timeout), group, title, target)
         self.report.coverage.groups[group] += 1
         try:
             if setup:
@@ -148,14 +143,16 @@ class Checker:
             pass
         finally:
             seq.conn.close()
-            self.target.end()
+            target.end()
 
 
 class Sequence:
     """One connection and the checks made on it (module docstring)."""
 
-    def __init__(self, checker: Checker, conn: Conn, group: str, title: str) -> None:
+    def __init__(self, checker: Checker, conn: Conn, group: str, title: str,
+                 target: Target | None = None) -> None:
         self.checker = checker
+        self.target = target or checker.target
         self.conn = conn
         self.group = group
         self.title = title
@@ -166,6 +163,9 @@ class Sequence:
         self.caps: MigrationCaps | None = None
         #: The sequence cannot go on: every further request raises :class:`SequenceAborted`.
         self.dead = False
+        self._repro: tuple[int, list[dict[str, Any]]] | None = None
+        self.meter = StreamMeter(checker.stream_limit, checker.stream_seconds,
+                                 checker.endless)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -186,15 +186,21 @@ class Sequence:
         step = Step(data, fds, expect, note)
         self.steps.append(step)
         command = step.command
+        if len(self.steps) > SEQUENCE_LIMIT:
+            self._abort(Kind.HANG, "a sequence exceeds the checker's message bound",
+                        f"more than {SEQUENCE_LIMIT} messages in one sequence", command,
+                        expected=f"at most {SEQUENCE_LIMIT} messages",
+                        spec="the checker's bound on a sequence")
         if self.state is not None and len(data) >= 16:
             self.checker.report.coverage.requests[(self.state.name, command)] += 1
         opened = make_fds(fds)
         try:
             reply = self.conn.request(data, opened, timeout)
             if reply is not None:
-                self._track_dma(data, opened, reply)
+                reply.close_fds()
+                self.conn.memory.track(data, opened, reply.is_error)
         except ReplyTimeout:
-            death = self.checker.target.death()
+            death = self.target.death()
             if death is not None:
                 self._abort(Kind.CRASH, death.title(request_label(data)), death.describe(),
                             command)
@@ -203,12 +209,19 @@ class Sequence:
         except BadFrame as exc:
             self._abort(Kind.REPLY, f"unframeable bytes in reply to {command}", str(exc),
                         command)
+        except WrongReplyId as exc:
+            self._abort(Kind.REPLY, f"wrong message id in the reply to {command}", str(exc),
+                        command, expected=f"a reply with message id {exc.want:#x}",
+                        spec="vfio-user.rst \"Header\": a reply carries its request's "
+                        "message id")
         finally:
             for fd in opened:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+        if reply is not None:
+            self._meter(data, reply, command)
         if reply is None:
-            death = self.checker.target.death()
+            death = self.target.death()
             if death is not None and death.status == CLEAN_EXIT:
                 if not close_ok:  # it ended the connection, and exited as after any client
                     self._abort(Kind.CLOSE, f"server closes the connection on "
@@ -218,26 +231,21 @@ class Sequence:
                             command)
         return reply
 
-    def _track_dma(self, data: bytes, fds: list[int], reply: Reply) -> None:
-        """Keep the checker's guest memory in step with successful DMA_MAP/UNMAP requests."""
-        reply.close_fds()
-        if reply.is_error or len(data) < 16:
-            return
-        command = struct.unpack_from("<H", data, 2)[0]
-        if command == wire.Command.DMA_MAP and len(data) >= 16 + 32:
-            _argsz, _flags, _off, addr, size = struct.unpack_from("<IIQQQ", data, 16)
-            self.conn.memory.add(addr, size, fds[0] if fds else None)
-        elif command == wire.Command.DMA_UNMAP and len(data) >= 16 + 24:
-            _argsz, flags, addr, _size = struct.unpack_from("<IIQQ", data, 16)
-            if flags & wire.DmaUnmapFlag.ALL:
-                self.conn.memory.clear()
-            else:
-                self.conn.memory.remove(addr)
+    def _meter(self, data: bytes, reply: Reply, command: str) -> None:
+        """Count a saving phase's stream against the bounds (:mod:`.bounds`)."""
+        over = self.meter.observe(data, reply.is_error, reply.payload,
+                                  self.state.name if self.state is not None else "saving")
+        if over is not None:
+            state, expected, observed = over
+            self._abort(Kind.DATA, f"the {state} stream never ends", observed, command,
+                        expected=expected, spec="PROTOCOL.md section 4: a read shorter than "
+                        "asked ends the stream (the checker's bound on one saving phase)")
 
-    def _abort(self, kind: Kind, title: str, observed: str, command: str) -> None:
+    def _abort(self, kind: Kind, title: str, observed: str, command: str, *,
+               expected: str = "a reply within the timeout",
+               spec: str = "vfio-user.rst: every command gets a reply") -> None:
         self.checker.report.checks += 1
-        self.finding(kind, title, "a reply within the timeout", observed,
-                     "vfio-user.rst: every command gets a reply", [command])
+        self.finding(kind, title, expected, observed, spec, [command])
         self.dead = True
         raise SequenceAborted(title)
 
@@ -249,7 +257,14 @@ class Sequence:
             kind=kind, title=title,
             commands=commands or sorted({s.command for s in self.steps[-1:]}),
             expected=expected, observed=observed, spec=spec,
-            reproducer=[s.to_json() for s in self.steps], group=self.group))
+            reproducer=self._reproducer(), group=self.group))
+
+    def _reproducer(self) -> list[dict[str, Any]]:
+        """The steps as JSON, built once per length of the sequence (findings made after the
+        same steps share it: a round trip's carries the whole stream)."""
+        if self._repro is None or self._repro[0] != len(self.steps):
+            self._repro = (len(self.steps), [s.to_json() for s in self.steps])
+        return self._repro[1]
 
     def advise(self, title: str, detail: str) -> None:
         """Record an advisory: behaviour worth knowing that breaks no rule (not a check)."""
@@ -432,10 +447,11 @@ class Sequence:
             "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR",
             ["DEVICE_FEATURE"])
 
-    def read_stream(self, chunk: int = READ_CHUNK, limit: int = STREAM_LIMIT) -> bytes | None:
-        """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error."""
+    def read_stream(self, chunk: int = READ_CHUNK) -> bytes | None:
+        """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error.
+        A stream beyond the checker's bounds ends the sequence (module docstring)."""
         out = bytearray()
-        while len(out) < limit:
+        while True:
             payload = _MIG_DATA.pack(8 + chunk, chunk)
             reply = self.exchange(raw_message(self.next_id(), wire.Command.MIG_DATA_READ,
                                               payload))
@@ -445,7 +461,6 @@ class Sequence:
             out += reply.payload[8:8 + size]
             if size < chunk:
                 return bytes(out)
-        return bytes(out)
 
     def goto(self, target: State) -> None:
         """Move to ``target`` as a well-behaved VMM does: read a saving state's data to its end

@@ -11,12 +11,23 @@
 * :class:`SocketTarget` (``--socket PATH``) connects to a running server for each sequence; a
   server that stops accepting connections is a ``crash``.
 
-Nothing here ever waits without a deadline.
+A target may also offer ``twin()``: a second instance of the same server, to be closed by the
+caller, which the round trip migrates to (:meth:`SpawnTarget.twin`; an in-process target can
+offer one too).
+
+Nothing here ever waits without a deadline, and no process started here outlives the checker:
+each runs in a process group of its own, recorded in :data:`LIVE` until it is stopped;
+:func:`stop_all` stops every one still recorded (``check`` calls it on exit, on SIGTERM,
+SIGINT and SIGHUP, and from :mod:`atexit`), and on Linux a spawned process also gets SIGKILL
+when the checker's thread that started it dies (``PR_SET_PDEATHSIG``), which covers a checker
+killed by SIGKILL.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import os
 import re
 import shlex
@@ -27,7 +38,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +47,35 @@ _SOURCE_LOCATION = re.compile(r"([\w./-]+\.(?:c|cc|cpp|rs|py|go):\d+)")
 
 #: How long a spawned server may take to accept its first connection.
 START_TIMEOUT = 15.0
+
+#: Every launched server process not stopped yet (module docstring).
+LIVE: set[_Launch] = set()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel for SIGKILL when the parent thread dies (Linux ``prctl``)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def stop_all() -> int:
+    """Stop every launched server process still recorded in :data:`LIVE` (SIGTERM to its
+    process group, SIGKILL after a short grace); returns how many were running."""
+    launches = [launch for launch in LIVE if launch.owner == os.getpid()]  # not a fork's
+    for launch in launches:
+        launch.signal(signal.SIGTERM)
+    deadline = time.monotonic() + 1.0
+    for launch in launches:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            launch.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+    for launch in launches:
+        launch.signal(signal.SIGKILL)
+        launch.stop()
+    return len(launches)
+
+
+atexit.register(stop_all)
 
 
 class TargetError(RuntimeError):
@@ -106,7 +146,7 @@ def _describe_status(code: int) -> str:
     return f"exited with status {code}"
 
 
-@dataclass
+@dataclass(eq=False)
 class _Launch:
     """One started server process, its private directory, socket path and stderr file."""
 
@@ -114,17 +154,26 @@ class _Launch:
     dir: str
     path: str
     stderr: Path
+    #: The checker process that started it (a forked worker inherits :data:`LIVE`).
+    owner: int = field(default_factory=os.getpid)
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process group (its children too), even after the leader
+        exited (a server that forked)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
+            self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=2.0)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5.0)
+                self.signal(signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5.0)
+        self.signal(signal.SIGKILL)  # anything the server left in its group
+        LIVE.discard(self)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -152,13 +201,31 @@ class SpawnTarget:
             try:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    start_new_session=True,
+                    start_new_session=True, preexec_fn=_die_with_parent,
                 )
             except OSError as exc:
                 shutil.rmtree(where, ignore_errors=True)
                 raise TargetError(f"cannot start {argv[0]}: {exc}") from exc
         self.spawned += 1
-        return _Launch(proc, where, path, stderr)
+        launch = _Launch(proc, where, path, stderr)
+        LIVE.add(launch)
+        return launch
+
+    def twin(self) -> SpawnTarget | None:
+        """A second instance of this server for the round trip (its process started now,
+        while the source saves); ``None`` for ``prespawn=False`` servers, which cannot run
+        twice at once."""
+        if not self.prespawn:
+            return None
+        twin = SpawnTarget(self.template, start_timeout=self.start_timeout, prespawn=False)
+        twin.warm()
+        return twin
+
+    def warm(self) -> None:
+        """Start the process of the next :meth:`begin` now, if none is waiting (a round
+        trip's destination starts while the source saves)."""
+        if self._spare is None:
+            self._spare = self._launch()
 
     def begin(self) -> socket.socket:
         self.end()

@@ -22,6 +22,7 @@ from vfio_user_mig.check.groups import (
     malformed,
     migdata,
     reset,
+    roundtrip,
 )
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import TargetError
@@ -35,6 +36,7 @@ GROUPS: dict[str, Callable[[Checker], None]] = {
     "reset": reset.run,
     "disconnect": disconnect.run,
     "malformed": malformed.run,
+    "roundtrip": roundtrip.run,
 }
 
 

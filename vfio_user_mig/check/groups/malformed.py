@@ -219,6 +219,7 @@ def _smuggled(checker: Checker, flags: int, what: str) -> None:
         seq.steps.append(Step(outer + hidden, (), Expect("any", rule=_S1),
                               f"{what}; its payload is SET STOP with id {_SMUGGLED_ID:#x}",
                               no_reply=True))
+        seq.conn.unanswered.add(_SMUGGLED_ID)  # a reply to it is judged below, not a wrong id
         if not seq.conn.send(outer + hidden):
             return
         get = feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET,
