@@ -4,9 +4,8 @@
   server defects planted into our own server, served in this process) that ``vfio-user-mig
   check`` catches: each mutant is run against the groups it names (or its pinned random run)
   and is *killed* when the report has a finding. ``value`` = killed / total (unit ``ratio``),
-  ``baseline`` 1.0 (every mutant killed), ``ratio`` = value / baseline. Mutants marked slow
-  (their check is not there yet and the run is long) are counted as not killed unless
-  ``VFIO_USER_MIG_SLOW_MUTANTS=1``. ``quick`` changes nothing: the catalogue runs in seconds.
+  ``baseline`` 1.0 (every mutant killed), ``ratio`` = value / baseline. ``quick`` changes
+  nothing: the catalogue runs in seconds.
 
 The human list (mutant, groups, killed or survived, with the first finding's title) goes to
 stderr, so that ``benchmarks/run.py --json`` still prints one object on stdout. The figure is
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,6 @@ from tests.check.mutation.harness import run_mutant  # noqa: E402
 
 
 def run(quick: bool) -> dict[str, dict[str, float | str | int | None]]:
-    slow = os.environ.get("VFIO_USER_MIG_SLOW_MUTANTS") == "1"
     server_log = logging.getLogger("vfio_user_mig.server")
     level = server_log.level
     server_log.setLevel(logging.CRITICAL)  # planted defects log tracebacks
@@ -43,10 +40,6 @@ def run(quick: bool) -> dict[str, dict[str, float | str | int | None]]:
         for mutant in mutants:
             where = (f"random {mutant.random[0]} seed {mutant.random[1]}" if mutant.random
                      else "+".join(mutant.groups))
-            if mutant.slow and not slow:
-                lines.append(f"  not run   {mutant.name:36} {where:24} (slow; "
-                             f"needs {mutant.needs})")
-                continue
             outcome = run_mutant(mutant)
             killed += outcome.killed
             verdict = "killed " if outcome.killed else "SURVIVED"

@@ -5,14 +5,12 @@ random run), and the unmutated server must pass the same groups with no finding.
 Every run serves our server in this process (a fresh hosted device per sequence, real
 sockets); a mutant is planted into the hosted devices of its own run only. A mutant whose
 check is still being built elsewhere is a strict expected failure: once the check lands the
-test fails until the mark is removed. Mutants too slow for every run until their check lands
-(``slow``) run only with ``VFIO_USER_MIG_SLOW_MUTANTS=1``.
+test fails until the mark is removed.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from tests.check.mutation.harness import run_baseline, run_mutant
 from vfio_user_mig.check.findings import Kind
 
 MUTANTS = catalogue()
-SLOW = os.environ.get("VFIO_USER_MIG_SLOW_MUTANTS") == "1"
 
 
 def _param(mutant: Mutant) -> object:
@@ -32,9 +29,6 @@ def _param(mutant: Mutant) -> object:
         # Only a surviving mutant is the expected failure: a planting or checker error fails.
         marks.append(pytest.mark.xfail(strict=True, raises=AssertionError,
                                        reason=f"needs {mutant.needs}"))
-    if mutant.slow and not SLOW:
-        marks.append(pytest.mark.skip(reason="slow until its check lands; set "
-                                      "VFIO_USER_MIG_SLOW_MUTANTS=1"))
     return pytest.param(mutant, id=mutant.name, marks=marks)
 
 

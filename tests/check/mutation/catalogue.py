@@ -47,8 +47,6 @@ class Mutant:
     reconnect: bool = False
     #: The checker's reply timeout (short for mutants that hang).
     timeout: float = 1.0
-    #: Too slow for every test run until its check lands (run with VFIO_USER_MIG_SLOW_MUTANTS).
-    slow: bool = False
 
     @property
     def finding_kind(self) -> str:
@@ -62,7 +60,7 @@ MUTANTS: list[Mutant] = []
 def mutant(name: str, description: str, groups: str | tuple[str, ...], kind: str, *,
            device: str = "migdev", profile: str | None = None,
            random: tuple[int, int] | None = None, needs: str | None = None,
-           reconnect: bool = False, timeout: float = 1.0, slow: bool = False
+           reconnect: bool = False, timeout: float = 1.0
            ) -> Callable[[Callable[[HostedDevice], None]], Callable[[HostedDevice], None]]:
     """Register the decorated planting function as a mutant."""
     assert kind in KINDS, kind
@@ -72,7 +70,7 @@ def mutant(name: str, description: str, groups: str | tuple[str, ...], kind: str
     def register(plant: Callable[[HostedDevice], None]) -> Callable[[HostedDevice], None]:
         assert all(m.name != name for m in MUTANTS), name
         MUTANTS.append(Mutant(name, description, names, kind, plant, device, profile, random,
-                              needs, reconnect, timeout, slow))
+                              needs, reconnect, timeout))
         return plant
 
     return register

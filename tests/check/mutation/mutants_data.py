@@ -254,8 +254,7 @@ def _mig_write_reply_with_payload(hosted: HostedDevice) -> None:
 
 
 @mutant("stop_copy_stream_never_ends", "in STOP_COPY every MIG_DATA_READ is answered in full, "
-        "the stream never ends", "fsm", "data", timeout=0.5, slow=True,
-        needs="the roundtrip work (a stream that never ends is a finding, bounded)")
+        "the stream never ends", "fsm", "data", timeout=0.5)
 def _stop_copy_stream_never_ends(hosted: HostedDevice) -> None:
     core = hosted.core
 
@@ -320,8 +319,7 @@ def _resume_ignores_integrity(hosted: HostedDevice) -> None:
 
 @mutant("save_corrupts_one_byte", "the STOP_COPY stream carries one flipped byte of BAR1 (a "
         "device whose stream has no integrity check)", "roundtrip", "data",
-        device="lvu-sample", profile="lvu-sample",
-        needs="the roundtrip group (destination compared with the source)")
+        device="lvu-sample", profile="lvu-sample")
 def _save_corrupts_one_byte(hosted: HostedDevice) -> None:
     core = hosted.core
     sent = {"n": 0}
@@ -346,8 +344,7 @@ def _save_corrupts_one_byte(hosted: HostedDevice) -> None:
 
 @mutant("save_corrupts_one_page", "one byte of device memory (BAR2) is flipped while STOP_COPY "
         "saves it and put back afterwards: the stream carries a page the device never had",
-        "roundtrip", "data", profile="migdev",
-        needs="the roundtrip group (destination compared with the source)")
+        "roundtrip", "data", profile="migdev")
 def _save_corrupts_one_page(hosted: HostedDevice) -> None:
     device = hosted.device
     at = 0x3000
@@ -366,8 +363,7 @@ def _save_corrupts_one_page(hosted: HostedDevice) -> None:
 
 @mutant("stop_copy_sends_stale_bar1", "STOP_COPY after PRE_COPY sends BAR1 as it was when "
         "pre-copy began: changes made during pre-copy are lost", "roundtrip", "data",
-        device="lvu-sample", profile="lvu-sample",
-        needs="the roundtrip group (destination compared with the source)")
+        device="lvu-sample", profile="lvu-sample")
 def _stop_copy_sends_stale_bar1(hosted: HostedDevice) -> None:
     core = hosted.core
     device = hosted.device
@@ -397,8 +393,7 @@ def _stop_copy_sends_stale_bar1(hosted: HostedDevice) -> None:
 
 
 @mutant("restore_register_wrong", "after a restore BAR0 (the device's register) is off by one",
-        "roundtrip", "data", device="lvu-sample", profile="lvu-sample",
-        needs="the roundtrip group (destination compared with the source)")
+        "roundtrip", "data", device="lvu-sample", profile="lvu-sample")
 def _restore_register_wrong(hosted: HostedDevice) -> None:
     device = hosted.device
 
@@ -411,8 +406,7 @@ def _restore_register_wrong(hosted: HostedDevice) -> None:
 
 
 @mutant("restore_one_page_wrong", "after a restore one byte of device memory (BAR2) differs "
-        "from the source's", "roundtrip", "data", profile="migdev",
-        needs="the roundtrip group (destination compared with the source)")
+        "from the source's", "roundtrip", "data", profile="migdev")
 def _restore_one_page_wrong(hosted: HostedDevice) -> None:
     device = hosted.device
 
