@@ -341,6 +341,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vfio_user_mig.simulator.migration.commands",
     "vfio_user_mig.studies.commands",
     "vfio_user_mig.check.commands",
+    "vfio_user_mig.check.client.commands",
 )
 
 

@@ -4,6 +4,7 @@ recovery, process isolation, external servers."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -152,6 +153,10 @@ def test_external_servers_over_unix_sockets(tmp_path: Path) -> None:
         assert r.ok, r.summary["errors"]
         assert r.summary["params"]["isolation"] == "external"
         assert hosted[0].device.digest() == hosted[1].device.digest()
+        # the read-back digest covers the device memory: region sizes are asked while the
+        # devices run (a stopped device refuses DEVICE_GET_REGION_INFO), not hashed empty
+        verify = next(e for e in r.trace_events if e["ev"] == "verify")
+        assert verify["src_digest"] != hashlib.sha256().hexdigest()
     finally:
         for s in servers:
             s.stop()

@@ -58,6 +58,7 @@ from vfio_user_mig.simulator.migration.driver_types import (
     MigrationResult,
     NotConverged,
     region_digest,
+    region_sizes,
 )
 from vfio_user_mig.simulator.migration.guest import runs
 from vfio_user_mig.simulator.migration.policies import RoundStats
@@ -109,6 +110,8 @@ class MigrationDriver(DeviceRelay):
             if limit:
                 self._chunk = min(self._chunk, limit, side.client.max_data_xfer_size)
             side.state = self._query_state(side)
+            if not side.hosted:  # its digest is read back later, from a stopped device
+                side.region_sizes = self._io(side, "region sizes", region_sizes, side.client)
             self._io(side, "DMA_MAP", lambda s=side: s.client.dma_map(0, s.guest.size,
                                                                        fd=s.guest.fd))
         try:
@@ -248,15 +251,17 @@ class MigrationDriver(DeviceRelay):
         self.set_state(self.src, State.STOP)
         self._src_digest = self.src.digest()
         if self._src_digest is None:
-            self._src_digest = self._io(self.src, "region digest", region_digest,
-                                        self.src.client)
+            self._src_digest = self._io(
+                self.src, "region digest",
+                lambda: region_digest(self.src.client, sizes=self.src.region_sizes))
 
     def _resume_destination(self) -> None:
         self.set_state(self.dst, State.STOP)  # the device validates the whole stream here
         self._dst_digest = self.dst.digest()
         if self._dst_digest is None:
-            self._dst_digest = self._io(self.dst, "region digest", region_digest,
-                                        self.dst.client)
+            self._dst_digest = self._io(
+                self.dst, "region digest",
+                lambda: region_digest(self.dst.client, sizes=self.dst.region_sizes))
         self.set_state(self.dst, State.RUNNING)
         end = self.clock.now()
         self._emit("downtime", start=self._downtime_start, end=end,
@@ -278,7 +283,15 @@ class MigrationDriver(DeviceRelay):
         if src.alive:
             if src.state is None:
                 src.state = self._query_state(src)
-            if src.state not in (None, State.RUNNING):
+            if src.state is State.ERROR:  # only DEVICE_RESET leaves ERROR (PROTOCOL.md 5)
+                ok = True
+                try:
+                    self._io(src, "DEVICE_RESET", src.client.reset)
+                    src.state = self._query_state(src)
+                except MigrationError:
+                    ok = False
+                self._emit("recovery", side="src", action="reset", ok=ok)
+            if src.state not in (None, State.RUNNING, State.ERROR):
                 ok = True
                 try:
                     self.set_state(src, State.RUNNING)

@@ -77,6 +77,12 @@ class Side:
     digest: DigestFn
     state: State | None = None
     alive: bool = True
+    #: False for a server without a back door (the driver reads its state over the wire).
+    hosted: bool = True
+    #: Readable region sizes of a server without a back door (its digest is read back over
+    #: the wire), asked while its device runs: a stopped device refuses
+    #: DEVICE_GET_REGION_INFO (protocol.gating; PROTOCOL.md section 2).
+    region_sizes: dict[int, int] | None = None
 
 
 @dataclass
@@ -93,11 +99,10 @@ class MigrationResult:
     """The trace's events kept in memory (chunk events only with ``keep_chunks``)."""
 
 
-def region_digest(client: Client, regions: tuple[int, ...] = (1, 2, 3, 4, 5),
-                  block: int = 1 << 20) -> str:
-    """Digest of readable BAR1..BAR5 content read over the wire (for servers without a back
-    door; BAR0 usually holds volatile registers and is skipped)."""
-    h = hashlib.sha256()
+def region_sizes(client: Client, regions: tuple[int, ...] = (1, 2, 3, 4, 5)) -> dict[int, int]:
+    """Sizes of the readable regions among ``regions`` (DEVICE_GET_REGION_INFO; ask while the
+    device runs: STOP and STOP_COPY refuse it, protocol.gating)."""
+    sizes = {}
     for index in regions:
         try:
             info, fds = client.region_info(index)
@@ -105,11 +110,24 @@ def region_digest(client: Client, regions: tuple[int, ...] = (1, 2, 3, 4, 5),
             continue
         for fd in fds:
             os.close(fd)
-        if not info.size or not info.flags & 1:
-            continue
+        if info.size and info.flags & 1:
+            sizes[index] = info.size
+    return sizes
+
+
+def region_digest(client: Client, regions: tuple[int, ...] = (1, 2, 3, 4, 5),
+                  block: int = 1 << 20, sizes: dict[int, int] | None = None) -> str:
+    """Digest of readable BAR1..BAR5 content read over the wire (for servers without a back
+    door; BAR0 usually holds volatile registers and is skipped). ``sizes``: the regions'
+    sizes asked earlier (:func:`region_sizes`), as a stopped device does not answer
+    DEVICE_GET_REGION_INFO."""
+    if sizes is None:
+        sizes = region_sizes(client, regions)
+    h = hashlib.sha256()
+    for index, size in sorted(sizes.items()):
         h.update(index.to_bytes(4, "little"))
-        for off in range(0, info.size, block):
-            h.update(client.region_read(index, off, min(block, info.size - off)))
+        for off in range(0, size, block):
+            h.update(client.region_read(index, off, min(block, size - off)))
     return h.hexdigest()
 
 
@@ -123,4 +141,5 @@ __all__ = [
     "Side",
     "StateObserver",
     "region_digest",
+    "region_sizes",
 ]

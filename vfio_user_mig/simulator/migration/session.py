@@ -161,7 +161,7 @@ def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult
                 client = Client(sock, memory=guest.memory, timeout=opts.timeout)
             clients.append(client)
             client.negotiate(mig_data_socket=opts.mig_data_socket)
-            sides.append(Side(ep.label, client, guest, ep.digest))
+            sides.append(Side(ep.label, client, guest, ep.digest, hosted=ep.hosted))
         src, dst = sides
         if opts.fill:
             _fill(src.client, src.guest, rng, None if external else opts.device_mem)
