@@ -96,3 +96,20 @@ def test_run_random_writes_minimal_reproducers(served: str, monkeypatch: pytest.
     assert any(k[0] == "log_start" and k[-1] == "log_stop" and len(k) <= 3 for k in minimal
                if k), minimal
     assert all("expect" in s for d in docs for s in d["steps"])
+
+
+@pytest.mark.parametrize(("selected", "clean"), [(0x10000, True), (0x3000, False)])
+def test_oracle_takes_the_page_size_a_device_selects(
+        served: str, monkeypatch: pytest.MonkeyPatch, selected: int, clean: bool) -> None:
+    """DMA_LOGGING_START's page size is a hint (vfio-user.rst DMA_LOGGING_START): a device
+    that can only log 64 KiB pages selects that and is right; one that selects 0x3000 (not a
+    power of two) is wrong."""
+    from vfio_user_mig.simulator.device import dirtylog
+
+    monkeypatch.setattr(dirtylog, "select_page_size", lambda hint: selected)
+    checker = Checker(SocketTarget(served))
+    world = learn_world(checker)
+    sub = run_ops(checker, world, [Op("map", 1, 1), Op("log_start"), Op("log_report", 1),
+                                   Op("log_stop")], "hint")
+    starts = [f for f in sub.report.findings if "DMA_LOGGING_START" in f.title]
+    assert (starts == []) is clean, [f.title for f in sub.report.findings]

@@ -7,7 +7,7 @@ state (:func:`~vfio_user_mig.model.transition_path`), whether the STOP_COPY stre
 whether DMA logging is on, the DMA maps, how much of a saved stream RESUMING has taken -- and
 :meth:`Oracle.apply` turns an op into requests whose :class:`~.steps.Expect` it derives from the
 model and :func:`~vfio_user_mig.protocol.gating.legality_table`. Where the model allows several
-outcomes (an arc whose action may fail, a reset that may keep the migration state, a second
+outcomes (an arc whose action may fail, a second
 DMA_LOGGING_START) it accepts each and learns the outcome from the reply and a state GET.
 
 Rules used (PROTOCOL.md sections): 2 (command gating in STOP/STOP_COPY, DMA_MAP/UNMAP, region
@@ -26,9 +26,11 @@ from typing import Any
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
 from vfio_user_mig.check.findings import Kind
+from vfio_user_mig.check.groups.common import UNKNOWN_FEATURE_ERRNOS, UNKNOWN_FEATURE_RULE
+from vfio_user_mig.check.groups.dma_dirty import START_RULE, start_reply_page_size
 from vfio_user_mig.check.requests import feature_request, raw_message
 from vfio_user_mig.check.session import Sequence, SequenceAborted
-from vfio_user_mig.check.steps import ANY, Expect, judge, refused
+from vfio_user_mig.check.steps import ANY, Expect, judge, refused, request_label
 from vfio_user_mig.model import InvalidTransition, State, transition_path
 from vfio_user_mig.protocol.gating import gate, readable_states
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
@@ -320,7 +322,8 @@ class Oracle:
         if exact:
             ok = Expect("any", rule=rule + " (a repeated map: implementation-defined)")
         elif overlap:
-            ok = Expect("error", rule=rule + ": a region overlapping a mapped one is refused")
+            ok = Expect("error", rule=rule + ": a region overlapping a mapped one is refused "
+                        "(any errno: vfio-user.rst gives none)")
         else:
             ok = Expect("ok", payload_len=0, rule=rule + ": the reply has no payload")
         msg = wire.encode(wire.DmaMap(addr=iova, size=size, msg_id=self.seq.next_id()))
@@ -334,7 +337,8 @@ class Oracle:
         mapped = self.maps.get(iova, (0, False))[0] == size
         rule = "PROTOCOL.md section 2: DMA_UNMAP echoes the 24-byte request"
         ok = (Expect("ok", payload_len=24, rule=rule) if mapped else
-              Expect("error", rule="PROTOCOL.md section 2: DMA_UNMAP of a region not mapped"))
+              Expect("error", rule="PROTOCOL.md section 2: DMA_UNMAP of a region not mapped "
+                     "(any errno: vfio-user.rst gives none)"))
         msg = wire.encode(wire.DmaUnmap(addr=iova, size=size, msg_id=self.seq.next_id()))
         reply = self._check("DMA_UNMAP", msg, self._gated(Command.DMA_UNMAP, ok))
         if not reply.is_error:
@@ -351,11 +355,13 @@ class Oracle:
     def _op_log_start(self, op: Op) -> None:
         data = self._feature(FeatureIndex.DMA_LOGGING_START, FeatureOp.SET,
                              wire.DmaLoggingControl(LOG_PAGE))
-        expect = (Expect("ok", payload=data[16:], rule="PROTOCOL.md section 3: a SET reply "
-                         "echoes the request") if self.logging is False else
+        expect = (Expect("ok", payload_len=len(data) - 16, rule=START_RULE)
+                  if self.logging is False else
                   Expect("any", rule="PROTOCOL.md section 3: starting logging twice is "
                          "implementation-defined"))
         reply = self._check("DMA_LOGGING_START", data, expect)
+        if self.logging is False and not reply.is_error:
+            start_reply_page_size(self.seq, data, reply, f"DMA_LOGGING_START in {self.state.name}")
         if not reply.is_error or self.logging is not False:
             self.logging = True if not reply.is_error or self.logging else None
 
@@ -380,7 +386,8 @@ class Oracle:
             expect = Expect("ok", payload_len=8 + 24 + wire.bitmap_len(size, LOG_PAGE),
                             rule=rule + ": the bitmap is ceil(pages / 64) * 8 bytes")
         elif self.logging is False:
-            expect = Expect("error", rule=rule + " while logging is off is refused")
+            expect = Expect("error", rule=rule + " while logging is off is refused (any errno: "
+                            "the kernel leaves it to the driver)")
         else:
             expect = Expect("any", rule=rule + " of a range that is not one fd-backed map is "
                             "implementation-defined")
@@ -425,9 +432,9 @@ class Oracle:
             return
         self.logging = None
         self.resume_clean = False
-        self.read_state(f"DEVICE_RESET in {before.name}", {before, State.RUNNING},
-                        "PROTOCOL.md section 5: DEVICE_RESET returns the device to RUNNING "
-                        "(libvfio-user keeps the migration state)")
+        self.read_state(f"DEVICE_RESET in {before.name}", {State.RUNNING},
+                        "kernel vfio.h (VFIO_DEVICE_RESET returns the device_state to "
+                        "RUNNING); PROTOCOL.md section 5")
         if self.seq.state == before:
             self.stream_ended = None
 
@@ -439,12 +446,13 @@ class Oracle:
         asked = ops & (FeatureOp.GET | FeatureOp.SET)
         rule = "PROTOCOL.md section 3: PROBE"
         if supported is None:
-            expect = Expect("error", rule=rule + " of an unknown feature is refused")
+            expect = refused(*UNKNOWN_FEATURE_ERRNOS, rule=UNKNOWN_FEATURE_RULE)
         elif asked & ~supported:
             expect = refused(_errno.EINVAL, rule=rule + " of an operation the feature lacks")
         else:
             expect = Expect("ok", payload=data[16:], rule=rule + " replies echo the request")
-        self._check(f"PROBE feature {feature} ops {int(ops) >> 16:#x}", data, expect)
+        name = request_label(data).split(" ", 1)[1]
+        self._check(f"PROBE {name}", data, expect)
 
     def _op_caps(self, op: Op) -> None:
         assert self.seq.caps is not None

@@ -182,6 +182,9 @@ class LvuSampleProfile(LvuSampleReadBack):
     """
 
     name = "lvu-sample"
+    #: The sample's stream is BAR1 and BAR0 as raw bytes, with no integrity check: it cannot
+    #: tell a corrupted, reordered or foreign stream of the right length (the migdata group).
+    raw_stream = True
     #: The sample's DMA regions 0 and 1 are the first two mapped (registration order; ours
     #: takes them by IOVA, the same here). Region 1 spans 8 pages so that logging page sizes
     #: up to 32 KiB fit in it (libvfio-user refuses LOGGING_START when a mapped region is

@@ -15,10 +15,12 @@ from vfio_user_mig.model import State
 #: What the checker offers at VERSION (PROTOCOL.md section 2, VERSION).
 CLIENT_MAX_MSG_FDS = 8
 CLIENT_MAX_DATA_XFER = 1024 * 1024
+#: The version the checker asks for (major 0).
+CLIENT_MINOR = 2
 _FEATURE = struct.Struct("<II")
 
 
-def version_request(msg_id: int, minor: int = 2, max_xfer: int = CLIENT_MAX_DATA_XFER,
+def version_request(msg_id: int, minor: int = CLIENT_MINOR, max_xfer: int = CLIENT_MAX_DATA_XFER,
                     extra: dict[str, Any] | None = None) -> bytes:
     caps = {"capabilities": {"max_msg_fds": CLIENT_MAX_MSG_FDS, "max_data_xfer_size": max_xfer,
                              **(extra or {})}}

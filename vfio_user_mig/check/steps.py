@@ -13,6 +13,7 @@ checks, random exploration and replay all use it.
 from __future__ import annotations
 
 import base64
+import enum
 import errno as _errno
 import os
 import zlib
@@ -38,9 +39,16 @@ def request_label(data: bytes) -> str:
             feature = wire.FeatureIndex(index).name
         except ValueError:
             feature = f"feature {index}"
-        ops = "|".join(op.name or "" for op in wire.FeatureOp if flags & op) or "no op"
-        return f"{name} {feature} {ops}"
+        return f"{name} {feature} {flag_names(wire.FeatureOp(flags & 0x70000), 'no op')}"
     return name
+
+
+def flag_names(flags: enum.Flag, none: str = "none") -> str:
+    """``flags`` as readable text, e.g. ``PROBE|GET`` (finding titles never show a Python
+    repr such as ``<FeatureOp.GET: 65536>``)."""
+    names = [m.name for m in type(flags) if m.name and m.value and m in flags
+             and m.value & (m.value - 1) == 0]
+    return "|".join(names) or none
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,8 @@ class Expect:
     non-empty, one of those errnos), ``"error_or_close"`` (an error reply, or the server closes
     the connection: malformed input), or ``"any"`` (only that an answer comes). ``payload``:
     when set, the successful reply's payload must be exactly these bytes; ``payload_len``: its
-    exact length. ``rule``: the spec rule or section the expectation comes from.
+    exact length; ``max_len``: its largest length (also with ``"any"``: a refusal is fine, a
+    success must fit). ``rule``: the spec rule or section the expectation comes from.
     """
 
     reply: str = "ok"
@@ -59,6 +68,7 @@ class Expect:
     payload: bytes | None = None
     payload_len: int | None = None
     rule: str = ""
+    max_len: int | None = None
 
     def describe(self) -> str:
         if self.reply == "ok":
@@ -67,11 +77,15 @@ class Expect:
                 text += f" with payload {self.payload.hex()}"
             elif self.payload_len is not None:
                 text += f" with a {self.payload_len}-byte payload"
+            elif self.max_len is not None:
+                text += f" with a payload of at most {self.max_len} bytes"
             return text
         if self.reply == "error":
             return "error " + ("/".join(errname(e) for e in self.errnos) or "(any errno)")
         if self.reply == "error_or_close":
             return "an error reply or a clean close"
+        if self.max_len is not None:
+            return f"an error, or success with a payload of at most {self.max_len} bytes"
         return "any reply"
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +98,8 @@ class Expect:
             data["payload_len"] = self.payload_len
         if self.rule:
             data["rule"] = self.rule
+        if self.max_len is not None:
+            data["max_len"] = self.max_len
         return data
 
     @classmethod
@@ -95,6 +111,7 @@ class Expect:
             payload=bytes.fromhex(payload) if payload is not None else None,
             payload_len=data.get("payload_len"),
             rule=data.get("rule", ""),
+            max_len=data.get("max_len"),
         )
 
 
@@ -209,7 +226,11 @@ def describe_reply(reply: Reply | None) -> str:
 def judge(expect: Expect, reply: Reply | None) -> Verdict:
     """Does ``reply`` (``None``: the connection closed) meet ``expect``?"""
     observed = describe_reply(reply)
+    too_long = (reply is not None and not reply.is_error and expect.max_len is not None
+                and len(reply.payload) > expect.max_len)
     if expect.reply == "any":
+        if too_long:
+            return Verdict(Kind.REPLY, observed)
         return Verdict(None if reply is not None else Kind.CLOSE, observed)
     if reply is None:
         ok = expect.reply == "error_or_close"
@@ -225,6 +246,8 @@ def judge(expect: Expect, reply: Reply | None) -> Verdict:
     if expect.payload is not None and bytes(reply.payload) != expect.payload:
         return Verdict(Kind.REPLY, observed)
     if expect.payload_len is not None and len(reply.payload) != expect.payload_len:
+        return Verdict(Kind.REPLY, observed)
+    if too_long:
         return Verdict(Kind.REPLY, observed)
     return Verdict(None, observed)
 

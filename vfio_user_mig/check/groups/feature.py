@@ -1,8 +1,9 @@
 """Group ``feature``: DEVICE_FEATURE semantics (PROTOCOL.md section 3; vfio-user.rst
 "VFIO_USER_DEVICE_FEATURE").
 
-* PROBE (alone or with the operations a feature supports) succeeds and its reply echoes the
-  request payload; PROBE with an operation the feature does not support is refused (EINVAL);
+* PROBE (alone or with the operations a feature supports) succeeds, its reply echoes the
+  request payload, and it executes nothing (PROBE|SET MIG_DEVICE_STATE STOP leaves RUNNING);
+  PROBE with an operation the feature does not support is refused (EINVAL);
 * GET replies carry the feature's data with ``argsz`` = the reply payload's size; the request's
   ``argsz`` is the largest reply the client takes, so a GET whose argsz cannot hold the reply is
   refused (EINVAL, as libvfio-user and the kernel);
@@ -27,8 +28,8 @@ from vfio_user_mig.check.groups.common import (
 )
 from vfio_user_mig.check.requests import feature_request
 from vfio_user_mig.check.session import Checker, Sequence
-from vfio_user_mig.check.steps import Expect, refused
-from vfio_user_mig.model import State
+from vfio_user_mig.check.steps import Expect, flag_names, refused
+from vfio_user_mig.model import MigrationCaps, State
 from vfio_user_mig.wire import FeatureIndex, FeatureOp
 from vfio_user_mig.wire.constants import FEATURE_OPS
 
@@ -42,17 +43,22 @@ _SAMPLE_DATA: dict[FeatureIndex, bytes] = {
 }
 
 
+#: What PROBE|SET carries: a state the device is not in, so that a PROBE that executes the
+#: SET shows (the device is in RUNNING).
+_PROBE_DATA = {**_SAMPLE_DATA, FeatureIndex.MIG_DEVICE_STATE: struct.pack("<II", State.STOP, 0)}
+
+
 def _probes(seq: Sequence) -> None:
     for raw, ops in FEATURE_OPS.items():
         index = FeatureIndex(raw)
-        data = _SAMPLE_DATA[index]
+        data = _PROBE_DATA[index]
         for op in (FeatureOp(0), FeatureOp.GET, FeatureOp.SET):
             req = feature_request(seq.next_id(), index, int(FeatureOp.PROBE | op), data)
             what = f"PROBE{'|' + str(op.name) if op else ''} {index.name}"
             if op and not op & ops:
                 seq.check(f"{what} refused: {op.name} unsupported", req,
                           refused(EINVAL, rule=f"{_S3}: {index.name} supports "
-                                  f"{ops!r} only"))
+                                  f"{flag_names(ops)} only"))
             else:
                 seq.check(f"{what} echoes the request", req,
                           Expect("ok", payload=req[16:], rule=f"{_S3}: PROBE replies echo the "
@@ -62,6 +68,14 @@ def _probes(seq: Sequence) -> None:
         seq.check(f"PROBE {index.name} with argsz below the payload refused", req,
                   refused(EINVAL, rule=f"{_S3}: argsz is the largest reply (the echo needs "
                           f"{len(req) - 16} bytes)"))
+    state = seq.get_state()
+    seq.verify(state == State.RUNNING, Kind.STATE, "PROBE|SET MIG_DEVICE_STATE changes the state",
+               "RUNNING (a PROBE only asks whether the operation is supported)",
+               state.name if state else "unreadable",
+               f"{_S3}; vfio-user.rst \"VFIO_USER_DEVICE_FEATURE\": PROBE reports support and "
+               "executes nothing (kernel vfio.h, VFIO_DEVICE_FEATURE_PROBE)")
+    if state is not None:
+        seq.state = state
 
 
 def _unsupported(seq: Sequence) -> None:
@@ -73,7 +87,8 @@ def _unsupported(seq: Sequence) -> None:
             req = feature_request(seq.next_id(), index, int(op), _SAMPLE_DATA[index],
                                   argsz=64)
             seq.check(f"{op.name} {index.name} refused (unsupported operation)", req,
-                      refused(EINVAL, rule=f"{_S3}: {index.name} supports {ops!r} only"))
+                      refused(EINVAL, rule=f"{_S3}: {index.name} supports {flag_names(ops)} "
+                                     "only"))
     req = feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
                           int(FeatureOp.GET | FeatureOp.SET),
                           _SAMPLE_DATA[FeatureIndex.MIG_DEVICE_STATE])
@@ -85,7 +100,7 @@ def _unsupported(seq: Sequence) -> None:
     for unknown in (0, 3, 0x100, 0xFFFF):
         for ops in (FeatureOp.GET, FeatureOp.PROBE | FeatureOp.GET):
             req = feature_request(seq.next_id(), unknown, int(ops), argsz=64)
-            seq.check(f"{ops!r} of unknown feature {unknown} refused", req,
+            seq.check(f"{flag_names(ops)} of unknown feature {unknown} refused", req,
                       refused(*UNKNOWN_FEATURE_ERRNOS, rule=UNKNOWN_FEATURE_RULE))
 
 
@@ -108,7 +123,8 @@ def _get(seq: Sequence) -> None:
                        hex(FeatureIndex.MIGRATION | FeatureOp.GET), hex(flags), _S3)
             seq.verify(caps is None or mig & 7 == int(caps), Kind.REPLY,
                        "GET MIGRATION answers the same capabilities every time",
-                       repr(caps), hex(mig), _S3)
+                       "none" if caps is None else flag_names(caps),
+                       flag_names(MigrationCaps(mig & 7)), _S3)
     for index, need in ((FeatureIndex.MIGRATION, 16), (FeatureIndex.MIG_DEVICE_STATE, 16)):
         req = feature_request(seq.next_id(), index, int(FeatureOp.GET), argsz=need - 8)
         seq.check(f"GET {index.name} whose argsz cannot hold the reply refused", req,

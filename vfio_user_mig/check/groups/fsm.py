@@ -18,6 +18,7 @@ saved stream may legitimately fail (``may_fail``: the last state reached or ERRO
 
 from __future__ import annotations
 
+from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     EINVAL,
     chunk_size,
@@ -27,6 +28,7 @@ from vfio_user_mig.check.groups.common import (
     mig_write,
     read_stream_checked,
 )
+from vfio_user_mig.check.requests import CLIENT_MINOR
 from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
@@ -107,6 +109,14 @@ def run(checker: Checker) -> None:
     states: list[State] = []
     with checker.sequence("fsm", "capabilities") as seq:
         states = seq.supported_states()
+        if not seq.dead:
+            major, minor = checker.facts.version
+            seq.verify((major, minor) <= (0, CLIENT_MINOR) and major == 0, Kind.REPLY,
+                       "VERSION reply: a version no higher than the one asked for",
+                       f"0.{CLIENT_MINOR} or below", f"{major}.{minor}",
+                       "vfio-user.rst \"Version\": the server answers a version it supports "
+                       "no higher than the client's; PROTOCOL.md section 2 (minor = min(client "
+                       "minor, 2), major 0)")
     if not states:
         return
     targets = [int(s) for s in sorted(states)] + list(INVALID_TARGETS)

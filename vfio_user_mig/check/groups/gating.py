@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vfio_user_mig import wire
+from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     IOVA_BASE,
     Region,
@@ -33,7 +34,7 @@ from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import ANY, Expect, refused
 from vfio_user_mig.model import State
 from vfio_user_mig.protocol.gating import CLIENT_COMMANDS, legality_table
-from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
+from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp, layouts
 
 _RULE = "PROTOCOL.md sections 2 and 4 (protocol.gating.legality_table)"
 _MAP_SIZE = 0x1000
@@ -41,6 +42,23 @@ _MAP_SIZE = 0x1000
 #: Commands sent last: DMA_UNMAP undoes the DMA_MAP sent before it, DEVICE_RESET may move the
 #: device (reset group).
 _LAST = (Command.DMA_UNMAP, Command.DEVICE_RESET)
+
+#: The payload length of the success reply to each request :func:`_requests` builds, where the
+#: spec fixes it (PROTOCOL.md sections 2-4; vfio-user.rst, each command's "Reply"): DMA_MAP,
+#: DEVICE_SET_IRQS, DEVICE_RESET and MIG_DATA_WRITE carry none; DMA_UNMAP echoes its 24 bytes;
+#: REGION_READ is the 16-byte echo and the 8 bytes read, REGION_WRITE the echo; GET_INFO and
+#: GET_IRQ_INFO are the 16-byte structs; MIGRATION GET is {argsz, flags, u64 flags}.
+REPLY_LEN: dict[Command, int] = {
+    Command.DMA_MAP: 0, Command.DMA_UNMAP: 24, Command.DEVICE_GET_INFO: 16,
+    Command.DEVICE_GET_IRQ_INFO: 16, Command.DEVICE_SET_IRQS: 0, Command.REGION_READ: 16 + 8,
+    Command.REGION_WRITE: 16, Command.DEVICE_RESET: 0, Command.DEVICE_FEATURE: 16,
+    Command.MIG_DATA_WRITE: 0,
+}
+
+#: Replies that begin with the request's first bytes (PROTOCOL.md section 2): DMA_UNMAP echoes
+#: its 24 bytes, REGION_READ and REGION_WRITE their 16-byte {offset, region, count}.
+ECHO: dict[Command, int] = {Command.DMA_UNMAP: 24, Command.REGION_READ: 16,
+                            Command.REGION_WRITE: 16}
 
 Builder = Callable[[Sequence], tuple[bytes, tuple[str, ...], Expect | None]]
 
@@ -83,6 +101,81 @@ def _requests(region: Region | None, iova: int, stream: bytes | None,
     return table
 
 
+_REGION_RULE = ("vfio-user.rst \"VFIO_USER_DEVICE_GET_REGION_INFO\": the reply is "
+                "min(argsz, the size it needs) bytes with that size in argsz, the capability "
+                "chain inside it, and a file descriptor exactly when the region is mappable "
+                "(VFIO_REGION_INFO_FLAG_MMAP); PROTOCOL.md section 2")
+#: The argsz of the region info requests: room for any capability chain the checker expects.
+_LARGE_ARGSZ = 4096
+
+
+def chain_fault(payload: bytes, region_size: int) -> str | None:
+    """What is wrong with the capability chain of a GET_REGION_INFO reply ``payload`` (its
+    CAPS flag set), or ``None``: offsets inside the payload, strictly increasing (no loop),
+    each capability whole, sparse mmap areas inside the region."""
+    head = layouts.REGION_INFO.size
+    cap = layouts.REGION_INFO.unpack_from(payload)[3]
+    seen = 0
+    while cap:
+        if cap < max(head, seen + 1) or cap + layouts.CAP_HEADER.size > len(payload):
+            return f"capability at offset {cap} outside the {len(payload)}-byte reply or " \
+                   "not after the previous one"
+        cap_id, _version, nxt = layouts.CAP_HEADER.unpack_from(payload, cap)
+        body = cap + layouts.CAP_HEADER.size
+        if cap_id == wire.RegionCapId.SPARSE_MMAP:
+            if body + layouts.CAP_SPARSE_MMAP.size > len(payload):
+                return f"sparse mmap capability at {cap} cut short"
+            count = layouts.CAP_SPARSE_MMAP.unpack_from(payload, body)[0]
+            areas = body + layouts.CAP_SPARSE_MMAP.size
+            if areas + count * layouts.SPARSE_AREA.size > len(payload):
+                return f"sparse mmap capability at {cap}: {count} areas do not fit"
+            for i in range(count):
+                off, size = layouts.SPARSE_AREA.unpack_from(
+                    payload, areas + i * layouts.SPARSE_AREA.size)
+                if off + size > region_size:
+                    return f"sparse mmap area {off:#x}+{size:#x} outside the region " \
+                           f"({region_size:#x} bytes)"
+        seen, cap = cap, nxt
+    return None
+
+
+def _region_infos(seq: Sequence) -> None:
+    """Every region's info at a large argsz (:data:`_REGION_RULE`): size and argsz, the
+    capability chain, the fds promised."""
+    reply = seq.exchange(enc(seq, wire.DeviceGetInfo()))
+    if reply is None or reply.is_error or len(reply.payload) < 16:
+        return
+    count = min(layouts.DEVICE_INFO.unpack_from(reply.payload)[2], 16)
+    for index in range(count):
+        info = seq.check(f"DEVICE_GET_REGION_INFO {index} with argsz {_LARGE_ARGSZ}",
+                         enc(seq, wire.RegionInfo(index, argsz=_LARGE_ARGSZ)),
+                         Expect("ok", rule=_REGION_RULE))
+        if info is None or info.is_error:
+            continue
+        payload = info.payload
+        fds = seq.reply_fds
+        fault = None
+        if len(payload) < layouts.REGION_INFO.size:
+            fault = f"a {len(payload)}-byte payload"
+        else:
+            argsz, flags, idx, cap, size, _off = layouts.REGION_INFO.unpack_from(payload)
+            mmap = bool(flags & wire.RegionInfoFlag.MMAP)
+            if argsz != len(payload) or argsz > _LARGE_ARGSZ:
+                fault = f"argsz {argsz} for a {len(payload)}-byte payload"
+            elif idx != index:
+                fault = f"index {idx}"
+            elif bool(flags & wire.RegionInfoFlag.CAPS) != bool(cap):
+                fault = f"CAPS flag {bool(flags & wire.RegionInfoFlag.CAPS)}, cap_offset {cap}"
+            elif cap:
+                fault = chain_fault(payload, size)
+            if fault is None and size and fds != int(mmap):
+                fault = f"{fds} fds with a region {'' if mmap else 'not '}flagged MMAP"
+        seq.verify(fault is None, Kind.REPLY,
+                   f"DEVICE_GET_REGION_INFO {index} reply at a large argsz",
+                   "argsz = the payload size, the index, a well-formed capability chain, one "
+                   "fd exactly for a mappable region", fault or "", _REGION_RULE)
+
+
 def _row(checker: Checker, state: State, stream: bytes | None) -> None:
     with checker.sequence("gating", f"commands in {state.name}") as seq:
         if seq.caps is None:
@@ -92,6 +185,8 @@ def _row(checker: Checker, state: State, stream: bytes | None) -> None:
         multiple = checker.facts.capabilities.get("write_multiple") is True
         iova = IOVA_BASE + int(state) * 0x10_0000
         builders = _requests(region, iova, stream, multiple)
+        if state == State.RUNNING:
+            _region_infos(seq)
         seq.goto(state)
         commands = [c for c in CLIENT_COMMANDS if c != Command.VERSION and c not in _LAST]
         for command in [*commands, *_LAST]:
@@ -102,13 +197,24 @@ def _row(checker: Checker, state: State, stream: bytes | None) -> None:
                                  f"{state.name}")
                 verb = "refused"
             else:
-                expect = override or Expect("ok", rule=f"{_RULE}: {command.name} is executed "
-                                            f"in {state.name}")
+                expect = override or Expect(
+                    "ok", payload_len=REPLY_LEN.get(command),
+                    rule=f"{_RULE}: {command.name} is executed in {state.name}"
+                    + ("; its reply payload is fixed (vfio-user.rst, PROTOCOL.md sections 2-4)"
+                       if command in REPLY_LEN else ""))
                 expect = expect if override is None else Expect(
                     override.reply, rule=f"{_RULE}: {command.name} is not gated in "
                     f"{state.name} (its own validity is not checked here)")
                 verb = "executed"
-            seq.check(f"{command.name} {verb} in {state.name}", data, expect, fds=fds)
+            reply = seq.check(f"{command.name} {verb} in {state.name}", data, expect, fds=fds)
+            echo = ECHO.get(command, 0)
+            if echo and gate_errno is None and override is None and reply is not None \
+                    and not reply.is_error and len(reply.payload) >= echo:
+                seq.verify(reply.payload[:echo] == data[16:16 + echo], Kind.REPLY,
+                           f"{command.name} reply echoes the request",
+                           data[16:16 + echo].hex(), reply.payload[:echo].hex(),
+                           "PROTOCOL.md section 2: the reply begins with the request's "
+                           f"{echo} bytes (vfio-user.rst, {command.name} reply)")
 
 
 def run(checker: Checker) -> None:

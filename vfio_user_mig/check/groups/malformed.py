@@ -8,22 +8,26 @@ huge), type and flag bits, a reply flag on a request, unknown commands (0, 14, 1
 argsz and size lies in each command with an argsz, truncated payloads, trailing bytes after
 fixed payloads (accepted or refused: the spec is silent; libvfio-user ignores them), and a
 msg_size larger than the bytes sent (then the client half-closes; the server must not hang on
-the read or crash).
+the read or crash). First, on a connection no malformed message touched: message ids above 255
+must be echoed whole, and a command with the no-reply flag must be executed and not answered
+(:func:`header_effects`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import time
 from dataclasses import dataclass
 
-from vfio_user_mig.check.conn import BadFrame, ReplyTimeout
+from vfio_user_mig import wire
+from vfio_user_mig.check.conn import BadFrame, ReplyTimeout, WrongReplyId
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.requests import feature_request
 from vfio_user_mig.check.session import CLEAN_EXIT, Checker, Sequence, SequenceAborted
-from vfio_user_mig.check.steps import Expect, Step
+from vfio_user_mig.check.steps import Expect, Step, make_fds
 from vfio_user_mig.check.target import TargetError
 from vfio_user_mig.model import State
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
@@ -149,10 +153,15 @@ def _unsolicited(seq: Sequence, case: Case) -> None:
 
 def _cases_run(checker: Checker, cases: list[Case]) -> None:
     at = 0
+    header = True  # header_effects not run yet
     while at < len(cases):
-        start = at
+        start, ran_header = at, header
         try:
             with checker.sequence("malformed", f"malformed messages from {start}") as seq:
+                if header:
+                    header = False
+                    if not seq.dead and seq.state == State.RUNNING:
+                        header_effects(seq)  # first, on a connection no malformed case touched
                 while at < len(cases):
                     case = cases[at]
                     at += 1
@@ -165,7 +174,7 @@ def _cases_run(checker: Checker, cases: list[Case]) -> None:
                     _probe(seq, case)
         except TargetError:
             return
-        if at == start:
+        if at == start and not ran_header:
             return
 
 
@@ -201,6 +210,85 @@ def _short_body(checker: Checker) -> None:
 
 #: Message id of the request hidden in a refused message's payload (never sent otherwise).
 _SMUGGLED_ID = 0x7E57
+
+
+#: Message ids above 255 whose low byte is 0: the checker's own ids are never 0, so a server
+#: that keeps 8 bits of an id answers one no request of the checker has.
+WIDE_IDS = (0x0100, 0xAB00, 0xFF00)
+_HEADER_RULE = "vfio-user.rst \"Header\"; PROTOCOL.md section 1"
+
+
+def _stray_after(seq: Sequence, data: bytes, note: str,
+                 fds: tuple[str, ...] = ()) -> list[int] | None:
+    """Send ``data`` (with fresh ``fds``) without waiting, then a MIG_DEVICE_STATE GET
+    (answered as usual); the ids of the replies that came before the GET's (``None``: the
+    sequence cannot go on)."""
+    seq.steps.append(Step(data, fds, Expect("any", rule=_HEADER_RULE), note, no_reply=True))
+    before = len(seq.conn.stray)
+    opened = make_fds(fds)
+    try:
+        if not seq.conn.send(data, opened):
+            return None
+    finally:
+        for fd in opened:
+            os.close(fd)
+    reply = seq.exchange(feature_request(seq.next_id(), FeatureIndex.MIG_DEVICE_STATE,
+                                         FeatureOp.GET, argsz=16))
+    if reply is None:
+        return None
+    return seq.conn.stray[before:]
+
+
+def header_effects(seq: Sequence) -> None:
+    """Message ids and the no-reply flag (vfio-user.rst "Header": msg_id is 16 bits and the
+    reply echoes it; a command with the No_reply flag (0x10) is executed and not answered):
+    a MIG_DEVICE_STATE GET with each of :data:`WIDE_IDS`; a GET and a DMA_MAP with the no-reply
+    flag, then a DMA_UNMAP of that map, which succeeds only if the map was made. The device
+    stays in RUNNING (libvfio-user's sample aborts on entering RUNNING again)."""
+    for msg_id in WIDE_IDS:
+        data = feature_request(msg_id, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET, argsz=16)
+        seq.steps.append(Step(data, (), Expect("ok", rule=_HEADER_RULE), f"msg_id {msg_id:#06x}"))
+        try:
+            reply = seq.conn.request(data)
+            observed = "the connection closed" if reply is None else f"{reply.msg_id:#06x}"
+        except WrongReplyId as exc:  # the usual path reports it too, under a generic title
+            reply, observed = None, f"a reply with msg_id {exc.got:#06x}"
+        except ReplyTimeout:
+            seq.verify(False, Kind.HANG, "message id above 255 echoed",
+                       f"a reply with msg_id {msg_id:#06x}", f"no reply within "
+                       f"{seq.conn.timeout:g} s", f"{_HEADER_RULE}: every command gets a reply")
+            seq.dead = True
+            return
+        seq.verify(reply is not None and reply.msg_id == msg_id, Kind.REPLY,
+                   "message id above 255 echoed", f"a reply with msg_id {msg_id:#06x}",
+                   observed, f"{_HEADER_RULE}: msg_id is a 16-bit field the reply echoes")
+        if reply is None and seq.conn.closed:
+            seq.dead = True
+            return
+    no_reply = int(wire.HeaderFlag.NO_REPLY)
+    get = feature_request(_NO_REPLY_ID, FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET, argsz=16)
+    dma = wire.encode(wire.DmaMap(_NO_REPLY_IOVA, _PAGE, msg_id=_NO_REPLY_ID + 1))
+    for data, fds, what in ((get, (), "MIG_DEVICE_STATE GET"),
+                            (dma, (f"memfd:{_PAGE}",), "DMA_MAP")):
+        flagged = data[:8] + struct.pack("<I", no_reply) + data[12:]
+        ids = _stray_after(seq, flagged, f"{what} with the no-reply flag", fds)
+        if ids is None:
+            return
+        msg_id = _HDR.unpack_from(flagged)[0]
+        seq.verify(msg_id not in ids, Kind.REPLY,
+                   "a request with the no-reply flag is answered",
+                   f"no reply to {msg_id:#06x}", f"a reply to {msg_id:#06x}",
+                   f"{_HEADER_RULE}: flags bit 4, No_reply: no reply is sent")
+    seq.check("a DMA_MAP with the no-reply flag is executed",
+              wire.encode(wire.DmaUnmap(_NO_REPLY_IOVA, _PAGE, msg_id=seq.next_id())),
+              Expect("ok", payload_len=24, rule=f"{_HEADER_RULE}: No_reply suppresses the "
+                     "reply, not the command; PROTOCOL.md section 2: DMA_UNMAP of the map"))
+
+
+#: Ids of the no-reply requests (never used otherwise), and where the no-reply DMA_MAP maps.
+_NO_REPLY_ID = 0x6E00
+_NO_REPLY_IOVA = 0x7E00_0000
+_PAGE = 4096
 
 
 def _smuggled(checker: Checker, flags: int, what: str) -> None:

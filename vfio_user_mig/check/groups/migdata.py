@@ -6,16 +6,30 @@
   fine (it is the largest reply); a size 0 read returns size 0; the stream ends with a short
   read and later reads return size 0.
 * A write whose argsz is below 8 + size, or whose size exceeds the data sent, is refused.
-* RESUMING a truncated stream must be refused, on a MIG_DATA_WRITE or on leaving RESUMING,
-  and the device must be left in a defined state (the last state reached or ERROR, PROTOCOL.md
-  section 5): the device cannot have restored state it never received, so a device that loads
-  it silently is reported as ``data``.
-* A stream with two chunks swapped or one bit flipped has the right length; only a stream
-  format with integrity checks can tell. Neither the spec nor the kernel asks for one, so a
-  device that loads it is an *advisory* (:meth:`Sequence.advise`), not a finding.
+* A read whose request carries bytes after its 8-byte struct (argsz = 8 + size) may be refused
+  (the spec is silent on trailing bytes); answered, its reply payload is at most argsz bytes
+  (argsz is the largest reply the client takes) and at most 8 + size.
+* The STOP_COPY stream read in reads of the chunk size is the stream read again in reads of
+  another size (3 bytes less, or a third of the stream plus one when that is smaller) after
+  STOP -> STOP_COPY (the device is stopped: its data is fixed): a short read or size 0 before
+  the data is out ends the stream too early.
+* RESUMING a truncated, corrupted (one bit flipped), reordered (two chunks swapped) or foreign
+  (bytes of the same length that no device saved) stream must fail: a refused MIG_DATA_WRITE or
+  a refused RESUMING -> STOP, the device left in the last state reached or ERROR (kernel
+  ``vfio.h``, RESUMING -> STOP: "If the user provided data is found to be incomplete,
+  inconsistent, or otherwise invalid, the migration driver must fail the SET_STATE ioctl";
+  PROTOCOL.md section 5). The damaged streams derive from the stream the device saved (formats
+  are device-specific). A device whose profile declares a raw stream without integrity checks
+  (``--profile lvu-sample``: libvfio-user's sample) cannot tell content damage: a corrupted,
+  reordered or foreign stream it loads is then an *advisory*, not a finding.
+* A device left in ERROR by a damaged stream is reset: DEVICE_RESET must bring it to RUNNING
+  (:func:`~vfio_user_mig.check.groups.reset.check_reset`).
 """
 
 from __future__ import annotations
+
+import random
+import struct
 
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
@@ -27,9 +41,12 @@ from vfio_user_mig.check.groups.common import (
     mig_write,
     read_stream_checked,
 )
-from vfio_user_mig.check.session import Checker
+from vfio_user_mig.check.groups.reset import check_reset
+from vfio_user_mig.check.requests import raw_message
+from vfio_user_mig.check.session import Checker, Sequence
 from vfio_user_mig.check.steps import Expect, refused
 from vfio_user_mig.model import State
+from vfio_user_mig.wire import Command
 
 _S4 = "PROTOCOL.md section 4"
 _SMALL = 4096
@@ -54,14 +71,64 @@ def _reads(checker: Checker) -> None:
             seq.verify(size == 0, Kind.REPLY, "MIG_DATA_READ of size 0 returns size 0",
                        "size 0", f"size {size}", _S4)
         seq.check("MIG_DATA_READ with a larger argsz", mig_read(seq, 64, argsz=8 + 4096),
-                  Expect("ok", rule=f"{_S4}: argsz is the largest reply the client takes"))
+                  Expect("ok", max_len=8 + 64, rule=f"{_S4}: argsz is the largest reply the "
+                         "client takes; the reply carries at most the size asked"))
+        _trailing_read(seq)
         read_stream_checked(seq, _SMALL, "STOP_COPY stream in 4 KiB reads")
 
 
+def _same_stream(seq: Sequence) -> None:
+    """The STOP_COPY stream read twice, in reads of the chunk size and of another size (module
+    docstring); leaves the device in STOP."""
+    chunk = chunk_size(seq.checker)
+    seq.goto(State.STOP_COPY)
+    whole = seq.read_stream(chunk)
+    seq.goto(State.STOP)
+    if whole is None:
+        return
+    # at least three reads, none a multiple of a usual chunk
+    size = max(min(chunk - 3, len(whole) // 3 + 1), 1)
+    seq.goto(State.STOP_COPY)
+    odd = seq.read_stream(size)
+    seq.goto(State.STOP)
+    if odd is None:
+        return
+    seq.verify(whole == odd, Kind.DATA,
+               "the STOP_COPY stream read in other read sizes is the same stream",
+               f"{len(whole)} bytes in reads of {chunk}, the same in reads of {size}",
+               f"{len(odd)} bytes, " + ("the same" if whole[:len(odd)] == odd[:len(whole)]
+                                        else "different"),
+               f"{_S4}: a read returns min(size, what is left); a short read ends the stream, "
+               "so it comes only once the data is out (the device is stopped between the two "
+               "reads: its data is fixed)")
+
+
+def _trailing_read(seq: Sequence) -> None:
+    """A read of 1024 bytes (argsz 8 + 1024) with 8 bytes after the struct (module docstring);
+    the device is in STOP_COPY."""
+    size = 1024
+    data = raw_message(seq.next_id(), Command.MIG_DATA_READ,
+                       struct.pack("<II", 8 + size, size) + bytes(8))
+    rule = f"{_S4}: argsz is the largest reply the client takes; size <= the size asked"
+    reply = seq.exchange(data, expect=Expect("any", max_len=8 + size, rule=rule))
+    if reply is None or reply.is_error:
+        seq.verify(reply is not None, Kind.CLOSE, "MIG_DATA_READ with 8 trailing bytes is "
+                   "answered", "a reply", "the connection closed", rule)
+        return
+    payload = reply.payload
+    got = struct.unpack_from("<I", payload, 4)[0] if len(payload) >= 8 else -1
+    seq.verify(8 <= len(payload) <= 8 + size and 0 <= got <= size, Kind.REPLY,
+               "MIG_DATA_READ reply longer than the request's argsz allows",
+               f"a payload of at most argsz = {8 + size} bytes, size <= {size}",
+               f"a {len(payload)}-byte payload, size {got}", rule)
+
+
 def _writes(checker: Checker, stream: bytes) -> None:
-    with checker.sequence("migdata", "write argsz and size lies") as seq:
+    with checker.sequence("migdata", "the same stream in other read sizes; write argsz and "
+                          "size lies") as seq:
         if seq.caps is None:
             return
+        _same_stream(seq)
         seq.goto(State.RESUMING)
         part = stream[:64]
         seq.check("MIG_DATA_WRITE with argsz below 8 + size refused",
@@ -74,6 +141,7 @@ def _writes(checker: Checker, stream: bytes) -> None:
 
 
 def _bad_streams(stream: bytes, chunk: int) -> list[tuple[str, bytes]]:
+    """The damaged streams, derived from ``stream`` (module docstring)."""
     out = [("truncated", stream[:len(stream) // 2])]
     if len(stream) >= 2 * chunk and stream[:chunk] != stream[chunk:2 * chunk]:
         out.append(("reordered", stream[chunk:2 * chunk] + stream[:chunk]
@@ -81,7 +149,18 @@ def _bad_streams(stream: bytes, chunk: int) -> list[tuple[str, bytes]]:
     flipped = bytearray(stream)
     flipped[len(stream) // 2] ^= 0x10
     out.append(("corrupted", bytes(flipped)))
+    out.append(("foreign", _foreign(len(stream))))
     return out
+
+
+def _foreign(size: int) -> bytes:
+    """``size`` bytes no device saved: a fixed pseudo-random sequence."""
+    return random.Random(0x5EED).randbytes(size)
+
+
+def _raw_stream(checker: Checker) -> bool:
+    """The profile declares a stream format without integrity checks (module docstring)."""
+    return bool(getattr(checker.profile, "raw_stream", False))
 
 
 def _resume(checker: Checker, name: str, bad: bytes, chunk: int) -> None:
@@ -100,27 +179,53 @@ def _resume(checker: Checker, name: str, bad: bytes, chunk: int) -> None:
             if reply.is_error:
                 refused_write = True
                 break
-        seq.set_state(State.STOP, may_fail=True,
-                      title=f"SET RESUMING -> STOP after a {name} stream")
-        refused_leave = seq.state != State.STOP
+        must_fail = name == "truncated" or not _raw_stream(checker)
+        # the SET's recorded expectation is the refusal, so that --replay shows the defect
+        leave = seq.exchange(seq.set_state_request(int(State.STOP)), expect=Expect(
+            "error" if must_fail and not refused_write else "any", rule=_DAMAGE_RULE))
+        if leave is None:
+            seq.verify(False, Kind.CLOSE, f"{name} stream: SET RESUMING -> STOP answered",
+                       "a reply", "the connection closed", "vfio-user.rst: every command "
+                       "gets a reply")
+            return
+        observed = seq.get_state()
+        if observed is None:
+            return
+        allowed = {State.RESUMING, State.ERROR} if leave.is_error else {State.STOP}
+        seq.verify(observed in allowed, Kind.STATE,
+                   f"SET RESUMING -> STOP after a {name} stream: state reached",
+                   " or ".join(sorted(s.name for s in allowed)), observed.name,
+                   "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR")
+        seq.state = observed
+        refused_leave = leave.is_error
         title = f"a {name} migration stream is loaded without an error"
-        if name == "truncated":
+        if must_fail:
             seq.verify(refused_write or refused_leave, Kind.DATA, title,
                        "an error on a MIG_DATA_WRITE or on leaving RESUMING",
-                       "every write and the SET to STOP succeeded",
-                       f"{_S4}; PROTOCOL.md section 5: a device cannot restore state it never "
-                       "received; a failed arc leaves the last state reached or ERROR")
+                       "every write and the SET to STOP succeeded", _DAMAGE_RULE)
         elif not (refused_write or refused_leave):
-            seq.advise(title, "the stream has the right length but damaged content; a stream "
-                       "format without integrity checks cannot tell (the spec does not "
-                       "require one; the kernel's drivers and this project's migdev check)")
+            seq.advise(title, "the stream has the right length but damaged content; the "
+                       "profile declares a raw stream format without integrity checks, which "
+                       "cannot tell (" + _DAMAGE_RULE + ")")
+        if seq.state == State.ERROR:
+            check_reset(seq, State.ERROR, f" (after a {name} stream)")
+        elif seq.state == State.STOP and not refused_write:
+            # the damaged image was loaded: load the saved one over it, so that what comes
+            # next meets a sane device (a foreign BAR0 deadline makes the sample refuse RUNNING)
+            seq.goto(State.RESUMING)
+            seq.goto(State.STOP)
         leave_clean(seq)
+
+
+_DAMAGE_RULE = ("kernel vfio.h, RESUMING -> STOP: data found incomplete, inconsistent or "
+                "otherwise invalid must fail the SET_STATE; PROTOCOL.md section 5: a failed "
+                "arc leaves the last state reached or ERROR")
 
 
 def run(checker: Checker) -> None:
     """The ``migdata`` group (module docstring)."""
+    stream = ensure_saved_stream(checker)  # first: later setups may find a stream half read
     _reads(checker)
-    stream = ensure_saved_stream(checker)
     if stream is None or not stream:
         return
     _writes(checker, stream)

@@ -48,6 +48,8 @@ class DeviceActions:
 
     def on_reset(self) -> None:
         self.device.reset(keep_mig_state=self.keep_mig_state)
+        # a reset device is at its power-on state, where no DMA logging runs
+        self.device.dirty_log.stop()
 
 
 class ServerState(SocketEnd):
