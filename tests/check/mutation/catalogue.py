@@ -97,8 +97,9 @@ def markdown(mutants: list[Mutant]) -> str:
         "`python benchmarks/run.py check_mutants` prints the kill rate (`check_mutant_kill_rate`).",
         "",
         f"{len(mutants)} mutants: {killed} caught by the current checks "
-        f"(kill rate {killed / len(mutants):.2f}), {len(pending)} waiting for a check "
-        "being built (strict expected failures).",
+        f"(kill rate {killed / len(mutants):.2f})"
+        + (f", {len(pending)} waiting for a check being built (strict expected failures)."
+           if pending else "."),
         "",
         "| mutant | defect | checked by | finding | device | status |",
         "|---|---|---|---|---|---|",

@@ -213,8 +213,7 @@ def _mig_read_ignores_size(hosted: HostedDevice) -> None:
 
 
 @mutant("mig_read_fills_argsz", "MIG_DATA_READ reads argsz - 8 bytes when argsz is larger than "
-        "8 + size", "migdata", "data",
-        needs="the effects checks (MIG_DATA_READ bounds at a large argsz)")
+        "8 + size", "migdata", "reply")
 def _mig_read_fills_argsz(hosted: HostedDevice) -> None:
     def fn(real: Any, msg: Any, fds: list[int]) -> Any:
         if msg.argsz > 8 + msg.size:
@@ -242,8 +241,7 @@ def _mig_read_client_limit_ignored(hosted: HostedDevice) -> None:
 
 
 @mutant("mig_write_reply_with_payload", "the MIG_DATA_WRITE reply echoes the request's argsz "
-        "and size", ("gating", "migdata"), "reply",
-        needs="the effects checks (reply payload sizes)")
+        "and size", ("gating", "migdata"), "reply")
 def _mig_write_reply_with_payload(hosted: HostedDevice) -> None:
     def fn(raw: bytes) -> bytes:
         if is_ok_reply_to(raw, Command.MIG_DATA_WRITE):
@@ -312,7 +310,7 @@ def _resume_accepts_truncated(hosted: HostedDevice) -> None:
 
 @mutant("resume_ignores_integrity", "a stream whose content fails the device's checks "
         "(corrupted, reordered) is loaded silently; only a wrong length is refused",
-        "migdata", "data", needs="the effects checks (RESUMING damaged streams)")
+        "migdata", "data")
 def _resume_ignores_integrity(hosted: HostedDevice) -> None:
     _swallow_restore_errors(hosted, only_after_error=True)
 

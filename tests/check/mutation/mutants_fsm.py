@@ -155,8 +155,7 @@ def _caps_over_reported(hosted: HostedDevice) -> None:
 
 
 @mutant("probe_set_changes_state", "PROBE|SET of MIG_DEVICE_STATE performs the SET (a probe "
-        "with a side effect)", "feature", "state",
-        needs="the effects checks (PROBE effects)")
+        "with a side effect)", "feature", "state")
 def _probe_set_changes_state(hosted: HostedDevice) -> None:
     core = hosted.core
 
@@ -189,8 +188,7 @@ def _reset_lands_in_stop(hosted: HostedDevice) -> None:
 
 
 @mutant("reset_keeps_error", "DEVICE_RESET from ERROR keeps the device in ERROR",
-        ("reset", "migdata"), "state",
-        needs="the effects checks (state after a reset from ERROR)")
+        ("reset", "migdata"), "state")
 def _reset_keeps_error(hosted: HostedDevice) -> None:
     fsm = hosted.core.fsm
     real = fsm.reset

@@ -194,7 +194,7 @@ def _unknown_command_unanswered(hosted: HostedDevice) -> None:
 
 
 @mutant("no_reply_flag_ignored", "a request with the no-reply flag is answered", "malformed",
-        "reply", needs="the effects checks (no-reply flag)")
+        "reply")
 def _no_reply_flag_ignored(hosted: HostedDevice) -> None:
     def fn(real: Any, msg: Any, fds: list[int], now: float, end: Any) -> Any:
         if msg.no_reply:
@@ -208,8 +208,7 @@ def _no_reply_flag_ignored(hosted: HostedDevice) -> None:
 
 
 @mutant("msg_id_truncated_to_8_bits", "replies carry the low 8 bits of the request's msg_id",
-        "malformed", "reply", timeout=0.3,
-        needs="the effects checks (message ids above 255)")
+        "malformed", "reply", timeout=0.3)
 def _msg_id_truncated_to_8_bits(hosted: HostedDevice) -> None:
     def fn(raw: bytes) -> bytes:
         if header(raw)[3] & 0xF == int(wire.MsgType.REPLY):
@@ -252,7 +251,7 @@ def _close_on_set_irqs(hosted: HostedDevice) -> None:
 
 
 @mutant("version_answers_higher", "VERSION answers a minor version above the one asked for",
-        "fsm", "reply", needs="the effects checks (VERSION not above the client's)")
+        "fsm", "reply")
 def _version_answers_higher(hosted: HostedDevice) -> None:
     def fn(real: Any, msg: Any, fds: list[int]) -> Any:
         reply, out = real(msg, fds)
@@ -262,8 +261,7 @@ def _version_answers_higher(hosted: HostedDevice) -> None:
 
 
 @mutant("region_info_fd_missing", "GET_REGION_INFO announces an mmap-able area with its "
-        "capability chain but sends no fd", "gating", "reply",
-        needs="the effects checks (GET_REGION_INFO caps and fds)")
+        "capability chain but sends no fd", "gating", "reply")
 def _region_info_fd_missing(hosted: HostedDevice) -> None:
     def fn(real: Any, msg: Any, fds: list[int]) -> Any:
         reply, _out = real(msg, fds)
