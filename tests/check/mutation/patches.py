@@ -137,10 +137,16 @@ def replace(msg: Any, **fields: Any) -> Any:
 
 def on_device(hosted: HostedDevice, name: str,
               fn: Callable[..., Any]) -> None:
-    """Replace the device's method ``name`` by ``fn(real_method, *args)`` on this instance."""
+    """Replace the device's method ``name`` by ``fn(real_method, *args)`` on this instance.
+
+    The server reads migration data through the device's ``mig_data_read_parts`` when it has
+    one (scatter-gather); replacing ``mig_data_read`` turns that path off on this instance,
+    so the server reads through the replacement."""
     device = hosted.device
     real = getattr(device, name)
     setattr(device, name, lambda *args, **kw: fn(real, *args, **kw))
+    if name == "mig_data_read":
+        device.mig_data_read_parts = None  # type: ignore[attr-defined]
 
 
 __all__ = [
