@@ -13,7 +13,6 @@ import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from vfio_user_mig.model import VFIO_USER_CAPS, InvalidTransition, MigrationCaps, State
@@ -60,6 +59,8 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Draw the FSM (PNG/SVG/PDF via matplotlib) or print it as Mermaid or DOT text."""
+    from pathlib import Path
+
     from vfio_user_mig.model import render
 
     fmt = args.format
@@ -131,6 +132,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
                                    protocol=not args.fsm_only)
     result = suite.run_suite(suite.select(theorems, args.only or []), name)
     if args.markdown:
+        from pathlib import Path
+
         Path(args.markdown).write_text(report.render_markdown(result) + "\n")
     if args.json:
         print(report.render_json(result))
@@ -206,6 +209,13 @@ def size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 16M, 4096)") from exc
 
 
+class _Stopped(BaseException):
+    """Raised by ``serve``'s SIGINT/SIGTERM handler (in the main thread, where the server
+    runs) to leave a blocking wait at once; a ``BaseException`` so that no ``except
+    Exception`` on the way mistakes it for an error. ``finally`` blocks still release the
+    connection, the device and the socket."""
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run a vfio-user server on a UNIX socket until SIGINT/SIGTERM (or ``--max-connections``).
 
@@ -249,16 +259,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         stopped_by.append(signal.Signals(signum).name)
         server.stop_event.set()
+        if len(stopped_by) == 1:  # stop at once, not at the next poll of the socket
+            raise _Stopped
 
     old: dict[signal.Signals, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, on_signal)
-    print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
-          f"{caps_label(args.caps)}) on {args.socket}, pid {os.getpid()}",
-          file=sys.stderr if args.json else sys.stdout, flush=True)
     try:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, on_signal)
+        print(f"serving {args.device} ({args.device_mem} bytes of device memory, caps "
+              f"{caps_label(args.caps)}) on {args.socket}, pid {os.getpid()}",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
         server.serve_forever()
+    except _Stopped:
+        pass
     finally:
         for restored, handler in old.items():
             signal.signal(restored, handler)
@@ -356,6 +370,7 @@ def package_version() -> str:
     build copied from it. ``"unknown"`` when neither is there."""
     import importlib.metadata
     import tomllib
+    from pathlib import Path
 
     pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
     try:
@@ -383,8 +398,10 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every registered command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every registered command; with ``only`` (a command this
+    module registers itself, e.g. ``serve``), that command alone, without importing the
+    command modules (a server starts faster)."""
     parser = argparse.ArgumentParser(
         prog="vfio-user-mig",
         description="The executable model of vfio-user live migration (migration v2).",
@@ -392,16 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction,
                         help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        importlib.import_module(module)
+    if only is None or only not in COMMANDS:
+        for module in COMMAND_MODULES:
+            importlib.import_module(module)
     for name, (_handler, help_text, configure) in COMMANDS.items():
-        configure(sub.add_parser(name, help=help_text, description=help_text))
+        if only is None or only not in COMMANDS or name == only:
+            configure(sub.add_parser(name, help=help_text, description=help_text))
     return parser
+
+
+def _command_name(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names (its first word that is not an option), if any."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vfio-user-mig`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_name(argv))
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)

@@ -45,6 +45,10 @@ def plant(hosted: HostedDevice, defect: str) -> None:
     if defect == "none":
         return
     read, on_arc = dev.mig_data_read, dev.on_arc
+    # The server reads through mig_data_read_parts when the device has it (scatter-gather);
+    # the planted read paths below replace mig_data_read, so that path is turned off.
+    if defect in ("endless", "corrupt-page"):
+        dev.mig_data_read_parts = None
     if defect == "endless":
         def endless(max_size: int) -> bytes:
             data = read(max_size)

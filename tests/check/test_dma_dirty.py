@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,20 +18,9 @@ from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
-from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server.io import UnixServer
+from vfio_user_mig.simulator.server.hosting import HostedDevice
 from vfio_user_mig.simulator.server.types import Refusal
 from vfio_user_mig.wire import Command
-
-
-@pytest.fixture
-def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[HostedDevice, str]]:
-    hosted = host_device(getattr(request, "param", "migdev"), mem_size=1 << 20)
-    path = str(tmp_path / "s.sock")
-    server = UnixServer(hosted.core, path).start()
-    yield hosted, path
-    server.stop()
-    hosted.close()
 
 
 def _findings(path: str, profile: str | None = "migdev") -> dict[str, Kind]:
@@ -52,19 +40,19 @@ def _log(hosted: HostedDevice) -> DirtyLog:
     return log
 
 
-def test_no_findings_against_our_server(served: tuple[HostedDevice, str]) -> None:
-    assert _findings(served[1]) == {}
+def test_no_findings_against_our_server(served_device: tuple[HostedDevice, str]) -> None:
+    assert _findings(served_device[1]) == {}
 
 
-@pytest.mark.parametrize("served", ["lvu-sample"], indirect=True)
-def test_no_findings_against_our_lvu_sample(served: tuple[HostedDevice, str]) -> None:
-    assert _findings(served[1], "lvu-sample") == {}
+@pytest.mark.parametrize("served_device", ["lvu-sample"], indirect=True)
+def test_no_findings_against_our_lvu_sample(served_device: tuple[HostedDevice, str]) -> None:
+    assert _findings(served_device[1], "lvu-sample") == {}
 
 
-def test_bits_lost_past_report_page_256_are_found(served: tuple[HostedDevice, str],
+def test_bits_lost_past_report_page_256_are_found(served_device: tuple[HostedDevice, str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The migdev profile dirties pages past report page 256 at every ratio."""
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real = log.report
 
@@ -78,9 +66,9 @@ def test_bits_lost_past_report_page_256_are_found(served: tuple[HostedDevice, st
             (ratio, found)
 
 
-def test_last_page_of_a_range_lost_is_found(served: tuple[HostedDevice, str],
+def test_last_page_of_a_range_lost_is_found(served_device: tuple[HostedDevice, str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real = log.report
 
@@ -92,9 +80,9 @@ def test_last_page_of_a_range_lost_is_found(served: tuple[HostedDevice, str],
     assert _any(_findings(path), "every page written is reported dirty", Kind.DATA)
 
 
-def test_report_that_does_not_clear_is_found(served: tuple[HostedDevice, str],
+def test_report_that_does_not_clear_is_found(served_device: tuple[HostedDevice, str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real = log.report
 
@@ -108,21 +96,21 @@ def test_report_that_does_not_clear_is_found(served: tuple[HostedDevice, str],
     assert _any(_findings(path), "a REPORT clears what it returned", Kind.DATA)
 
 
-def test_stop_that_does_nothing_is_found(served: tuple[HostedDevice, str],
+def test_stop_that_does_nothing_is_found(served_device: tuple[HostedDevice, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     monkeypatch.setattr(_log(hosted), "stop", lambda: None)
     found = _findings(path)
     assert found.get("DMA_LOGGING_REPORT after STOP refused") == Kind.ERRNO
 
 
-def test_stop_that_keeps_logging_is_found(served: tuple[HostedDevice, str],
+def test_stop_that_keeps_logging_is_found(served_device: tuple[HostedDevice, str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """LOGGING_STOP that only hides the log: REPORT is refused while stopped, but the device
     keeps recording and the next START carries the old log on."""
     from vfio_user_mig.simulator.device.errors import DeviceError
 
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real_start, real_report = log.start, log.report
     stopped = {"on": False}
@@ -148,9 +136,9 @@ def test_stop_that_keeps_logging_is_found(served: tuple[HostedDevice, str],
 
 
 def test_later_maps_not_logged_with_num_ranges_0_are_found(
-        served: tuple[HostedDevice, str], monkeypatch: pytest.MonkeyPatch) -> None:
+        served_device: tuple[HostedDevice, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """num_ranges 0 read as "the maps there are now": a map added after START is not logged."""
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real = log.start
 
@@ -163,8 +151,8 @@ def test_later_maps_not_logged_with_num_ranges_0_are_found(
 
 
 def test_pages_written_in_pre_copy_not_logged_are_found(
-        served: tuple[HostedDevice, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+        served_device: tuple[HostedDevice, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    hosted, path = served_device
     log = _log(hosted)
     real = log.mark
 
@@ -177,10 +165,10 @@ def test_pages_written_in_pre_copy_not_logged_are_found(
     assert _any(found, "written again in PRE_COPY", Kind.DATA), found
 
 
-def test_start_reply_echoing_the_hint_is_found(served: tuple[HostedDevice, str],
+def test_start_reply_echoing_the_hint_is_found(served_device: tuple[HostedDevice, str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A START reply that echoes a 0x3000 hint instead of the selected power of two."""
-    hosted, path = served
+    hosted, path = served_device
     real = hosted.core._handlers[Command.DEVICE_FEATURE]
 
     def echo_hint(msg: Any, fds: list[int]) -> Any:
@@ -195,10 +183,10 @@ def test_start_reply_echoing_the_hint_is_found(served: tuple[HostedDevice, str],
                      "reply echoes the request with a power-of-two page size") == Kind.REPLY
 
 
-def test_small_hint_refused_is_found(served: tuple[HostedDevice, str],
+def test_small_hint_refused_is_found(served_device: tuple[HostedDevice, str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The former rule: a power-of-two hint below 4 KiB refused instead of rounded up."""
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real = log.start
 
@@ -213,9 +201,9 @@ def test_small_hint_refused_is_found(served: tuple[HostedDevice, str],
     assert found.get("DMA_LOGGING_START with a page size hint of 512") == Kind.ERRNO
 
 
-def test_unaligned_ranges_accepted_are_found(served: tuple[HostedDevice, str],
+def test_unaligned_ranges_accepted_are_found(served_device: tuple[HostedDevice, str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     log = _log(hosted)
     real = log.start
     monkeypatch.setattr(log, "start", lambda page_size, ranges=(): real(page_size, ()))
@@ -224,9 +212,9 @@ def test_unaligned_ranges_accepted_are_found(served: tuple[HostedDevice, str],
         == Kind.ERRNO
 
 
-def test_unmap_with_bitmap_refused_is_found(served: tuple[HostedDevice, str],
+def test_unmap_with_bitmap_refused_is_found(served_device: tuple[HostedDevice, str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
 
     def refuse(msg: Any) -> Any:
         raise Refusal(errno.EINVAL, "GET_DIRTY_BITMAP unsupported")
@@ -237,9 +225,9 @@ def test_unmap_with_bitmap_refused_is_found(served: tuple[HostedDevice, str],
     assert _any(found, "with GET_DIRTY_BITMAP (written again in PRE_COPY)", Kind.ERRNO)
 
 
-def test_unmap_with_bitmap_losing_pages_is_found(served: tuple[HostedDevice, str],
+def test_unmap_with_bitmap_losing_pages_is_found(served_device: tuple[HostedDevice, str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     real: Callable[[Any], Any] = hosted.core._dma_unmap_bitmap
 
     def blank(msg: Any) -> Any:
@@ -250,9 +238,9 @@ def test_unmap_with_bitmap_losing_pages_is_found(served: tuple[HostedDevice, str
     assert _any(_findings(path), "every page written is in the bitmap", Kind.DATA)
 
 
-def test_dma_map_without_access_accepted_is_found(served: tuple[HostedDevice, str],
+def test_dma_map_without_access_accepted_is_found(served_device: tuple[HostedDevice, str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     real = hosted.core._handlers[Command.DMA_MAP]
 
     def any_flags(msg: Any, fds: list[int]) -> Any:

@@ -4,8 +4,6 @@ and each group can fail against a deliberately wrong server."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,19 +23,11 @@ KNOWN = {"lvu-sample": {f"a {damage} migration stream is loaded without an error
                         for damage in ("corrupted", "reordered", "foreign")}}
 
 
-@pytest.fixture
-def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[HostedDevice, str]]:
-    hosted = host_device(getattr(request, "param", "migdev"), mem_size=1 << 20)
-    path = str(tmp_path / "s.sock")
-    server = UnixServer(hosted.core, path).start()
-    yield hosted, path
-    server.stop()
-    hosted.close()
 
 
-@pytest.mark.parametrize("served", ["migdev", "lvu-sample"], indirect=True)
-def test_every_group_passes_against_our_server(served: tuple[HostedDevice, str]) -> None:
-    hosted, path = served
+@pytest.mark.parametrize("served_device", ["migdev", "lvu-sample"], indirect=True)
+def test_every_group_passes_against_our_server(served_device: tuple[HostedDevice, str]) -> None:
+    hosted, path = served_device
     name = "lvu-sample" if "Lvu" in type(hosted.device).__name__ else "migdev"
     checker = Checker(SocketTarget(path))
     peer = host_device(name, mem_size=1 << 20)  # the round trip's destination
@@ -54,9 +44,9 @@ def test_every_group_passes_against_our_server(served: tuple[HostedDevice, str])
     assert set(checker.report.coverage.groups) >= set(GROUPS)
 
 
-def test_unknown_group_is_refused(served: tuple[HostedDevice, str]) -> None:
+def test_unknown_group_is_refused(served_device: tuple[HostedDevice, str]) -> None:
     with pytest.raises(ValueError, match="unknown group"):
-        run_suite(Checker(SocketTarget(served[1])), {"nope"})
+        run_suite(Checker(SocketTarget(served_device[1])), {"nope"})
 
 
 def _kinds(path: str, group: str) -> dict[str, Kind]:
@@ -65,16 +55,16 @@ def _kinds(path: str, group: str) -> dict[str, Kind]:
     return {f.title: f.kind for f in checker.report.findings}
 
 
-def test_gating_opened_in_stop_copy_is_found(served: tuple[HostedDevice, str]) -> None:
-    hosted, path = served
+def test_gating_opened_in_stop_copy_is_found(served_device: tuple[HostedDevice, str]) -> None:
+    hosted, path = served_device
     hosted.core._gates[(State.STOP_COPY, Command.DEVICE_GET_INFO)] = None
     found = _kinds(path, "gating")
     assert found.get("DEVICE_GET_INFO refused in STOP_COPY") == Kind.ERRNO
 
 
-def test_probe_not_echoed_is_found(served: tuple[HostedDevice, str],
+def test_probe_not_echoed_is_found(served_device: tuple[HostedDevice, str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     real = hosted.core._handlers[Command.DEVICE_FEATURE]
 
     def no_echo(msg, fds):  # type: ignore[no-untyped-def]
@@ -89,8 +79,8 @@ def test_probe_not_echoed_is_found(served: tuple[HostedDevice, str],
     assert any(t.startswith("PROBE") and k == Kind.REPLY for t, k in found.items())
 
 
-def test_bad_state_is_found(served: tuple[HostedDevice, str]) -> None:
-    hosted, path = served
+def test_bad_state_is_found(served_device: tuple[HostedDevice, str]) -> None:
+    hosted, path = served_device
     fsm = hosted.core.fsm
     real = fsm.set_state
 
@@ -104,9 +94,9 @@ def test_bad_state_is_found(served: tuple[HostedDevice, str]) -> None:
     assert Kind.STATE in found.values()
 
 
-def test_wrong_errno_on_unmap_is_found(served: tuple[HostedDevice, str],
+def test_wrong_errno_on_unmap_is_found(served_device: tuple[HostedDevice, str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    hosted, path = served
+    hosted, path = served_device
     from vfio_user_mig.simulator.device.dma import DmaMapError
 
     def refuse(iova: int, size: int) -> None:
@@ -127,9 +117,9 @@ WRONG_GATES = {
 
 
 @pytest.mark.parametrize("group", sorted(WRONG_GATES))
-def test_other_groups_fail_against_a_wrong_gate(served: tuple[HostedDevice, str],
+def test_other_groups_fail_against_a_wrong_gate(served_device: tuple[HostedDevice, str],
                                                 group: str) -> None:
-    hosted, path = served
+    hosted, path = served_device
     hosted.core._gates[WRONG_GATES[group]] = errno.EPERM
     checker = Checker(SocketTarget(path), timeout=1.0)
     run_suite(checker, {group})

@@ -181,7 +181,7 @@ def test_stream_buffers_at_most_one_record() -> None:
         # 16 MiB went through in 256 KiB reads. Alive at once: the previous chunk, the read
         # buffer and its copy, a record or two: a few reads' worth, never the stream.
         assert peak < 6 * read
-        record = RECORD_HEADER.size + PAGES_PREFIX.size + MAX_RUN_PAGES * (4 + 4096)
+        record = RECORD_HEADER.size + PAGES_PREFIX.size + MAX_RUN_PAGES * (8 + 4096)
         assert session.encoder.peak == record
         assert 0 < decoder.peak <= 4096  # a page split across writes, never a whole record
         run(src, S.STOP_COPY, S.STOP)
@@ -341,7 +341,7 @@ def test_p2p_arcs_save_and_restore() -> None:
 
 
 def test_a_bit_flip_in_any_byte_of_a_real_stream_is_refused() -> None:
-    """Format 2: every payload byte is under a record CRC or a page CRC (and every header
+    """Format 3: every payload byte is under a record CRC or a page fingerprint (and every header
     byte under its record CRC): flip one bit of each byte of a whole one-page stream."""
     src, dst = MigDev(mem_size=4096), MigDev(mem_size=4096)
     try:

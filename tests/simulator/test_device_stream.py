@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import mmap
 from collections.abc import Iterator
 
 import pytest
@@ -18,13 +17,13 @@ from vfio_user_mig.simulator.device.stream import (
     RECORD_HEADER,
     RecordItem,
     RecordType,
-    Staged,
     StreamError,
     StreamGeometry,
     frame,
     header_payload,
     max_payload,
-    page_crcs,
+    page_fingerprints,
+    pages_parts,
     pages_payload,
 )
 from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
@@ -45,10 +44,10 @@ class Sink:
     def load_regs(self, data: bytes) -> None:
         self.regs = data
 
-    def page_crcs(self, first_page: int, count: int) -> bytes:
-        return page_crcs(self.mem[first_page * PS : (first_page + count) * PS], PS)
+    def page_fingerprints(self, first_page: int, count: int) -> bytes:
+        return page_fingerprints(self.mem[first_page * PS : (first_page + count) * PS], PS)
 
-    def restored_digest(self, page_crcs: bytes) -> bytes:
+    def restored_digest(self, page_fingerprints: bytes) -> bytes:
         return hashlib.sha256(self.regs + self.mem).digest()
 
 
@@ -116,9 +115,9 @@ def test_roundtrip_any_chunking(sizes: list[int]) -> None:
 def test_encoder_buffers_one_record_and_pauses() -> None:
     enc = StreamEncoder(records(pause_after=1))
     first = enc.read(1 << 20)
-    assert len(first) == 2 * RECORD_HEADER.size + len(header_payload(GEO)) + 8 + 5 * (4 + PS)
+    assert len(first) == 2 * RECORD_HEADER.size + len(header_payload(GEO)) + 8 + 5 * (8 + PS)
     assert enc.read(3) == b"\x4d\x47\x44"  # next record starts: magic
-    assert enc.buffered == RECORD_HEADER.size + 8 + 3 * (4 + PS) - 3
+    assert enc.buffered == RECORD_HEADER.size + 8 + 3 * (8 + PS) - 3
     rest = enc.read(1 << 20)
     assert enc.read(10) == b"" and enc.ended
     assert enc.peak <= RECORD_HEADER.size + max_payload(RecordType.PAGES, GEO)
@@ -150,7 +149,7 @@ def test_reorder_drop_duplicate_junk() -> None:
     refused(b"XXXX" + whole()[4:], "bad magic")
 
 
-def test_semantic_checks_with_valid_crcs() -> None:
+def test_semantic_checks_with_valid_checks() -> None:
     mem = b"".join(page(i) for i in range(8))
     good_end = END_PAYLOAD.pack(hashlib.sha256(b"regs" + mem).digest())
 
@@ -171,10 +170,13 @@ def test_semantic_checks_with_valid_crcs() -> None:
         stream(head, *all_pages, (RecordType.PAGES, pages_payload(7, page(0) * 2, PS)), *tail),
         "beyond 8 pages",
     )
-    bad = pages_payload(0, mem[: 4 * PS - 1] + b"\x00", PS)  # valid CRCs, other content
+    bad = pages_payload(0, mem[: 4 * PS - 1] + b"\x00", PS)  # valid checks, other content
     refused(stream(head, (RecordType.PAGES, bad), all_pages[1], *tail), "digest does not match")
-    torn = pages_payload(0, mem[: 4 * PS], PS)[:-1] + b"\x00"  # record CRC fine, page CRC not
-    refused(stream(head, (RecordType.PAGES, torn), all_pages[1], *tail), "CRC mismatch in page 3")
+    torn = pages_payload(0, mem[: 4 * PS], PS)[:-1] + b"\x00"  # record CRC fine, page not
+    refused(
+        stream(head, (RecordType.PAGES, torn), all_pages[1], *tail),
+        "fingerprint mismatch in page 3",
+    )
     for n in (0, 2):  # count disagreeing with the length, with a valid record CRC
         odd = PAGES_PREFIX.pack(0, n) + pages_payload(0, mem[: 4 * PS], PS)[8:]
         refused(stream(head, (RecordType.PAGES, odd), *tail), f"count {n}")
@@ -182,7 +184,7 @@ def test_semantic_checks_with_valid_crcs() -> None:
     refused(stream(*all_pages), "PAGES not allowed after stream start")
     refused(stream(head, *all_pages, (RecordType.REGS, b"reg"), tail[1]), "REGS: 3 bytes")
     big = RECORD_HEADER.pack(
-        b"MGDV", FORMAT_VERSION, RecordType.PAGES, 1, 8 + (MAX_RUN_PAGES + 1) * (4 + PS), 0
+        b"MGDV", FORMAT_VERSION, RecordType.PAGES, 1, 8 + (MAX_RUN_PAGES + 1) * (8 + PS), 0
     )
     refused(stream(head) + big, "exceeds")
     refused(stream(head, *all_pages, (RecordType.REGS, b"regs")), "no END (last record #3 REGS)")
@@ -193,8 +195,11 @@ def test_every_copy_of_a_page_sent_twice_is_checked() -> None:
     first copy of a page sent again is refused (when the second copy arrives), one in the
     last copy at finish; a clean stream decodes."""
     recs = split(whole())
-    first_copy = 2 * PS + 8 + 4 * 5 + RECORD_HEADER.size  # page 2 in the record of pages 0..4
-    for at, fragment in ((first_copy, "page 2 (its copy before)"), (-1, "CRC mismatch in page 2")):
+    first_copy = 2 * PS + 8 + 8 * 5 + RECORD_HEADER.size  # page 2 in the record of pages 0..4
+    for at, fragment in (
+        (first_copy, "page 2 (its copy before)"),
+        (-1, "fingerprint mismatch in page 2"),
+    ):
         rec = 1 if at > 0 else 3
         bad = bytearray(recs[rec])
         bad[at] ^= 0x10
@@ -217,36 +222,28 @@ def test_poisoned_decoder_keeps_failing() -> None:
         dec.finish()
 
 
-def test_staged_records_are_framed_in_place_and_read_without_copy() -> None:
-    """A Staged payload already sits in the staging buffer: the encoder writes its header in
-    place; the bytes equal those of the same records framed the usual way, and a read made
-    only of consecutive staging bytes is a read-only view of the buffer."""
-    mem = b"".join(page(i) for i in range(8))
-    plain = [
+def test_read_parts_are_the_records_without_a_copy() -> None:
+    """read_parts returns the parts a read is made of (record headers, prefixes, the page
+    buffers themselves, sliced at the read's bounds): their concatenation is the stream
+    read() returns, and page data is never copied."""
+    mem = bytearray(b"".join(page(i) for i in range(8)))
+    view = memoryview(mem)
+    items: list[RecordItem] = [
         (RecordType.HEADER, header_payload(GEO)),
-        (RecordType.PAGES, pages_payload(0, mem[: 4 * PS], PS)),
-        (RecordType.PAGES, pages_payload(4, mem[4 * PS :], PS)),
-    ]
-    staging = mmap.mmap(-1, sum(RECORD_HEADER.size + len(p) for _, p in plain))
-    staged: list[RecordItem] = []
-    at = 0
-    for rtype, payload in plain:
-        staging[at + RECORD_HEADER.size : at + RECORD_HEADER.size + len(payload)] = payload
-        staged.append((rtype, Staged(at, len(payload))))
-        at += RECORD_HEADER.size + len(payload)
-    tail: list[RecordItem] = [
+        (RecordType.PAGES, pages_parts(0, view[: 4 * PS], PS)),
+        (RecordType.PAGES, pages_parts(4, view[4 * PS :], PS)),
         (RecordType.REGS, b"regs"),
         (RecordType.END, END_PAYLOAD.pack(hashlib.sha256(b"regs" + mem).digest())),
     ]
-    enc = StreamEncoder(iter(staged + tail), staging)
-    first = enc.read(5000)
-    assert isinstance(first, memoryview) and first.readonly
-    rest = enc.read(1 << 20)
-    assert isinstance(rest, bytes)  # staging bytes then REGS and END: gathered (one copy)
-    expected = StreamEncoder(iter([*plain, *tail])).read(1 << 20)
-    assert bytes(first) + rest == expected
-    sink = decode(bytes(first) + rest)
-    assert sink.mem == mem
+    enc = StreamEncoder(iter(items))
+    parts = []
+    while not enc.ended:
+        parts.extend(enc.read_parts(5000))
+    pages = [p for p in parts if isinstance(p, memoryview) and p.obj is mem]
+    assert sum(len(p) for p in pages) == len(mem)  # every page byte a view of memory
+    data = b"".join(parts)
+    assert data == StreamEncoder(iter(items)).read(1 << 20)
+    assert decode(data).mem == mem
 
 
 def test_whole_records_in_one_feed_are_not_buffered() -> None:

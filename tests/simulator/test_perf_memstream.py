@@ -16,8 +16,8 @@ from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
-from vfio_user_mig.simulator.device.shadow import ShadowTracker, StagedRun
-from vfio_user_mig.simulator.device.stream import memory_fingerprint, page_crcs
+from vfio_user_mig.simulator.device.stream import memory_fingerprint, page_fingerprints
+from vfio_user_mig.simulator.device.tracker import FingerprintTracker
 from vfio_user_mig.simulator.server.core import ServerCore
 from vfio_user_mig.simulator.server.io import serve_socketpair
 
@@ -54,57 +54,70 @@ def test_pregenerated_stream_restores_into_a_migdev() -> None:
         dst.close()
 
 
-def test_shadow_runs_find_exactly_the_changed_pages() -> None:
+def test_tracker_runs_find_exactly_the_changed_pages() -> None:
     dev = MigDev(mem_size=1 << 20)
     try:
         mm = dev._mm  # the device memory (test only)
-        tracker = ShadowTracker(mm, 4096)
+        tracker = FingerprintTracker(mm, 4096)
         mm[5 * 4096] = 9
-        first = list(tracker.runs(64))
-        assert all(isinstance(r, StagedRun) for r in first) and tracker.all_sent
-        assert [(r.first, r.count) for r in first if isinstance(r, StagedRun)] == [
-            (p, 64) for p in range(0, 256, 64)
-        ]
-        assert tracker.memory_digest() == memory_fingerprint(page_crcs(mm, 4096))
-        assert tracker.crcs(5, 1) == page_crcs(mm[5 * 4096 : 6 * 4096], 4096)
-        assert tracker.content() == mm[:]
-        assert list(tracker.runs(16)) == []
+        first = list(tracker.runs(64, live=False))
+        assert tracker.all_sent
+        assert [(p, len(d) // 4096) for p, d, _ in first] == [(p, 64) for p in range(0, 256, 64)]
+        assert all(type(d) is bytes for _, d, _ in first)  # pre-copy: copies
+        assert b"".join(d for _, d, _ in first) == mm[:]
+        assert tracker.memory_digest() == memory_fingerprint(page_fingerprints(mm, 4096))
+        assert tracker.fingerprints(5, 1) == page_fingerprints(mm[5 * 4096 : 6 * 4096], 4096)
+        assert list(tracker.runs(16, live=False)) == []
         for page in (3, 4, 63, 64, 65, 200, 255):
             mm[page * 4096 + 7] = 1
-        runs = [(p, len(d) // 4096) for p, d in tracker.runs(16)]  # type: ignore[misc]
+        runs = [(p, len(d) // 4096) for p, d, _ in tracker.runs(16, live=True)]
         assert runs == [(3, 2), (63, 1), (64, 2), (200, 1), (255, 1)]  # cut at blocks
-        assert tracker.content() == mm[:]
-        assert tracker.memory_digest() == memory_fingerprint(page_crcs(mm, 4096))  # resent
-        assert tracker.memory_digest() == hashlib.sha256(page_crcs(mm, 4096)).digest()
-        assert list(tracker.runs(16)) == []
-        mm[64 * 4096] = 2  # a moved block changes again: found in the second shadow
-        assert [(p, len(d) // 4096) for p, d in tracker.runs(16)] == [(64, 1)]  # type: ignore[misc]
-        assert tracker.content() == mm[:]
+        assert tracker.memory_digest() == memory_fingerprint(page_fingerprints(mm, 4096))
+        assert tracker.memory_digest() == hashlib.sha256(page_fingerprints(mm, 4096)).digest()
+        assert list(tracker.runs(16, live=True)) == []
+        mm[64 * 4096] = 2
+        mm[64 * 4096] = 0  # changed and changed back: the same content, nothing to send
+        assert list(tracker.runs(16, live=True)) == []
+        mm[64 * 4096 + 1] = 2
+        live = list(tracker.runs(16, live=True))
+        assert [(p, len(d) // 4096) for p, d, _ in live] == [(64, 1)]
+        _, data, fps = live[0]
+        assert isinstance(data, memoryview) and data.readonly  # stop-copy: a view of memory
+        assert fps == page_fingerprints(mm[64 * 4096 : 65 * 4096], 4096)
+        data.release()
+        tracker.release()
     finally:
         dev.close()
 
 
-def test_first_pass_reads_are_zero_copy_views_that_never_change() -> None:
+def test_pre_copy_reads_are_copies_and_stop_copy_parts_views_of_memory() -> None:
+    """PRE_COPY: a read is bytes of its own (memory may change while it waits to be sent,
+    the page is then sent again); STOP_COPY: the page data of a read's parts are views of
+    device memory (no copy)."""
     src, dst = MigDev(mem_size=1 << 20), MigDev(mem_size=1 << 20)
     try:
         src.region_write(2, 0, b"\x11" * 4096, 0.0)
         _arcs(src, S.RUNNING, S.PRE_COPY)
         _arcs(dst, S.RUNNING, S.STOP, S.RESUMING)
         first = src.mig_data_read(300_000)
-        assert isinstance(first, memoryview) and first.readonly  # staged: no copy
         kept = bytes(first)
-        src.region_write(2, 0, b"\x22" * 4096, 0.0)  # page 0 changes while the view is held
+        src.region_write(2, 0, b"\x22" * 4096, 0.0)  # page 0 changes after it was read
         rest = []
         while len(chunk := src.mig_data_read(1 << 20)) == 1 << 20:
             rest.append(bytes(chunk))
-        assert isinstance(chunk, bytes)  # the end of pass 1 and pass 2 (page 0 again): copied
-        assert chunk.endswith(b"\x22" * 4096)
+        assert chunk.endswith(b"\x22" * 4096)  # the end of pass 1 and pass 2 (page 0 again)
         rest.append(chunk)
         assert src.mig_data_read(1 << 20) == b""  # caught up
-        assert bytes(first) == kept  # staging bytes were not rewritten
+        assert bytes(first) == kept
+        src.region_write(2, 8192, b"\x33" * 4096, 0.0)
         _arcs(src, S.PRE_COPY, S.STOP_COPY)
+        parts = src.mig_data_read_parts(1 << 20)
+        views = [p for p in parts if isinstance(p, memoryview) and len(p) == 4096]
+        assert len(views) == 1 and views[0].readonly and views[0] == b"\x33" * 4096
+        rest.append(b"".join(parts))
         while chunk := src.mig_data_read(1 << 20):
             rest.append(bytes(chunk))
+        del parts, views
         for part in (first, *rest):
             dst.mig_data_write(part)
         _arcs(src, S.STOP_COPY, S.STOP)
@@ -196,8 +209,8 @@ def test_migdev_stream_through_the_bulk_path_restores() -> None:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_pages_rewritten_during_a_read_restore_exactly(seed: int) -> None:
-    """Regression: reads hold views of the shadow until they return; a new pass re-taking
-    a page inside the same read must not change bytes already gathered (CRC, content)."""
+    """Regression: a page re-taken by a new pass inside the same read must not change bytes
+    already gathered (fingerprint, content)."""
     rnd = random.Random(seed)
     mem = rnd.choice([32768, 1 << 20])
     src, dst = MigDev(mem_size=mem), MigDev(mem_size=mem)
@@ -216,3 +229,21 @@ def test_pages_rewritten_during_a_read_restore_exactly(seed: int) -> None:
     finally:
         src.close()
         dst.close()
+
+
+def test_a_gathered_reply_is_sent_as_its_parts() -> None:
+    """A MIG_DATA_READ reply given as parts (wire.Gather) encodes to the same bytes as the
+    joined data, padding included, without joining them: the parts themselves are in the
+    message's parts."""
+    from vfio_user_mig import wire
+
+    mem = bytearray(b"\x05" * 8192)
+    parts = [b"head", memoryview(mem)[:4096], b"tail"]
+    gathered = wire.MigDataReadReply(wire.Gather(parts), 9000, msg_id=7)
+    joined = wire.MigDataReadReply(b"".join(parts), 9000, msg_id=7)
+    encoded = wire.encode_parts(gathered)
+    assert any(p is parts[1] for p in encoded)
+    assert b"".join(encoded) == wire.encode(joined) == wire.encode(gathered)
+    assert wire.Gather(parts) == b"".join(parts) and len(wire.Gather(parts)) == 4104
+    decoded = wire.decode(wire.encode(gathered))
+    assert isinstance(decoded, wire.MigDataReadReply) and decoded.data == b"".join(parts)

@@ -40,7 +40,7 @@ from vfio_user_mig.simulator.device.stream import (
     PAGES_PREFIX,
     RECORD_HEADER,
     RecordType,
-    pages_crc_span,
+    pages_checked_span,
 )
 from vfio_user_mig.wire.constants import Command
 
@@ -84,7 +84,7 @@ def page_ends(stream: bytes) -> list[tuple[int, int]]:
         body = at + RECORD_HEADER.size
         if rtype == RecordType.PAGES:
             first, count = PAGES_PREFIX.unpack_from(stream, body)
-            pages = body + pages_crc_span(count)
+            pages = body + pages_checked_span(count)
             out += [(pages + (k + 1) * PAGE, first + k) for k in range(count)]
         at = body + length
     assert at == len(stream) and sorted(p for _, p in out) == list(range(MEM // PAGE))

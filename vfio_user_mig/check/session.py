@@ -60,8 +60,9 @@ from vfio_user_mig.check.target import Target
 from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
 from vfio_user_mig.model.graph import transition_graph
 
-#: Chunk size the checker asks for when it reads a migration stream.
-READ_CHUNK = 64 * 1024
+#: The largest chunk the checker asks for when it reads a migration stream (1 MiB, the spec's
+#: default ``max_data_xfer_size``; a server or client limit below it wins).
+READ_CHUNK = 1024 * 1024
 _STATE = struct.Struct("<II")
 _MIG_DATA = struct.Struct("<II")
 _ECHO_SIZE = 8 + _STATE.size
@@ -454,9 +455,11 @@ class Sequence:
             "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR",
             ["DEVICE_FEATURE"])
 
-    def read_stream(self, chunk: int = READ_CHUNK) -> bytes | None:
+    def read_stream(self, chunk: int | None = None) -> bytes | None:
         """MIG_DATA_READ until a short read (end of this phase's data); ``None`` on an error.
-        A stream beyond the checker's bounds ends the sequence (module docstring)."""
+        A stream beyond the checker's bounds ends the sequence (module docstring). ``chunk``
+        defaults to the largest read both sides take (:attr:`read_chunk`)."""
+        chunk = self.read_chunk if chunk is None else chunk
         out = bytearray()
         while True:
             payload = _MIG_DATA.pack(8 + chunk, chunk)
@@ -468,6 +471,13 @@ class Sequence:
             out += reply.payload[8:8 + size]
             if size < chunk:
                 return bytes(out)
+
+    @property
+    def read_chunk(self) -> int:
+        """The largest MIG_DATA_READ both sides take: the server's and the checker's
+        ``max_data_xfer_size`` (PROTOCOL.md section 4), at most :data:`READ_CHUNK`."""
+        checker = self.checker
+        return min(READ_CHUNK, checker.facts.max_data_xfer_size, checker.client_max_xfer)
 
     def goto(self, target: State) -> None:
         """Move to ``target`` as a well-behaved VMM does: read a saving state's data to its end

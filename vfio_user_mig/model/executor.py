@@ -15,6 +15,7 @@ or the device is put in ERROR when the error says it is ``broken`` (PROTOCOL.md 
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,14 @@ from typing import Any, Protocol
 from transitions import Machine, MachineError
 
 from vfio_user_mig.model.errors import ArcActionError
-from vfio_user_mig.model.graph import RESET_TARGET, normalize_caps, transition_graph
+from vfio_user_mig.model.graph import (
+    RESET_TARGET,
+    direct_arcs,
+    fsm_states,
+    is_direct_arc,
+    normalize_caps,
+    trigger_name,
+)
 from vfio_user_mig.model.paths import Path, transition_path
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 
@@ -80,20 +88,31 @@ class _Model:
 def build_machine(
     caps: MigrationCaps | int, model: object, initial: State = State.RUNNING
 ) -> Machine:
-    """A ``transitions.Machine`` with exactly the graph's arcs as triggers (plus ``reset``)."""
-    graph = transition_graph(caps)
+    """A ``transitions.Machine`` with exactly the graph's arcs as triggers (plus ``reset``);
+    ``model`` None: a machine without a model, whose events are triggered for any model
+    (:class:`DeviceFSM` shares one per capability set)."""
+    caps = normalize_caps(caps)
     machine = Machine(
         model=model,
-        states=[s.name for s in graph.nodes],
+        states=[s.name for s in fsm_states(caps)],
         initial=initial.name,
         auto_transitions=False,
         send_event=True,
         ignore_invalid_triggers=False,
     )
-    for src, dst, data in graph.edges(data=True):
-        machine.add_transition(data["trigger"], src.name, dst.name, before="_before")
+    for src, dst in direct_arcs(caps):
+        machine.add_transition(trigger_name(src, dst), src.name, dst.name, before="_before")
     machine.add_transition("reset", "*", RESET_TARGET.name)
     return machine
+
+
+@functools.cache
+def _shared_machine(caps: MigrationCaps) -> Machine:
+    """The one machine of a capability set: built once, its events run for every device's
+    model (a model only needs the ``state`` attribute and ``_before``; the machine keeps no
+    per-model data and processes events synchronously, so devices in several threads share
+    it)."""
+    return build_machine(caps, None)
 
 
 class DeviceFSM:
@@ -111,7 +130,9 @@ class DeviceFSM:
         self.caps = normalize_caps(caps)
         self.actions: ArcActions = actions if actions is not None else NoActions()
         self._model = _Model(self.actions.on_arc)
-        self.machine = build_machine(self.caps, self._model, initial)
+        self.machine = _shared_machine(self.caps)
+        self.machine.set_state(initial.name, model=self._model)
+        self._events = self.machine.events
 
     @property
     def state(self) -> State:
@@ -121,11 +142,10 @@ class DeviceFSM:
     def step(self, dst: State) -> None:
         """Walk one direct arc; raises ``MachineError`` if it is not an arc of the graph and
         :class:`ArcActionError` (state unchanged) if the action fails."""
-        graph = transition_graph(self.caps)
         src = self.state
-        if not graph.has_edge(src, dst):
+        if not is_direct_arc(src, dst, self.caps):
             raise MachineError(f"{src.name} -> {dst.name} is not a direct arc")
-        self._model.trigger(graph.edges[src, dst]["trigger"])  # type: ignore[attr-defined]
+        self._events[trigger_name(src, dst)].trigger(self._model)
 
     def set_state(self, target: State | int) -> WalkResult:
         """Walk the complex transition to ``target``.
@@ -151,7 +171,7 @@ class DeviceFSM:
     def reset(self) -> None:
         """DEVICE_RESET: run the device's reset and return to RUNNING from any state."""
         self.actions.on_reset()
-        self._model.trigger("reset")  # type: ignore[attr-defined]
+        self._events["reset"].trigger(self._model)
 
     def force_error(self) -> None:
         """Put the device in ERROR (a device-internal failure outside any request)."""

@@ -3,7 +3,9 @@
 Everything the project knows about migration states and direct arcs is in the two tables
 below (``STATES`` and ``ARCS``). :func:`transition_graph` turns them into a
 ``networkx.DiGraph`` for one capability set; every other view (complex paths, the device
-executor, pictures, tables, proofs) is computed from that graph.
+executor, pictures, tables, proofs) is computed from that graph, or, where networkx is not
+worth importing (a server starting), from :func:`fsm_states` and :func:`direct_arcs`: the
+same nodes and edges the graph is built from.
 
 Sources: the Linux uapi FSM comment (``include/uapi/linux/vfio.h``), the arcs a driver must
 implement per capability set as listed in ``vfio_mig_get_next_state()``
@@ -150,28 +152,62 @@ def is_supported(state: State, caps: MigrationCaps) -> bool:
 
 
 @functools.cache
+def _fsm_states(caps: MigrationCaps) -> tuple[State, ...]:
+    return tuple(
+        info.state for info in STATES
+        if info.state is State.ERROR or is_supported(info.state, caps)
+    )
+
+
+@functools.cache
+def _direct_arcs(caps: MigrationCaps) -> tuple[tuple[State, State], ...]:
+    return tuple(
+        (arc.src, arc.dst) for arc in ARCS
+        if is_supported(arc.src, caps) and is_supported(arc.dst, caps)
+        and not (arc.absent_with & caps)
+    )
+
+
+@functools.cache
+def _arc_set(caps: MigrationCaps) -> frozenset[tuple[State, State]]:
+    return frozenset(_direct_arcs(caps))
+
+
+def fsm_states(caps: MigrationCaps | int) -> tuple[State, ...]:
+    """The nodes of :func:`transition_graph` (supported states plus ERROR, in ``STATES``
+    order), without building the graph (cached; no networkx import)."""
+    return _fsm_states(normalize_caps(caps))
+
+
+def direct_arcs(caps: MigrationCaps | int) -> tuple[tuple[State, State], ...]:
+    """The edges of :func:`transition_graph` as (src, dst) pairs in ``ARCS`` order, without
+    building the graph (cached; no networkx import)."""
+    return _direct_arcs(normalize_caps(caps))
+
+
+def is_direct_arc(src: State, dst: State, caps: MigrationCaps | int) -> bool:
+    """True when ``src -> dst`` is an edge of :func:`transition_graph` (O(1), cached)."""
+    return (src, dst) in _arc_set(normalize_caps(caps))
+
+
+@functools.cache
 def _build_graph(caps: MigrationCaps) -> nx.DiGraph:
     import networkx as nx  # deferred: most of the import time
 
     graph = nx.DiGraph(caps=caps, name=f"vfio migration FSM [{caps_label(caps)}]")
-    for info in STATES:
-        if info.state is State.ERROR or is_supported(info.state, caps):
-            graph.add_node(
-                info.state,
-                saving=info.saving,
-                running=info.running,
-                requires=info.requires,
-                description=info.description,
-                pos=info.pos,
-            )
-    for arc in ARCS:
-        if (
-            is_supported(arc.src, caps)
-            and is_supported(arc.dst, caps)
-            and not (arc.absent_with & caps)
-        ):
-            graph.add_edge(arc.src, arc.dst, action=arc.action, trigger=trigger_name(arc.src,
-                                                                                      arc.dst))
+    for state in _fsm_states(caps):
+        info = _INFO[state]
+        graph.add_node(
+            info.state,
+            saving=info.saving,
+            running=info.running,
+            requires=info.requires,
+            description=info.description,
+            pos=info.pos,
+        )
+    actions = {(arc.src, arc.dst): arc.action for arc in ARCS}
+    for src, dst in _direct_arcs(caps):
+        graph.add_edge(src, dst, action=actions[src, dst], trigger=trigger_name(src, dst))
     nx.freeze(graph)
     return graph
 
@@ -246,7 +282,10 @@ __all__ = [
     "ArcInfo",
     "StateInfo",
     "caps_label",
+    "direct_arcs",
+    "fsm_states",
     "graph_summary",
+    "is_direct_arc",
     "is_supported",
     "normalize_caps",
     "parse_caps",

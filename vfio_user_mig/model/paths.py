@@ -11,13 +11,12 @@ The rule (uapi ``vfio.h``, generalised so that it reproduces the kernel's table 
    saving group as early as possible), e.g. ``PRE_COPY -> RUNNING -> STOP`` rather than
    ``PRE_COPY -> STOP_COPY -> STOP``.
 
-Rule 2 is enforced by searching, for each (cur, target), a view of the graph without the arcs
-a path may not take; rule 3 by giving an arc into an interior saving state a weight of
-``1 + 1/16`` instead of 1 (paths have at most 7 arcs, so length always dominates). A pair
-with no admissible path is *blocked* (exactly STOP_COPY -> PRE_COPY and
-STOP_COPY -> PRE_COPY_P2P). The tables are computed once per capability set and every
-winner is checked to be unique, so lookups are O(1) and the result never depends on
-iteration order.
+Rule 2 is enforced by searching, for each (cur, target), only the direct arcs (the edges of the
+graph, :func:`~.graph.direct_arcs`) a path may take; rule 3 by giving an arc into an interior
+saving state a weight of ``1 + 1/16`` instead of 1 (paths have at most 7 arcs, so length always
+dominates). A pair with no admissible path is *blocked* (exactly STOP_COPY -> PRE_COPY and
+STOP_COPY -> PRE_COPY_P2P). The tables are computed once per capability set and every winner is
+checked to be unique, so lookups are O(1) and the result never depends on iteration order.
 """
 
 from __future__ import annotations
@@ -25,14 +24,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from vfio_user_mig.model.errors import InvalidTransition
-from vfio_user_mig.model.graph import caps_label, is_supported, normalize_caps, transition_graph
+from vfio_user_mig.model.graph import (
+    caps_label,
+    direct_arcs,
+    is_supported,
+    normalize_caps,
+    saving_states,
+)
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
-
-if TYPE_CHECKING:  # imported on first use: importing the model stays fast
-    import networkx as nx
 
 #: Extra cost of an arc into an interior saving state (rule 3). Any value in (0, 1/7) works.
 INTERIOR_SAVING_PENALTY = 1.0 / 16
@@ -50,51 +51,62 @@ class PathTable:
     supported: tuple[State, ...]
 
 
-def _admissible_view(graph: nx.DiGraph, cur: State, target: State) -> nx.DiGraph:
-    saving = {n for n, d in graph.nodes(data=True) if d["saving"]}
-    start_saving = cur in saving
-
-    def arc_allowed(u: State, v: State) -> bool:
-        if v in saving and u not in saving:
-            # Entering the saving group: only as the final hop of a path that started
-            # outside it (otherwise the path left the group and re-enters it).
-            return v == target and not start_saving
-        return True
-
-    import networkx as nx  # deferred: most of the import time
-
-    return nx.subgraph_view(graph, filter_edge=arc_allowed)
+def _admissible(saving: frozenset[State], cur: State, target: State, u: State, v: State) -> bool:
+    """Rule 2: may a path from ``cur`` to ``target`` take the arc ``u -> v``?"""
+    if v in saving and u not in saving:
+        # Entering the saving group: only as the final hop of a path that started
+        # outside it (otherwise the path left the group and re-enters it).
+        return v == target and cur not in saving
+    return True
 
 
-def _search(graph: nx.DiGraph, cur: State, target: State) -> Path | None:
+def _weight(saving: frozenset[State], target: State, v: State) -> float:
+    """Rule 3: the cost of an arc into ``v``."""
+    return 1.0 + (INTERIOR_SAVING_PENALTY if v in saving and v != target else 0.0)
+
+
+def _search(caps: MigrationCaps, cur: State, target: State) -> Path | None:
+    """The unique lightest admissible path ``cur -> target`` over the direct arcs (every
+    simple path is weighed: the graph has at most 8 states), or None when there is none."""
     if cur == target:
         return (cur,)
-    saving = {n for n, d in graph.nodes(data=True) if d["saving"]}
-    view = _admissible_view(graph, cur, target)
-
-    def weight(u: State, v: State, _data: object) -> float:
-        return 1.0 + (INTERIOR_SAVING_PENALTY if v in saving and v != target else 0.0)
-
-    import networkx as nx  # deferred: most of the import time
-
-    try:
-        winners = list(nx.all_shortest_paths(view, cur, target, weight=weight))
-    except nx.NetworkXNoPath:
+    saving = saving_states()
+    succ: dict[State, list[State]] = {}
+    for u, v in direct_arcs(caps):
+        if _admissible(saving, cur, target, u, v):
+            succ.setdefault(u, []).append(v)
+    best = float("inf")
+    winners: list[Path] = []
+    stack: list[tuple[Path, float]] = [((cur,), 0.0)]
+    while stack:
+        path, cost = stack.pop()
+        for v in succ.get(path[-1], ()):
+            if v in path:
+                continue
+            total = cost + _weight(saving, target, v)
+            if total > best:
+                continue
+            if v == target:
+                if total < best:
+                    best, winners = total, []
+                winners.append((*path, v))
+            else:
+                stack.append(((*path, v), total))
+    if not winners:
         return None
     if len(winners) != 1:  # pragma: no cover - a model error, caught by the test suite
         raise AssertionError(f"ambiguous complex transition {cur.name}->{target.name}: {winners}")
-    return tuple(winners[0])
+    return winners[0]
 
 
 @functools.cache
 def _table(caps: MigrationCaps) -> PathTable:
-    graph = transition_graph(caps)
     supported = tuple(s for s in State if is_supported(s, caps))
     paths: dict[tuple[State, State], Path] = {}
     blocked: set[tuple[State, State]] = set()
     for cur in supported:
         for target in supported:
-            found = _search(graph, cur, target)
+            found = _search(caps, cur, target)
             if found is None:
                 blocked.add((cur, target))
             else:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno as _errno
 import functools
 
-from vfio_user_mig.model.graph import transition_graph
+from vfio_user_mig.model.graph import fsm_states, saving_states
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.wire.constants import Command
 
@@ -45,8 +45,7 @@ CLIENT_COMMANDS: tuple[Command, ...] = tuple(
 
 @functools.cache
 def _readable(caps: int) -> frozenset[State]:
-    graph = transition_graph(caps)
-    return frozenset(s for s, d in graph.nodes(data=True) if d["saving"])
+    return frozenset(fsm_states(caps)) & saving_states()
 
 
 def readable_states(caps: MigrationCaps | int = VFIO_USER_CAPS) -> frozenset[State]:
@@ -83,8 +82,7 @@ def legality_table(
 
 @functools.cache
 def _legality(caps: int) -> tuple[tuple[tuple[State, Command], int | None], ...]:
-    graph = transition_graph(caps)
-    return tuple(((s, c), gate(s, c, caps)) for s in graph.nodes for c in CLIENT_COMMANDS)
+    return tuple(((s, c), gate(s, c, caps)) for s in fsm_states(caps) for c in CLIENT_COMMANDS)
 
 
 def gate_table(caps: MigrationCaps | int = VFIO_USER_CAPS) -> dict[tuple[int, int], int | None]:

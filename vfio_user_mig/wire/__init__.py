@@ -74,6 +74,7 @@ from vfio_user_mig.wire.msg_feature import (
 )
 from vfio_user_mig.wire.msg_irq import IrqInfo, IrqInfoReply, IrqSet, IrqSetReply
 from vfio_user_mig.wire.msg_migration import (
+    Gather,
     MigDataRead,
     MigDataReadReply,
     MigDataWrite,
@@ -135,6 +136,7 @@ __all__ = [
     "FeatureIndex",
     "FeatureOp",
     "Framer",
+    "Gather",
     "Header",
     "HeaderFlag",
     "IoFdType",

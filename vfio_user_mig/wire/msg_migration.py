@@ -41,6 +41,33 @@ def _zeros(n: int) -> bytes | memoryview:
     return memoryview(_ZEROS)[:n] if n <= len(_ZEROS) else bytes(n)
 
 
+class Gather:
+    """Data bytes given as several buffers, sent back to back by scatter-gather and never
+    joined on encode (a device's save stream as records and views of its memory).
+    ``len()`` is the byte count; ``bytes()`` joins them."""
+
+    __slots__ = ("_size", "parts")
+
+    def __init__(self, parts: list[Data] | tuple[Data, ...]) -> None:
+        self.parts = tuple(parts)
+        self._size = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Gather):
+            return bytes(self) == bytes(other)
+        if isinstance(other, bytes | bytearray | memoryview):
+            return bytes(self) == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @register(Command.MIG_DATA_READ)
 @dataclass(frozen=True, slots=True)
 class MigDataRead(Request):
@@ -81,7 +108,7 @@ class MigDataReadReply(Reply):
     A reply shorter than requested ends the stream.
     """
 
-    data: Data
+    data: Data | Gather
     requested: int | None = None
 
     def __post_init__(self) -> None:
@@ -108,7 +135,9 @@ class MigDataReadReply(Reply):
             self.msg_id, self.COMMAND, HEADER_SIZE + _MD + n + pad, self._flags(), 0, _MD + n, n
         )
         parts: Parts = [head]
-        if n:
+        if isinstance(self.data, Gather):
+            parts.extend(self.data.parts)
+        elif n:
             parts.append(self.data)
         if pad:
             parts.append(_zeros(pad))

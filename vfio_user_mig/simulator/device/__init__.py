@@ -9,7 +9,8 @@ refuses with (:mod:`.errors`), DMA jobs and the client's DMA space (:mod:`.dma`)
 
 from __future__ import annotations
 
-from typing import Protocol
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps
 from vfio_user_mig.simulator.device.base import (
@@ -39,12 +40,27 @@ from vfio_user_mig.simulator.device.dma import (
     run_job,
 )
 from vfio_user_mig.simulator.device.errors import DeviceError
-from vfio_user_mig.simulator.device.lvu_sample import LvuSample, make_lvu_sample
 from vfio_user_mig.simulator.device.migdev import MigDev
 from vfio_user_mig.simulator.device.migdev_base import DEFAULT_MEM_SIZE
 from vfio_user_mig.simulator.device.stream import RecordType, StreamError, StreamGeometry
-from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
-from vfio_user_mig.simulator.device.stream_encoder import StreamEncoder
+
+if TYPE_CHECKING:
+    from vfio_user_mig.simulator.device.lvu_sample import LvuSample
+    from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+    from vfio_user_mig.simulator.device.stream_encoder import StreamEncoder
+
+#: Names imported on first use (``serve`` starts without them).
+_LAZY = {
+    "LvuSample": "vfio_user_mig.simulator.device.lvu_sample",
+    "StreamDecoder": "vfio_user_mig.simulator.device.stream_decoder",
+    "StreamEncoder": "vfio_user_mig.simulator.device.stream_encoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class DeviceFactory(Protocol):
@@ -62,9 +78,16 @@ def _migdev(
     return MigDev(mem_size=mem_size, irq_sink=irq_sink, caps=caps)
 
 
+def _lvu_sample(
+    *, mem_size: int, irq_sink: IrqSink, caps: MigrationCaps = VFIO_USER_CAPS
+) -> Device:
+    from vfio_user_mig.simulator.device.lvu_sample import make_lvu_sample
+
+    return make_lvu_sample(mem_size=mem_size, irq_sink=irq_sink, caps=caps)
+
+
 #: Device profiles by name (the CLI's ``--device``).
-DEVICES: dict[str, DeviceFactory] = {"migdev": _migdev}
-DEVICES["lvu-sample"] = make_lvu_sample
+DEVICES: dict[str, DeviceFactory] = {"migdev": _migdev, "lvu-sample": _lvu_sample}
 
 __all__ = [
     "DEFAULT_MEM_SIZE",

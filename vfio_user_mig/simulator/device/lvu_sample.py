@@ -65,7 +65,7 @@ import time
 from collections.abc import Generator
 
 from vfio_user_mig.model.errors import ArcActionError
-from vfio_user_mig.model.graph import running_states, saving_states, transition_graph
+from vfio_user_mig.model.graph import is_direct_arc, running_states, saving_states
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 from vfio_user_mig.simulator.device.base import (
     PCI_NUM_REGIONS,
@@ -374,7 +374,7 @@ class LvuSample(BookkeepingDevice):
             raise ArcActionError(f"{arc}: device is closed", _errno.EBADF)
         if src != self._state:
             raise ArcActionError(f"{arc}: device is in {self._state.name}", _errno.EINVAL)
-        if not transition_graph(self._caps).has_edge(src, dst):
+        if not is_direct_arc(src, dst, self._caps):
             raise ArcActionError(f"{arc}: not a direct arc of this device", _errno.EINVAL)
         if dst is State.RUNNING and self._bar0 != 0:
             try:

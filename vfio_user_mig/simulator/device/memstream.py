@@ -42,6 +42,10 @@ class PregeneratedStream:
         # ``Device.mig_data_read`` is annotated ``bytes`` only.
         return cast(bytes, self._view[pos:end])
 
+    def read_parts(self, max_size: int) -> list[bytes | memoryview]:
+        """:meth:`read` as parts (one)."""
+        return [self.read(max_size)]
+
     def stop_copy(self) -> None:
         """Serve the rest of the stream."""
         self._limit = len(self._view)
@@ -74,6 +78,7 @@ class MemStreamDev(MigDev):
         chunks = []
         while chunk := session.read(_GEN_CHUNK):
             chunks.append(chunk)
+        session.close()
         self.stream = b"".join(chunks)
         self._precopy_end = _regs_offset(self.stream)
 

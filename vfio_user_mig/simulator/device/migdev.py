@@ -21,8 +21,8 @@ Migration (direct arcs of the kernel FSM, P2P ones included):
   starts a :class:`~.session.SaveSession`; PRE_COPY*->STOP_COPY finishes it (rest of memory,
   REGS, END); leaving the group (PRE_COPY*->RUNNING*, STOP_COPY->STOP) discards it;
 * STOP->RESUMING clears the device (power-on registers, zero memory) and starts a decoder;
-  RESUMING->STOP checks the stream is complete, every page's last copy matches its page CRC
-  and the digest matches (one pass over memory computes the page CRCs both use); otherwise
+  RESUMING->STOP checks the stream is complete, every page's last copy matches its fingerprint
+  and the digest matches (one pass over memory computes the page fingerprints both use); otherwise
   the device is cleared again and the arc fails with ``ArcActionError(EINVAL, broken=True)``
   (ERROR).
 
@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno as _errno
 
 from vfio_user_mig.model.errors import ArcActionError
-from vfio_user_mig.model.graph import transition_graph
+from vfio_user_mig.model.graph import is_direct_arc
 from vfio_user_mig.model.states import State
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.device.migdev_base import (
@@ -56,13 +56,12 @@ from vfio_user_mig.simulator.device.regs import (
 from vfio_user_mig.simulator.device.stream import (
     END_PAYLOAD,
     MAX_RUN_PAGES,
-    PAGE_CRC,
+    PAGE_FP,
     PAGES_PREFIX,
     RECORD_HEADER,
     StreamError,
     header_payload,
 )
-from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
 
 class _Restorer:
@@ -77,11 +76,11 @@ class _Restorer:
     def load_regs(self, data: bytes) -> None:
         self._dev._load_regs(data)
 
-    def page_crcs(self, first_page: int, count: int) -> bytes:
-        return self._dev._page_crcs(first_page, count)
+    def page_fingerprints(self, first_page: int, count: int) -> bytes:
+        return self._dev._page_fingerprints(first_page, count)
 
-    def restored_digest(self, page_crcs: bytes) -> bytes:
-        return self._dev._stream_digest(page_crcs)
+    def restored_digest(self, page_fingerprints: bytes) -> bytes:
+        return self._dev._stream_digest(page_fingerprints)
 
 
 class MigDev(MigDevRegions):
@@ -118,7 +117,7 @@ class MigDev(MigDevRegions):
             raise ArcActionError(f"{arc}: device is closed", _errno.EBADF)
         if src != self._state:
             raise ArcActionError(f"{arc}: device is in {self._state.name}", _errno.EINVAL)
-        if not transition_graph(self._caps).has_edge(src, dst):
+        if not is_direct_arc(src, dst, self._caps):
             raise ArcActionError(f"{arc}: not a direct arc of this device", _errno.EINVAL)
         injected = self._injected.pop((src, dst), None)
         if injected is not None:
@@ -132,8 +131,10 @@ class MigDev(MigDevRegions):
         elif src in PRECOPY_STATES and dst is State.STOP_COPY and self._save is not None:
             self._save.stop_copy()
         elif src in SAVING_STATES and dst not in SAVING_STATES:
-            self._save = None
+            self._drop_save()
         if dst is State.RESUMING:
+            from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+
             self._power_on()
             self._restore = StreamDecoder(self._geo, _Restorer(self))
         elif src is State.RESUMING:
@@ -149,7 +150,7 @@ class MigDev(MigDevRegions):
 
     def _to_error(self) -> None:
         self._power_on()
-        self._save = None
+        self._drop_save()
         self._restore = None
         self._state = State.ERROR
 
@@ -158,13 +159,14 @@ class MigDev(MigDevRegions):
         experimental MIG_DATA_SIZE feature, the kernel's ``stop_copy_length``).
 
         In PRE_COPY: the record being read (what is left of it), HEADER if not sent yet, the
-        pages the shadow reports as never sent or changed since sent (with their page CRCs),
+        pages the tracker reports as never sent or changed since sent (with their
+        fingerprints),
         framed in PAGES records (runs of consecutive pages, at most ``MAX_RUN_PAGES`` each and
         never across a multiple of ``MAX_RUN_PAGES``, as the final pass cuts them), then REGS
         and END. Exact for the content at the time of the call; the guest may dirty
         more before the switch. In STOP_COPY the same, so an upper bound (REGS and END are
         counted until the stream ended), 0 once it ended. Outside the saving group (or with a
-        save stream not built on the shadow), a whole stream: an upper bound.
+        save stream not built on the tracker), a whole stream: an upper bound.
         """
         if self._closed:
             raise DeviceError("pending_bytes: device is closed", _errno.EBADF)
@@ -187,11 +189,11 @@ class MigDev(MigDevRegions):
                     records += 1
                 last = page
             unsent_header = 0 if encoder.records else header
-            return (encoder.buffered + unsent_header + pages * (ps + PAGE_CRC.size)
+            return (encoder.buffered + unsent_header + pages * (ps + PAGE_FP.size)
                     + records * (rec + PAGES_PREFIX.size) + tail)
         n = self._geo.n_pages
         records = -(-n // MAX_RUN_PAGES)
-        return header + n * (ps + PAGE_CRC.size) + records * (rec + PAGES_PREFIX.size) + tail
+        return header + n * (ps + PAGE_FP.size) + records * (rec + PAGES_PREFIX.size) + tail
 
     def mig_data_read(self, max_size: int) -> bytes:
         if self._closed:
@@ -203,6 +205,16 @@ class MigDev(MigDevRegions):
         if max_size == 0:
             return b""  # POSIX-like: a zero-length read neither reads nor ends the stream
         return self._save.read(max_size)
+
+    def mig_data_read_parts(self, max_size: int) -> list[bytes | memoryview]:
+        """:meth:`mig_data_read` as the parts the bytes are made of, for a scatter-gather
+        send (in STOP_COPY read-only views of device memory: no copy); the caller sends them
+        before it lets the device run again."""
+        parts = getattr(self._save, "read_parts", None)
+        if parts is None or max_size <= 0 or self._closed or self._state not in SAVING_STATES:
+            return [self.mig_data_read(max_size)]
+        out: list[bytes | memoryview] = parts(max_size)
+        return out
 
     def mig_data_write(self, data: bytes | memoryview) -> None:
         if self._closed:

@@ -6,13 +6,15 @@ device memory (a memfd), the save/restore objects -- with the tables the server 
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
+import gc
 import hashlib
 import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vfio_user_mig.model.graph import running_states, saving_states
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
@@ -42,13 +44,15 @@ from vfio_user_mig.simulator.device.regs import (
     Reg,
     Status,
 )
-from vfio_user_mig.simulator.device.session import SaveSession
 from vfio_user_mig.simulator.device.stream import (
     StreamGeometry,
     memory_fingerprint,
-    page_crcs,
+    page_fingerprints,
 )
-from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+
+if TYPE_CHECKING:  # imported when a save or restore starts (a server starts without them)
+    from vfio_user_mig.simulator.device.session import SaveSession
+    from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
 PROFILE = "migdev"
 PAGE_SIZE = 4096
@@ -170,14 +174,25 @@ class MigDevBase(BookkeepingDevice):
     @property
     def save_session(self) -> SaveSession | None:
         """The save session in progress, if any (for inspection)."""
+        from vfio_user_mig.simulator.device.session import SaveSession
+
         return self._save if isinstance(self._save, SaveSession) else None
 
     def _new_save(self, *, precopy: bool) -> SaveStream:
         """The save stream of a session entering the saving group (a subclass may serve
         another source, e.g. :mod:`.memstream`)."""
+        from vfio_user_mig.simulator.device.session import SaveSession
+
         return SaveSession(
             self._mm, self._geo, self._regs_snapshot, self._digest_of, precopy=precopy
         )
+
+    def _drop_save(self) -> None:
+        """End the save session (if any): it lets go of device memory at once."""
+        save, self._save = self._save, None
+        close = getattr(save, "close", None)
+        if close is not None:
+            close()
 
     @property
     def restore_decoder(self) -> StreamDecoder | None:
@@ -219,17 +234,19 @@ class MigDevBase(BookkeepingDevice):
         digest tests and the migration driver compare)."""
         return self._digest_of(hashlib.sha256(self._mm).digest(), self._regs_snapshot())
 
-    def _page_crcs(self, first_page: int, count: int) -> bytes:
-        """:func:`~.stream.page_crcs` of ``count`` pages of device memory from ``first_page``."""
+    def _page_fingerprints(self, first_page: int, count: int) -> bytes:
+        """:func:`~.stream.page_fingerprints` of ``count`` pages of device memory from
+        ``first_page``."""
         a = first_page * PAGE_SIZE
         with memoryview(self._mm) as mem:
-            return page_crcs(mem[a : a + count * PAGE_SIZE], PAGE_SIZE)
+            return page_fingerprints(mem[a : a + count * PAGE_SIZE], PAGE_SIZE)
 
-    def _stream_digest(self, crc_table: bytes) -> bytes:
-        """The END digest of the stream (format 2): over the
-        :func:`~.stream.memory_fingerprint` of device memory (the SHA-256 of its page-CRC
-        table ``crc_table``, :meth:`_page_crcs` of every page) and the registers."""
-        return self._digest_of(memory_fingerprint(crc_table), self._regs_snapshot())
+    def _stream_digest(self, fp_table: bytes) -> bytes:
+        """The END digest of the stream (format 3): over the
+        :func:`~.stream.memory_fingerprint` of device memory (the SHA-256 of its
+        page-fingerprint table ``fp_table``, :meth:`_page_fingerprints` of every page) and the
+        registers."""
+        return self._digest_of(memory_fingerprint(fp_table), self._regs_snapshot())
 
     def digest(self) -> str:
         if self._closed:
@@ -250,7 +267,7 @@ class MigDevBase(BookkeepingDevice):
             raise DeviceError("DEVICE_RESET: device is closed", _errno.EBADF)
         self._power_on()
         if not keep_mig_state:
-            self._save = None
+            self._drop_save()
             self._restore = None
             self._state = State.RUNNING
 
@@ -259,9 +276,14 @@ class MigDevBase(BookkeepingDevice):
             return
         self._abort_job()
         self._closed = True
-        self._save = None
+        self._drop_save()
         self._restore = None
-        self._mm.close()
+        try:
+            self._mm.close()
+        except BufferError:  # views of memory sent in STOP_COPY, held by a reference cycle
+            gc.collect()  # (e.g. an exception's traceback of a failed send): free them
+            with contextlib.suppress(BufferError):  # still held: unmapped when freed
+                self._mm.close()
         os.close(self._fd)
 
 __all__ = [

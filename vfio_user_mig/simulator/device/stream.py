@@ -1,4 +1,4 @@
-"""The migration stream: versioned, self-describing, checksummed records.
+"""The migration stream: versioned, self-describing, checked records.
 
 Every record is a 20-byte header followed by ``length`` payload bytes (all little-endian):
 
@@ -6,7 +6,7 @@ Every record is a 20-byte header followed by ``length`` payload bytes (all littl
 off   size  field       meaning
 ====  ====  ==========  =================================================================
 0     4     magic       ``b"MGDV"``
-4     2     version     :data:`FORMAT_VERSION` (2)
+4     2     version     :data:`FORMAT_VERSION` (3)
 6     2     type        :class:`RecordType`
 8     4     seq         0 for the first record of a save session, then +1 per record
 12    4     length      payload bytes (bounded per type, see :func:`max_payload`)
@@ -18,24 +18,29 @@ Payloads (in stream order: HEADER, PAGES*, REGS, END; nothing after END):
 
 * HEADER: ``format_version u16, page_size u32, mem_size u64, regs_size u32, name_len u16,
   name`` (the device profile, UTF-8, at most :data:`MAX_NAME` bytes);
-* PAGES: ``first_page u32, count u32``, then ``count`` page CRCs (``u32`` each: the zlib
-  CRC-32 of each page, in order), then ``count * page_size`` bytes (a run of consecutive
-  pages, ``1 <= count <= MAX_RUN_PAGES``); a page may be sent again, the last copy wins;
-  every page must be sent at least once. The header's crc32 covers ``first_page``, ``count``
-  and the page CRCs (the first ``8 + 4 * count`` payload bytes, or fewer if the payload is
-  shorter); each page's bytes are covered by its own CRC. So every payload byte is under a
-  CRC-32, and any single bit flip (or burst of up to 32 bits within one CRC's span) is
-  detected; the page CRCs computed once on the save side also feed the END digest. The
-  restore side checks every copy of a page against its CRC by the end of the stream at the
-  latest: when the page is sent again, else in its END digest pass (:mod:`.stream_decoder`);
+* PAGES: ``first_page u32, count u32``, then ``count`` page fingerprints (``u64`` each: the
+  XXH3-64 hash of each page, in order, :func:`page_fingerprints`), then ``count * page_size``
+  bytes (a run of consecutive pages, ``1 <= count <= MAX_RUN_PAGES``); a page may be sent
+  again, the last copy wins; every page must be sent at least once. The header's crc32 covers
+  ``first_page``, ``count`` and the page fingerprints (the first ``8 + 8 * count`` payload
+  bytes, or fewer if the payload is shorter); each page's bytes are covered by its own
+  fingerprint. So every payload byte is checked: a changed byte of the checked span is
+  caught by the CRC-32 (any burst of up to 32 bits), a changed page by its fingerprint
+  (XXH3-64: a differing page goes unnoticed with probability 2**-64). The fingerprints the
+  save side computes also tell it which pages changed since they were sent (:mod:`.tracker`)
+  and feed the END digest. The restore side checks every copy of a page against its
+  fingerprint by the end of the stream at the latest: when the page is sent again, else in
+  its END digest pass (:mod:`.stream_decoder`);
 * REGS: ``regs_size`` bytes of device registers (opaque here; the device validates them);
 * END: ``digest`` (32 bytes): the device's digest of the state the stream restores,
   compared by the restore side with :meth:`RestoreSink.restored_digest` (for ``migdev``:
-  SHA-256 over profile, geometry, REGS payload and the SHA-256 of the page-CRC table of
-  device memory, :func:`memory_fingerprint`).
+  SHA-256 over profile, geometry, REGS payload and the SHA-256 of the page-fingerprint table
+  of device memory, :func:`memory_fingerprint`).
 
-Version 1 (before): PAGES had no page CRCs, the header CRC covered the whole payload, and
-migdev's END digest hashed all of device memory with SHA-256.
+Version 2 (before): the same with a zlib CRC-32 per page (``u32``) instead of the
+fingerprint, and the END digest over the page-CRC table. Version 1: PAGES had no per-page
+check, the header CRC covered the whole payload, and migdev's END digest hashed all of device
+memory with SHA-256.
 
 A save session emits HEADER on its first read; PRE_COPY then emits PAGES; STOP_COPY the
 remaining PAGES, REGS and END. The restore side receives the concatenation.
@@ -49,16 +54,19 @@ from __future__ import annotations
 
 import enum
 import errno as _errno
+import functools
 import hashlib
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from xxhash import xxh3_64_intdigest
+
 from vfio_user_mig.simulator.device.errors import DeviceError
 
 MAGIC = b"MGDV"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Longest run of pages in one PAGES record: bounds what encoder and decoder buffer.
 MAX_RUN_PAGES = 64
 MAX_NAME = 64
@@ -67,9 +75,10 @@ DIGEST_SIZE = 32
 RECORD_HEADER = struct.Struct("<4sHHIII")
 HEADER_PAYLOAD = struct.Struct("<HIQIH")
 PAGES_PREFIX = struct.Struct("<II")
-#: One page CRC of a PAGES record.
-PAGE_CRC = struct.Struct("<I")
+#: One page fingerprint of a PAGES record.
+PAGE_FP = struct.Struct("<Q")
 END_PAYLOAD = struct.Struct(f"<{DIGEST_SIZE}s")
+_FPS = struct.Struct(f"<{MAX_RUN_PAGES}Q")
 CRC_SPAN = RECORD_HEADER.size - 4
 HEAD_NO_CRC = struct.Struct("<4sHHII")
 CRC = struct.Struct("<I")
@@ -113,7 +122,7 @@ def max_payload(rtype: RecordType, geometry: StreamGeometry) -> int:
     if rtype is RecordType.HEADER:
         return HEADER_PAYLOAD.size + MAX_NAME
     if rtype is RecordType.PAGES:
-        return PAGES_PREFIX.size + MAX_RUN_PAGES * (PAGE_CRC.size + geometry.page_size)
+        return PAGES_PREFIX.size + MAX_RUN_PAGES * (PAGE_FP.size + geometry.page_size)
     if rtype is RecordType.REGS:
         return geometry.regs_size
     return END_PAYLOAD.size
@@ -137,7 +146,7 @@ def frame_parts(
     crc = zlib.crc32(head)
     if rtype is RecordType.PAGES and payload and len(payload[0]) >= PAGES_PREFIX.size:
         first = payload[0]
-        span = min(pages_crc_span(PAGES_PREFIX.unpack_from(first)[1]), length)
+        span = min(pages_checked_span(PAGES_PREFIX.unpack_from(first)[1]), length)
         if span <= len(first):
             crc = zlib.crc32(memoryview(first)[:span], crc)
             return head + CRC.pack(crc), payload
@@ -148,23 +157,31 @@ def frame_parts(
     return head + CRC.pack(crc), payload
 
 
-def pages_crc_span(count: int) -> int:
-    """Bytes of a PAGES payload under the record CRC: prefix and ``count`` page CRCs."""
-    return PAGES_PREFIX.size + PAGE_CRC.size * count
+def pages_checked_span(count: int) -> int:
+    """Bytes of a PAGES payload under the record CRC: prefix and ``count`` page fingerprints."""
+    return PAGES_PREFIX.size + PAGE_FP.size * count
 
 
-def page_crcs(data: Chunk, page_size: int) -> bytes:
-    """The page CRCs of whole pages ``data`` (``u32`` little-endian each, in order)."""
+@functools.lru_cache(maxsize=8)
+def _page_slices(size: int, page_size: int) -> tuple[slice, ...]:
+    return tuple(slice(o, o + page_size) for o in range(0, size, page_size))
+
+
+def page_fingerprints(data: Chunk, page_size: int) -> bytes:
+    """The page fingerprints of whole pages ``data``: XXH3-64 of each page (``u64``
+    little-endian each, in order)."""
     view = memoryview(data)
-    crc32 = zlib.crc32
-    crcs = [crc32(view[o : o + page_size]) for o in range(0, len(view), page_size)]
-    return struct.pack(f"<{len(crcs)}I", *crcs)
+    slices = _page_slices(len(view), page_size)
+    fps = map(xxh3_64_intdigest, map(view.__getitem__, slices))  # no Python loop per page
+    if len(slices) == MAX_RUN_PAGES:
+        return _FPS.pack(*fps)
+    return struct.pack(f"<{len(slices)}Q", *fps)
 
 
-def memory_fingerprint(crc_table: Chunk) -> bytes:
-    """SHA-256 of a page-CRC table (the CRCs of every page of a memory, in page order): what
-    migdev's END digest covers of device memory."""
-    return hashlib.sha256(crc_table).digest()
+def memory_fingerprint(fp_table: Chunk) -> bytes:
+    """SHA-256 of a page-fingerprint table (the fingerprints of every page of a memory, in
+    page order): what migdev's END digest covers of device memory."""
+    return hashlib.sha256(fp_table).digest()
 
 
 def header_payload(geometry: StreamGeometry) -> bytes:
@@ -182,44 +199,21 @@ def header_payload(geometry: StreamGeometry) -> bytes:
 
 def pages_payload(first_page: int, data: bytes, page_size: int) -> bytes:
     """PAGES payload: a run starting at ``first_page``; ``data`` is whole pages."""
-    return PAGES_PREFIX.pack(first_page, len(data) // page_size) + page_crcs(data, page_size) + data
+    return b"".join(pages_parts(first_page, memoryview(data), page_size))
 
 
 def pages_parts(
-    first_page: int, data: memoryview, page_size: int, crcs: bytes | None = None
-) -> tuple[bytes, memoryview]:
-    """The PAGES payload of :func:`pages_payload` as parts (prefix + page CRCs, data): no copy
-    of data. ``crcs``: the page CRCs if already known (:func:`page_crcs` of ``data``)."""
-    if crcs is None:
-        crcs = page_crcs(data, page_size)
-    return PAGES_PREFIX.pack(first_page, len(data) // page_size) + crcs, data
+    first_page: int, data: Chunk, page_size: int, fps: bytes | None = None
+) -> tuple[bytes, Chunk]:
+    """The PAGES payload of :func:`pages_payload` as parts (prefix + page fingerprints,
+    data): no copy of data. ``fps``: the page fingerprints if already known
+    (:func:`page_fingerprints` of ``data``)."""
+    if fps is None:
+        fps = page_fingerprints(data, page_size)
+    return PAGES_PREFIX.pack(first_page, len(data) // page_size) + fps, data
 
 
-@dataclass(frozen=True)
-class Staged:
-    """A payload already in place in the encoder's staging buffer: ``length`` bytes at
-    ``offset + 20``, with room for the record header at ``offset``; the encoder writes the
-    header there and sends the record as a view of the buffer (see :class:`StreamEncoder`)."""
-
-    offset: int
-    length: int
-
-
-#: A payload: one buffer, a tuple of buffers sent back to back (never concatenated), or a
-#: :class:`Staged` one.
-Payload = bytes | memoryview | tuple[Chunk, ...] | Staged
-
-
-
-class Barrier:
-    """Yielded by a record source before it changes a buffer that parts of earlier records
-    may still reference (e.g. a new shadow pass re-taking pages): the encoder then copies the
-    bytes it gathered so far before going on."""
-
-
-#: The one :class:`Barrier` a source yields.
-BARRIER = Barrier()
-#: What a record source yields: a record to send, None for "caught up for now", or BARRIER.
-RecordItem = tuple[RecordType, Payload] | Barrier | None
-
-
+#: A payload: one buffer, or a tuple of buffers sent back to back (never concatenated).
+Payload = bytes | memoryview | tuple[Chunk, ...]
+#: What a record source yields: a record to send, or None for "caught up for now".
+RecordItem = tuple[RecordType, Payload] | None

@@ -3,11 +3,12 @@
 :class:`RestoreSink`.
 
 Page data is verified *once per copy, when cheapest* (the stream's integrity rule,
-:mod:`.stream`): a page is loaded as it arrives with its page CRC recorded;
-the copy is checked against that CRC either when a later copy of the same page is about to
-replace it, or at :meth:`StreamDecoder.finish`, in the pass over restored memory that computes
-the END digest anyway (the digest covers the page-CRC table of memory). So every byte of every
-copy is still checked against its CRC, without a CRC pass over the data while it streams in.
+:mod:`.stream`): a page is loaded as it arrives with its fingerprint recorded; the copy is
+checked against that fingerprint either when a later copy of the same page is about to replace
+it, or at :meth:`StreamDecoder.finish`, in the pass over restored memory that computes the END
+digest anyway (the digest covers the page-fingerprint table of memory). So every byte of every
+copy is still checked against its fingerprint, without a hash pass over the data while it
+streams in.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vfio_user_mig.simulator.device.stream import (
     HEADER_PAYLOAD,
     MAGIC,
     MAX_RUN_PAGES,
+    PAGE_FP,
     PAGES_PREFIX,
     RECORD_HEADER,
     Chunk,
@@ -29,7 +31,7 @@ from vfio_user_mig.simulator.device.stream import (
     StreamError,
     StreamGeometry,
     max_payload,
-    pages_crc_span,
+    pages_checked_span,
 )
 
 
@@ -42,26 +44,27 @@ class RestoreSink(Protocol):
     def load_regs(self, data: bytes) -> None:
         """Apply the REGS payload; raise StreamError if its content is invalid."""
 
-    def page_crcs(self, first_page: int, count: int) -> bytes:
-        """The page CRCs (:func:`~.stream.page_crcs`) of ``count`` restored pages from
-        ``first_page``, as they are in the sink now."""
+    def page_fingerprints(self, first_page: int, count: int) -> bytes:
+        """The page fingerprints (:func:`~.stream.page_fingerprints`) of ``count`` restored
+        pages from ``first_page``, as they are in the sink now."""
 
-    def restored_digest(self, page_crcs: bytes) -> bytes:
-        """SHA-256 digest of the state restored so far, given the page CRCs of all of its
-        memory (what :meth:`page_crcs` answered for every page)."""
+    def restored_digest(self, page_fingerprints: bytes) -> bytes:
+        """SHA-256 digest of the state restored so far, given the page fingerprints of all of
+        its memory (what :meth:`page_fingerprints` answered for every page)."""
 
 
 class StreamDecoder:
     """Validates a stream as bytes arrive, in chunks of any size, and restores it into a sink.
 
     Checks, as soon as the bytes are there: magic, version, record type, order, seq, length
-    bound, record CRC, HEADER geometry, PAGES bounds; page data against its page CRC when the
-    page is sent again or at :meth:`finish` (module docstring). After the first error the
+    bound, record CRC, HEADER geometry, PAGES bounds; page data against its fingerprint when
+    the page is sent again or at :meth:`finish` (module docstring). After the first error the
     decoder is poisoned: every later call raises the same :class:`StreamError`. Pages go from
     the caller's buffer into the sink as soon as they are whole (after their record's CRC over
-    prefix and page CRCs passed): only a PAGES prefix, a page or another (small) record split
-    across calls is buffered, so the decoder holds at most one page or one non-PAGES record
-    (plus the page-CRC table: 4 bytes a page, and one byte a page of coverage).
+    prefix and page fingerprints passed): only a PAGES prefix, a page or another (small)
+    record split across calls is buffered, so the decoder holds at most one page or one
+    non-PAGES record (plus the page-fingerprint table: 8 bytes a page, and one byte a page of
+    coverage).
     """
 
     def __init__(self, geometry: StreamGeometry, sink: RestoreSink) -> None:
@@ -72,13 +75,13 @@ class StreamDecoder:
         self._seq = 0
         self._last: RecordType | None = None
         self._covered = bytearray(geometry.n_pages)  # 1: a copy was loaded, not yet checked
-        self._crcs = bytearray(4 * geometry.n_pages)  # the page CRC of each loaded copy
+        self._fps = bytearray(_FP * geometry.n_pages)  # the fingerprint of each loaded copy
         self._missing = geometry.n_pages
         self._end_digest: bytes | None = None
         self._error: StreamError | None = None
         self._crc = 0
         # The PAGES record in progress once its checked span passed: first, count, page
-        # CRCs, pages loaded so far.
+        # fingerprints, pages loaded so far.
         self._run: tuple[int, int, bytes, int] | None = None
         self.peak = 0
 
@@ -116,11 +119,15 @@ class StreamDecoder:
             raise self._error
 
     def _verify(self) -> str | None:
-        """Every page's last copy against its CRC, then END's digest (None: all good)."""
-        got = self._sink.page_crcs(0, self._geo.n_pages)
-        if got != self._crcs:
-            bad = next(i for i in range(0, len(got), 4) if got[i : i + 4] != self._crcs[i : i + 4])
-            return f"CRC mismatch in page {bad // 4}"
+        """Every page's last copy against its fingerprint, then END's digest (None: all
+        good)."""
+        got = self._sink.page_fingerprints(0, self._geo.n_pages)
+        want = self._fps
+        if got != want:
+            bad = next(
+                i for i in range(0, len(got), _FP) if got[i : i + _FP] != want[i : i + _FP]
+            )
+            return f"fingerprint mismatch in page {bad // _FP}"
         if self._sink.restored_digest(got) != self._end_digest:
             return "END: digest does not match the restored device state"
         return None
@@ -179,10 +186,10 @@ class StreamDecoder:
         return data[take:]
 
     def _feed_pages(self, data: memoryview) -> memoryview:
-        """A PAGES payload as it arrives: its checked span (prefix and page CRCs, buffered if
-        split) is checked first; then each page is checked against its CRC and loaded as soon
-        as it is whole, straight from ``data`` (only a page split across feeds is buffered).
-        Returns what follows the record in ``data``."""
+        """A PAGES payload as it arrives: its checked span (prefix and fingerprints, buffered if
+        split) is checked first; then each page is loaded as soon as it is whole, straight from
+        ``data`` (only a page split across feeds is buffered). Returns what follows the record
+        in ``data``."""
         assert self._head is not None
         _rtype, length, crc = self._head
         where = f"record #{self._seq} PAGES"
@@ -190,7 +197,7 @@ class StreamDecoder:
         if self._run is None:  # the checked span
             if not self._buf and len(data) >= PAGES_PREFIX.size:
                 count = PAGES_PREFIX.unpack_from(data)[1]
-                span = min(pages_crc_span(count), length)
+                span = min(pages_checked_span(count), length)
                 if len(data) >= span:
                     self._start_run(data[:span], crc, where)
                     data = data[span:]
@@ -202,7 +209,7 @@ class StreamDecoder:
                         return data
                 span = length
                 if len(self._buf) >= PAGES_PREFIX.size:
-                    span = min(pages_crc_span(PAGES_PREFIX.unpack_from(self._buf)[1]), length)
+                    span = min(pages_checked_span(PAGES_PREFIX.unpack_from(self._buf)[1]), length)
                 data = self._buffer(data, span)
                 if len(self._buf) < span:
                     return data
@@ -251,8 +258,8 @@ class StreamDecoder:
         self._run = (first, count, bytes(span[PAGES_PREFIX.size :]), 0)
 
     def _load(self, first: int, index: int, pages: memoryview, table: bytes, where: str) -> None:
-        """Load whole pages (``first + index`` on), recording their CRCs; a page loaded before
-        has its previous copy checked first (module docstring)."""
+        """Load whole pages (``first + index`` on), recording their fingerprints; a page loaded
+        before has its previous copy checked first (module docstring)."""
         page = first + index
         n = len(pages) // self._geo.page_size
         end = page + n
@@ -263,18 +270,19 @@ class StreamDecoder:
         if fresh:
             covered[page:end] = _ONES[:n]
             self._missing -= fresh
-        self._crcs[4 * page : 4 * end] = table[4 * index : 4 * (index + n)]
+        self._fps[_FP * page : _FP * end] = table[_FP * index : _FP * (index + n)]
         self._sink.load_pages(page, pages)
 
     def _check_previous(self, page: int, n: int, where: str) -> None:
-        """The copies already loaded of pages [page, page+n) against their CRCs."""
-        got = self._sink.page_crcs(page, n)
-        want = self._crcs
+        """The copies already loaded of pages [page, page+n) against their fingerprints."""
+        got = self._sink.page_fingerprints(page, n)
+        want = self._fps
         for i in range(n):
-            if self._covered[page + i] and got[4 * i : 4 * i + 4] != want[
-                4 * (page + i) : 4 * (page + i) + 4
-            ]:
-                raise StreamError(f"{where}: CRC mismatch in page {page + i} (its copy before)")
+            at = _FP * (page + i)
+            if self._covered[page + i] and got[_FP * i : _FP * i + _FP] != want[at : at + _FP]:
+                raise StreamError(
+                    f"{where}: fingerprint mismatch in page {page + i} (its copy before)"
+                )
 
     def _parse_head(self, raw: Chunk) -> None:
         magic, version, rtype_raw, seq, length, crc = RECORD_HEADER.unpack_from(raw)
@@ -353,6 +361,7 @@ class StreamDecoder:
 
 
 _ONES = b"\x01" * MAX_RUN_PAGES
+_FP = PAGE_FP.size
 
 _NEXT: dict[RecordType | None, frozenset[RecordType]] = {
     None: frozenset({RecordType.HEADER}),
