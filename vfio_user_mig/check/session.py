@@ -31,12 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from vfio_user_mig import wire
-from vfio_user_mig.check.bounds import (
-    SEQUENCE_LIMIT,
-    STREAM_LIMIT,
-    STREAM_SECONDS,
-    StreamMeter,
-)
+from vfio_user_mig.check.bounds import SEQUENCE_LIMIT, STREAM_LIMIT, STREAM_SECONDS, StreamMeter
 from vfio_user_mig.check.conn import BadFrame, Conn, Reply, ReplyTimeout, WrongReplyId
 from vfio_user_mig.check.facts import ReadBack, ServerFacts
 from vfio_user_mig.check.findings import Finding, Kind, Report
@@ -47,15 +42,7 @@ from vfio_user_mig.check.requests import (
     state_name,
     version_request,
 )
-from vfio_user_mig.check.steps import (
-    OK,
-    Expect,
-    Step,
-    judge,
-    make_fds,
-    refused,
-    request_label,
-)
+from vfio_user_mig.check.steps import OK, Expect, Step, judge, make_fds, refused, request_label
 from vfio_user_mig.check.target import Target
 from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
 from vfio_user_mig.model.graph import transition_graph
