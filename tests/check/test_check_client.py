@@ -236,3 +236,16 @@ def test_libvfio_user_samples_client_is_refereed() -> None:
     # it reads exactly 8 + requested bytes: unpadded replies (PROTOCOL.md section 4) break it
     assert ("short-reads", "migrates") in groups(report)
     assert code == 1
+
+
+def test_junit_of_a_client_with_a_defect_validates_and_fails(tmp_path: Path) -> None:
+    """``check-client --junit FILE``: the same JUnit writer as ``check`` (schema-valid), a
+    failed test case under the rule the planted client breaks."""
+    from tests.tooling.test_junit import cases, validate
+
+    out = tmp_path / "client.xml"
+    planted("leave-early", "clean", extra=("--junit", str(out)))
+    root = validate(out)
+    failed = [c for c in cases(root) if c.find("failure") is not None]
+    assert any("drain" in (c.get("classname", "") + c.get("name", "")) for c in failed), \
+        [(c.get("classname"), c.get("name")) for c in failed]

@@ -7,16 +7,15 @@ one, 2 when the arguments are wrong or nothing could be run.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from vfio_user_mig.check.client.report import add_session, new_report
 from vfio_user_mig.check.client.runner import RunSpec, run_scenario, serve_dst
 from vfio_user_mig.check.commands import _positive_float
 from vfio_user_mig.check.findings import Report
+from vfio_user_mig.check.junit import write_junit
 from vfio_user_mig.cli import command, size_arg
 from vfio_user_mig.simulator.referee.record import Session
 from vfio_user_mig.simulator.referee.scenarios import SCENARIOS
@@ -44,20 +43,6 @@ def _summary(report: Report, elapsed: float) -> str:
         lines.append(f"  advisory (no rule broken): {advisory['title']}")
     return "\n".join(lines)
 
-
-def _junit_writer() -> Callable[[Report, Path], object]:
-    """The generic JUnit writer over a check Report that ``check --junit`` uses
-    (``vfio_user_mig.check.junit``: ``write_junit(report, path)``, or ``write``); looked up
-    before anything runs, so a version without it fails at once."""
-    try:
-        junit = importlib.import_module("vfio_user_mig.check.junit")
-    except ImportError as exc:
-        raise ValueError("--junit needs vfio_user_mig.check.junit (the check --junit "
-                         "writer), not installed in this version") from exc
-    writer = getattr(junit, "write_junit", None) or getattr(junit, "write", None)
-    if not callable(writer):
-        raise ValueError("vfio_user_mig.check.junit has no write_junit(report, path)")
-    return writer  # type: ignore[no-any-return]
 
 
 def replay(args: argparse.Namespace, report: Report, out: Path | None) -> None:
@@ -109,14 +94,13 @@ def cmd_check_client(args: argparse.Namespace) -> int:
     report = new_report(client, args.device)
     started = time.monotonic()
     try:
-        junit = _junit_writer() if args.junit else None
         if args.replay:
             replay(args, report, out)
         else:
             for name in names:
                 add_session(report, run_scenario(_spec(args, args.run), name, args.seed), out)
-        if junit is not None:
-            junit(report, Path(args.junit))
+        if args.junit:
+            write_junit(report, args.junit, package="check-client")
     except (ValueError, OSError) as exc:
         print(f"vfio-user-mig check-client: {exc}", file=sys.stderr)
         return 2
