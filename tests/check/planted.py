@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 from vfio_user_mig.model import MigrationCaps, State
 from vfio_user_mig.model.states import VFIO_USER_CAPS
+from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.regs import Reg
 from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
 from vfio_user_mig.simulator.server.io import UnixServer
@@ -45,10 +47,10 @@ def plant(hosted: HostedDevice, defect: str) -> None:
     if defect == "none":
         return
     read, on_arc = dev.mig_data_read, dev.on_arc
-    # The server reads through mig_data_read_parts when the device has it (scatter-gather);
-    # the planted read paths below replace mig_data_read, so that path is turned off.
+    # The server reads through mig_data_read_parts; the planted read paths below replace
+    # mig_data_read, so this instance gets the base device's parts (one part, their bytes).
     if defect in ("endless", "corrupt-page"):
-        dev.mig_data_read_parts = None
+        dev.mig_data_read_parts = partial(Device.mig_data_read_parts, dev)
     if defect == "endless":
         def endless(max_size: int) -> bytes:
             data = read(max_size)

@@ -25,6 +25,7 @@ from vfio_user_mig.check.profiles import get_profile
 from vfio_user_mig.check.session import Checker
 from vfio_user_mig.check.target import SocketTarget
 from vfio_user_mig.model import State
+from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.migdev import MigDev
 from vfio_user_mig.simulator.device.stream import StreamError
 from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
@@ -227,7 +228,8 @@ def test_stream_ended_early_by_odd_reads_is_found(served: Served,
         return real(self, max_size - max_size % 1024 if max_size > 1024 else max_size)
 
     monkeypatch.setattr(MigDev, "mig_data_read", whole_kib)
-    monkeypatch.setattr(MigDev, "mig_data_read_parts", None)  # the server reads through ours
+    # the server reads through mig_data_read_parts: the base device's, one part of ours
+    monkeypatch.setattr(MigDev, "mig_data_read_parts", Device.mig_data_read_parts)
     found = titles(findings(served, "migdata"))
     assert found.get("the STOP_COPY stream read in other read sizes is the same stream") == \
         Kind.DATA

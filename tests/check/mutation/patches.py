@@ -8,10 +8,12 @@ import dataclasses
 import errno as _errno
 import struct
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
+from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.server.core import ServerCore
 from vfio_user_mig.simulator.server.hosting import HostedDevice
 from vfio_user_mig.simulator.transport import close_fds
@@ -139,14 +141,14 @@ def on_device(hosted: HostedDevice, name: str,
               fn: Callable[..., Any]) -> None:
     """Replace the device's method ``name`` by ``fn(real_method, *args)`` on this instance.
 
-    The server reads migration data through the device's ``mig_data_read_parts`` when it has
-    one (scatter-gather); replacing ``mig_data_read`` turns that path off on this instance,
-    so the server reads through the replacement."""
+    The server reads migration data through the device's ``mig_data_read_parts``; replacing
+    ``mig_data_read`` also gives this instance the base device's parts (one part, the
+    replacement's bytes), so the server reads through the replacement."""
     device = hosted.device
     real = getattr(device, name)
     setattr(device, name, lambda *args, **kw: fn(real, *args, **kw))
     if name == "mig_data_read":
-        device.mig_data_read_parts = None  # type: ignore[attr-defined]
+        device.mig_data_read_parts = partial(Device.mig_data_read_parts, device)
 
 
 __all__ = [

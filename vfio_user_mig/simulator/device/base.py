@@ -171,6 +171,14 @@ class Device(ABC):
     def mig_data_read(self, max_size: int) -> bytes:
         """MIG_DATA_READ: up to ``max_size`` bytes of the save stream (see module docstring)."""
 
+    def mig_data_read_parts(self, max_size: int) -> list[bytes | memoryview]:
+        """MIG_DATA_READ as the buffers its bytes are made of, which the server sends by
+        scatter-gather without joining them; the server reads the save stream only through
+        this. By default one part, :meth:`mig_data_read`'s bytes; a device whose stream is
+        views of its own memory overrides it (and keeps :meth:`mig_data_read` equal to the
+        parts joined)."""
+        return [self.mig_data_read(max_size)]
+
     @abstractmethod
     def mig_data_write(self, data: bytes | memoryview) -> None:
         """MIG_DATA_WRITE: the next bytes of the restore stream (RESUMING only)."""

@@ -175,14 +175,10 @@ class FeatureHandlers(ServerState):
             raise Refusal(_errno.EINVAL, f"MIG_DATA_READ size {msg.size} > {limit}")
         if msg.size == 0:  # nothing asked, nothing read (libvfio-user: a 0-byte read_data)
             return wire.MigDataReadReply(b"", None, msg_id=msg.msg_id), []
-        gather = getattr(self.device, "mig_data_read_parts", None)
         data: bytes | memoryview | wire.Gather
-        try:
-            if gather is not None:  # parts sent by scatter-gather, never joined
-                parts = gather(msg.size)
-                data = parts[0] if len(parts) == 1 else wire.Gather(parts)
-            else:
-                data = self.device.mig_data_read(msg.size)
+        try:  # parts sent by scatter-gather, never joined
+            parts = self.device.mig_data_read_parts(msg.size)
+            data = parts[0] if len(parts) == 1 else wire.Gather(parts)
         except DeviceError as exc:
             raise Refusal(exc.errno, str(exc)) from None
         requested = msg.size if self._pad_mig_data else None
