@@ -172,3 +172,16 @@ def test_every_written_byte_is_reported_once_then_cleared(
     for iova, length in writes:
         assert all(addr // ps in pages for addr in (iova, iova + length - 1))
     assert log.report(0, 2 * SPAN, ps) == []
+
+
+def test_unreported_counts_dirty_pages_until_reported_or_stopped() -> None:
+    log = DirtyLog()
+    assert log.unreported == 0
+    log.start(4096)
+    log.mark(0, 3 * 4096)
+    log.mark(0x10000, 1)
+    assert log.unreported == 4
+    assert log.report(0, 0x1000, 4096) == [0]
+    assert log.unreported == 3
+    log.stop()
+    assert log.unreported == 0

@@ -79,6 +79,12 @@ class DirtyLog:
         return self._page_size
 
     @property
+    def unreported(self) -> int:
+        """How many logging pages are dirty and not returned by a report yet (0 when
+        inactive)."""
+        return len(self._dirty)
+
+    @property
     def ranges(self) -> tuple[tuple[int, int], ...]:
         """The logged (iova, length) ranges, sorted; empty means everything."""
         return self._ranges

@@ -105,8 +105,7 @@ def _is_feature(msg: object, feature: FeatureIndex, op: FeatureOp) -> bool:
 
 def _unreported(hosted: HostedDevice) -> int:
     """Pages the device dirtied that no report returned yet (0 when logging is off)."""
-    log = hosted.device.dirty_log
-    return len(getattr(log, "_dirty", ())) if log.active else 0
+    return hosted.device.dirty_log.unreported
 
 
 def _before(c: _Conn, raw: bytes, msg: object) -> bool:
