@@ -68,6 +68,15 @@ def test_the_planted_client_without_defect_breaks_none_of_those_rules() -> None:
     assert [s["outcome"] for s in report["scenarios"]] == ["completed", "completed"]
 
 
+def test_a_failed_run_shows_what_the_client_printed_last() -> None:
+    report = planted(None, "arc-fails")
+    [run] = report["scenarios"]
+    assert run["outcome"] == "error"
+    assert "planted client:" in run["output_tail"]
+    clean = planted(None, "clean")["scenarios"][0]
+    assert clean["outcome"] == "completed" and "output_tail" not in clean
+
+
 @pytest.mark.parametrize("defect", sorted(DEFECTS))
 def test_each_planted_client_defect_is_reported_under_its_rule(defect: str) -> None:
     scenario, rule = DEFECTS[defect]
@@ -226,12 +235,18 @@ def test_unknown_arguments_are_refused_with_exit_2() -> None:
 
 @pytest.mark.skipif(not LVU_CLIENT.exists(), reason="libvfio-user samples/client not built")
 def test_libvfio_user_samples_client_is_refereed() -> None:
-    code, report = check_client("--samples-client", str(LVU_CLIENT), "--device", "lvu-sample",
-                                "--device-mem", "16M", "--scenario", "clean",
-                                "--scenario", "short-reads")
-    outcomes = {s["scenario"]: s["outcome"] for s in report["scenarios"]}
-    assert outcomes["clean"] == "completed"
-    clean = next(s for s in report["scenarios"] if s["scenario"] == "clean")
+    # samples/client schedules an interrupt 10 s ahead on the source and expects the migrated
+    # destination to raise it only after the client reconfigured IRQs there ("hopefully 10
+    # seconds should be enough", client.c): on a loaded machine its own deadline can pass, so
+    # a clean run gets three tries; a referee that breaks the clean run fails all three.
+    for _attempt in range(3):
+        code, report = check_client("--samples-client", str(LVU_CLIENT), "--device",
+                                    "lvu-sample", "--device-mem", "16M", "--scenario", "clean",
+                                    "--scenario", "short-reads")
+        clean = next(s for s in report["scenarios"] if s["scenario"] == "clean")
+        if clean["outcome"] == "completed":
+            break
+    assert clean["outcome"] == "completed", clean
     assert clean["destination_states"] == ["RESUMING", "STOP", "RUNNING"]
     # it reads exactly 8 + requested bytes: unpadded replies (PROTOCOL.md section 4) break it
     assert ("short-reads", "migrates") in groups(report)

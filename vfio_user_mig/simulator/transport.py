@@ -102,21 +102,32 @@ def close_fds(fds: Sequence[int]) -> None:
             os.close(fd)
 
 
+#: bytes in ``sockaddr_un.sun_path``, its terminating NUL included (Linux unix(7))
+_SUN_PATH_MAX = 108
+
+
 def listen_unix(path: str, *, backlog: int = 1) -> socket.socket:
     """A listening AF_UNIX stream socket at ``path`` with mode 0600 (owner only).
 
     The socket is created under a restrictive umask so no other user can ever connect, even
-    for an instant before a chmod."""
+    for an instant before a chmod. It is bound under a temporary name beside ``path`` and
+    renamed to ``path`` once listening, so a client that waits for the file to appear (as
+    libvfio-user's ``samples/client`` does) never finds a socket that refuses it; a path too
+    long for a temporary name beside it is bound directly."""
     if os.path.exists(path):
         os.unlink(path)
+    staging = f"{path}.{os.getpid()}~"
+    direct = len(os.fsencode(staging)) >= _SUN_PATH_MAX
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        sock.bind(path)
+        sock.bind(path if direct else staging)
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
     sock.listen(backlog)
+    if not direct:
+        os.rename(staging, path)
+    os.chmod(path, 0o600)
     return sock
 
 

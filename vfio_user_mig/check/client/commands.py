@@ -33,6 +33,9 @@ def _summary(report: Report, elapsed: float) -> str:
     for what in report.extra.get("scenarios", []):
         lines.append(f"  {what['scenario']:15} seed {what['seed']}: {what['outcome']} "
                      f"(exit {what.get('exit')}); expected: {what['expected']}")
+        if what.get("output_tail"):
+            last = what["output_tail"].strip().splitlines()[-3:]
+            lines += [f"      client printed: {line}" for line in last]
     for error in report.extra.get("referee_errors", []):
         lines.append(f"  referee error (that run says nothing of the client): {error}")
     for f in report.distinct():

@@ -48,7 +48,7 @@ def did(session: Session, facts: list[ConnFacts]) -> dict[str, Any]:
     by_role: dict[str, list[str]] = {}
     for f in facts:
         by_role.setdefault(f.role, []).extend(f.states)
-    return {
+    summary = {
         "scenario": session.scenario,
         "seed": session.seed,
         "outcome": session.outcome,
@@ -59,6 +59,10 @@ def did(session: Session, facts: list[ConnFacts]) -> dict[str, Any]:
         "failed_state_changes": sum(f.failed_sets for f in facts),
         "connections": [f"{f.role}: {f.ended or 'open'}" for f in facts],
     }
+    if session.outcome != "completed" and session.meta.get("output_tail"):
+        # what the client printed last says why it stopped (its stdout and stderr, merged)
+        summary["output_tail"] = str(session.meta["output_tail"])[-800:]
+    return summary
 
 
 def verdict(session: Session, facts: list[ConnFacts]) -> list[Finding]:
