@@ -234,3 +234,31 @@ def test_a_probe_reports_a_mutant_server(mutant_server: None, which: int) -> Non
                      "src_requests": (int(State.STOP),), "probes": (which,)})
     r = run_scenario(sc)
     assert not r.ok and f"{command.name} in STOP: errno None, gate says 22" in r.reason
+
+
+def test_campaign_runs_with_the_heap_frozen_and_gives_it_back() -> None:
+    """run_campaign hides the objects alive before it from the cyclic collector while it
+    runs (gc.freeze) and unfreezes them at the end, even when a caller had not frozen any."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    seen: list[int] = []
+    result = run_campaign(2, 5, faults=True, progress=lambda r: seen.append(gc.get_freeze_count()))
+    assert result.runs == 2 and not result.failed
+    assert len(seen) == 2 and all(n > 0 for n in seen)
+    assert gc.get_freeze_count() == 0
+
+
+def test_model_path_is_the_models_answer() -> None:
+    from vfio_user_mig.model import InvalidTransition, transition_path
+    from vfio_user_mig.simulator.migration.campaign_stats import model_path
+
+    for caps in ALL_CAPS:
+        for cur in State:
+            for target in State:
+                try:
+                    want: tuple[tuple[State, ...], int] = (transition_path(cur, target, caps), 0)
+                except InvalidTransition as exc:
+                    want = ((), exc.errno)
+                assert model_path(cur, target, caps) == want
+                assert want[0] or want[1]  # a refusal always carries an errno

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 from collections import Counter
@@ -43,6 +44,17 @@ ALL_ARCS: tuple[str, ...] = tuple(arc_key(a.src, a.dst) for a in ARCS)
 ALL_STATES: tuple[str, ...] = tuple(s.state.name for s in STATES)
 
 
+@functools.cache
+def model_path(cur: State, target: State, caps: MigrationCaps) -> tuple[tuple[State, ...], int]:
+    """:func:`~vfio_user_mig.model.transition_path` ``cur -> target`` with ``caps`` as
+    ``(path, 0)``, or ``((), errno)`` when the model refuses the request; kept for the process
+    (a campaign asks the same few dozen questions again and again)."""
+    try:
+        return _path(cur, target, caps), 0
+    except InvalidTransition as exc:
+        return (), exc.errno
+
+
 def replay_command(seed: int, faults: bool) -> str:
     """The command line that reproduces run ``seed``."""
     return f"vfio-user-mig simulate --replay {seed}{' --faults' if faults else ''}"
@@ -63,10 +75,7 @@ class RunCoverage:
         which arc failed is the predictor's business, not coverage)."""
         if reached is None or reached is cur or target not in State._value2member_map_:
             return
-        try:
-            path = _path(cur, State(target), self.caps)
-        except InvalidTransition:
-            return
+        path = model_path(cur, State(target), self.caps)[0]
         if reached not in path:
             return
         for a, b in itertools.pairwise(path[: path.index(reached) + 1]):
