@@ -38,18 +38,34 @@ from vfio_user_mig.simulator.transport import (
 )
 from vfio_user_mig.wire.capabilities import MIG_DATA_SOCKET_KEY, MIG_DATA_UNPADDED_KEY
 from vfio_user_mig.wire.constants import DmaMapFlag, DmaUnmapFlag, FeatureIndex, FeatureOp
-from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
+from vfio_user_mig.wire.layouts import DEVICE_FEATURE, FEATURE_MIG_STATE, HEADER, REGION_ACCESS
 from vfio_user_mig.wire.msg_feature import MigDataSize
 
 _REPLY_FLAGS = int(wire.MsgType.REPLY)
 _MIG_DATA_READ = int(wire.Command.MIG_DATA_READ)
-#: REGION_READs of at most this many bytes take the one-receive path (see ``region_read``).
+#: REGION_READs and REGION_WRITEs of at most this many bytes take the direct path (one
+#: ``struct`` call and one ``sendall`` out, one receive back: :meth:`Client._direct_reply`).
 _SMALL_READ = 4096
 _RR_REPLY = REGION_ACCESS.with_prefix(HEADER)  # header, offset, region, count
 _REGION_READ = int(wire.Command.REGION_READ)
-#: ``Client.send`` as defined here: a subclass overriding it (fault injection) sees every
-#: message, so small REGION_READs go through it instead of being sent directly.
-_PLAIN_SEND = ClientIO.send
+_REGION_WRITE = int(wire.Command.REGION_WRITE)
+_HEADER = HEADER.struct
+_FEATURE = int(wire.Command.DEVICE_FEATURE)
+
+
+def _encoded(msg: Any) -> bytes:
+    return b"".join(bytes(part) for part in wire.encode_parts(msg))
+
+
+#: DEVICE_FEATURE MIG_DEVICE_STATE requests as the codec encodes them with msg_id 0: GET, and
+#: SET by state number (filled on first use); the direct paths send them with their msg_id.
+_STATE_GET = _encoded(wire.DeviceFeature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET))
+_STATE_SET: dict[int, bytes] = {}
+#: The GET reply: header, then argsz (its payload size) and flags as in the request, then
+#: the state record (vfio-user.rst "VFIO_USER_DEVICE_FEATURE").
+_STATE_GET_REPLY = _HEADER.size + DEVICE_FEATURE.size + FEATURE_MIG_STATE.size
+_STATE_GET_PREFIX = DEVICE_FEATURE.pack(DEVICE_FEATURE.size + FEATURE_MIG_STATE.size,
+                                        DEVICE_FEATURE.unpack_from(_STATE_GET, _HEADER.size)[1])
 
 
 class Client(ClientIO):
@@ -58,6 +74,61 @@ class Client(ClientIO):
     #: The experimental migration-data channel (:meth:`negotiate` with
     #: ``mig_data_socket=True`` and a server that agreed), a client of the same class.
     mig_channel: Client | None = None
+    #: Small requests may take the direct path: no subclass overrides :meth:`send` (one that
+    #: does, e.g. to watch every message, gets them all through it) or reads the socket
+    #: elsewhere (a receiver thread).
+    _direct: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._direct = cls.send is Client.send and cls._bulk_ok is Client._bulk_ok
+
+    def _before_send(self) -> None:
+        """Called before every message this client sends, by :meth:`send` and by the direct
+        paths alike (fault injection overrides it)."""
+
+    def send(self, msg: Any, fds: Sequence[int] = ()) -> None:
+        """Send one message (no waiting), after :meth:`_before_send`."""
+        self._before_send()
+        ClientIO.send(self, msg, fds)
+
+    def _direct_ok(self) -> bool:
+        """The direct path is open: see :attr:`_direct`; receives bounded by the kernel
+        (SO_RCVTIMEO); nothing received is pending (the next bytes start a message)."""
+        return self._direct and self._kernel_timeout and self.core.idle and not self._early
+
+    def _send_direct(self, command: int, request: bytes, msg_id: int = 0) -> int:
+        """Send ``request`` (an encoded request; its msg_id field is overwritten unless
+        ``msg_id`` is given, already in it) as :meth:`request` does: a fresh id, then
+        :meth:`_before_send`, then pending until its reply, then sent. Returns the id."""
+        if not msg_id:
+            msg_id = self.core.next_id()
+            request = msg_id.to_bytes(2, "little") + request[2:]
+        self._before_send()
+        self.core.pending[msg_id] = command
+        self.sock.sendall(request)
+        return msg_id
+
+    def _direct_reply(self, msg_id: int, command: int, size: int,
+                      prefix: bytes = b"") -> memoryview | None:
+        """The payload of the reply to request ``msg_id`` when the next receive is exactly
+        that whole plain reply, ``size`` bytes with the header, its payload starting with
+        ``prefix`` (the common case): no framer, no decode; valid until the next receive.
+        Otherwise None, and the bytes received are in the framer for the generic path
+        (:meth:`_wait_reply`), which decides about them as it always did."""
+        view = self._view
+        try:
+            n, fds = recv_into(self.sock, view)
+        except BlockingIOError:
+            raise self._timed_out() from None
+        if n == size and not fds:
+            rid, cmd, msg_size, flags, err = _HEADER.unpack_from(view)
+            if rid == msg_id and cmd == command and msg_size == n and flags == _REPLY_FLAGS \
+                    and not err and view[_HEADER.size : _HEADER.size + len(prefix)] == prefix:
+                self.core.reply_consumed(msg_id)
+                return view[_HEADER.size : n]
+        self.core.receive_data(view[:n], fds)
+        return None
 
     def close(self) -> None:
         """Close the connection (and the migration-data channel, if any)."""
@@ -138,48 +209,30 @@ class Client(ClientIO):
         )
 
     def region_read(self, region: int, offset: int, count: int) -> bytes:
-        if count <= _SMALL_READ and self._kernel_timeout and self.core.idle and not self._early:
-            if type(self).send is _PLAIN_SEND:  # no subclass watches each message sent
-                msg_id, request = self.core.region_read_request(offset, region, count)
-                self.sock.sendall(request)
-            else:
-                msg_id = self._new_id()
-                self.send(wire.RegionRead(offset=offset, region=region, count=count,
-                                          msg_id=msg_id))
-            data = self._small_region_reply(msg_id, count)
-            if data is not None:
-                self.core.reply_consumed(msg_id)
-                return data
+        if count <= _SMALL_READ and self._direct_ok():
+            msg_id = self.core.next_id()
+            self._send_direct(_REGION_READ, _RR_REPLY.pack(
+                msg_id, _REGION_READ, _RR_REPLY.size, 0, 0, offset, region, count), msg_id)
+            got = self._direct_reply(msg_id, _REGION_READ, _RR_REPLY.size + count,
+                                     REGION_ACCESS.pack(offset, region, count))
+            if got is not None:
+                return bytes(got[REGION_ACCESS.size :])
             reply, _ = self._wait_reply(msg_id)
         else:
             reply, _ = self.request(
                 wire.RegionRead(offset=offset, region=region, count=count, msg_id=self._new_id()))
         return bytes(reply.data)
 
-    def _small_region_reply(self, msg_id: int, count: int) -> bytes | None:
-        """The data of REGION_READ reply ``msg_id`` when the next receive is exactly that
-        whole, plain reply (the common case): no framer, no decode. Otherwise None, and the
-        bytes received are in the framer for the generic path."""
-        view = self._view
-        try:
-            n, fds = recv_into(self.sock, view)
-        except BlockingIOError:
-            raise self._timed_out() from None
-        if n == _RR_REPLY.size + count and not fds:
-            rid, cmd, size, flags, err, _off, _region, rcount = _RR_REPLY.unpack_from(view)
-            if (
-                rid == msg_id
-                and cmd == _REGION_READ
-                and size == n
-                and flags == _REPLY_FLAGS
-                and not err
-                and rcount == count
-            ):
-                return bytes(view[_RR_REPLY.size : n])
-        self.core.receive_data(view[:n], fds)
-        return None
-
     def region_write(self, region: int, offset: int, data: bytes) -> None:
+        count = len(data)
+        if count <= _SMALL_READ and self._direct_ok():
+            msg_id = self.core.next_id()
+            size = _RR_REPLY.size + count  # the request: header, offset, region, count, data
+            self._send_direct(_REGION_WRITE, _RR_REPLY.pack(
+                msg_id, _REGION_WRITE, size, 0, 0, offset, region, count) + data, msg_id)
+            if self._direct_reply(msg_id, _REGION_WRITE, _RR_REPLY.size) is None:
+                self._wait_reply(msg_id)
+            return
         self.request(
             wire.RegionWrite(
                 offset=offset, region=region, count=len(data), data=data, msg_id=self._new_id()
@@ -230,11 +283,30 @@ class Client(ClientIO):
         return data.stop_copy_length
 
     def get_state(self) -> State:
-        data = self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET).data
+        if self._direct_ok():
+            msg_id = self._send_direct(_FEATURE, _STATE_GET)
+            got = self._direct_reply(msg_id, _FEATURE, _STATE_GET_REPLY, _STATE_GET_PREFIX)
+            if got is not None:
+                return State(FEATURE_MIG_STATE.unpack_from(got, DEVICE_FEATURE.size)[0])
+            data = self._wait_reply(msg_id)[0].data
+        else:
+            data = self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET).data
         return State(int(data.device_state))
 
     def set_state(self, state: State | int) -> None:
-        self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET, wire.MigDeviceState(state, 0))
+        if not self._direct_ok():
+            self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET,
+                         wire.MigDeviceState(state, 0))
+            return
+        msg_id = self.core.next_id()
+        request = _STATE_SET.get(int(state))
+        if request is None:
+            request = _STATE_SET[int(state)] = _encoded(wire.DeviceFeature.set_state(state))
+        request = msg_id.to_bytes(2, "little") + request[2:]
+        self._send_direct(_FEATURE, request, msg_id)
+        # The reply echoes the request's payload (vfio-user.rst "VFIO_USER_DEVICE_FEATURE").
+        if self._direct_reply(msg_id, _FEATURE, len(request), request[_HEADER.size :]) is None:
+            self._wait_reply(msg_id)
 
     def _bulk_ok(self, size: int) -> bool:
         return size >= BULK_REPLY and self._kernel_timeout and self.core.idle and not self._early

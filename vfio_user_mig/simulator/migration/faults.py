@@ -169,7 +169,8 @@ class FaultState:
 
 
 class FaultyClient(Client):
-    """A :class:`Client` that lets a :class:`FaultState` act before each message it sends."""
+    """A :class:`Client` that lets a :class:`FaultState` act before each message it sends
+    (:meth:`Client._before_send`: every message, on the generic and the direct paths)."""
 
     def __init__(self, sock: socket.socket, *, side: str, faults: FaultState,
                  **kwargs: Any) -> None:
@@ -177,9 +178,8 @@ class FaultyClient(Client):
         self.side = side
         self.faults = faults
 
-    def send(self, msg: Any, fds: Any = ()) -> None:
+    def _before_send(self) -> None:
         self.faults.before_send(self.side, self.sock)
-        super().send(msg, fds)
 
     def _channel_client(self, sock: socket.socket) -> Client:
         """The migration-data channel is faulty the same way: its messages count too."""
