@@ -194,3 +194,22 @@ def test_driver_reports_at_the_page_size_the_device_selected(hint: int, selected
                       iterations=3), Hooks(on_ready=ready))
     assert r.ok and r.summary["ram_verified"] and r.stats["dma_jobs"] > 0, r.summary["errors"]
     assert seen["driver"].log_page_size == selected
+
+
+def test_guest_ram_equals_compares_every_byte() -> None:
+    from vfio_user_mig.simulator.migration.guest import GuestRam
+
+    a, b, c = GuestRam(3 * 4096), GuestRam(3 * 4096), GuestRam(2 * 4096)
+    try:
+        a.write(100, b"\x01" * 5000)
+        b.write(100, b"\x01" * 5000)
+        assert a.equals(b) and b.equals(a)
+        for block in (4096, 5000, 1 << 20):  # a difference in any block, at any offset
+            b.write(3 * 4096 - 1, b"\x02")
+            assert not a.equals(b, block=block)
+            b.write(3 * 4096 - 1, b"\x00")
+            assert a.equals(b, block=block)
+        assert not a.equals(c)
+    finally:
+        for g in (a, b, c):
+            g.close()

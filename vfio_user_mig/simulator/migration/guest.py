@@ -82,12 +82,15 @@ class GuestRam:
         self.memory.view[first * ps : first * ps + len(data)] = data
 
     def equals(self, other: GuestRam, block: int = 1 << 20) -> bool:
-        """Same size and content (compared in bounded blocks)."""
+        """Same size and content (compared in bounded blocks: a copy of one side's block, a
+        ``bytearray``, compared with the other's view is one ``memcmp``; two memoryviews
+        compare element by element, some 30 times slower)."""
         if self.size != other.size:
             return False
         a, b = self.memory.view, other.memory.view
         return all(
-            a[off : off + block] == b[off : off + block] for off in range(0, self.size, block)
+            bytearray(a[off : off + block]) == b[off : off + block]
+            for off in range(0, self.size, block)
         )
 
     def close(self) -> None:
