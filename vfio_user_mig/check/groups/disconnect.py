@@ -13,8 +13,6 @@ reconnection cannot be checked and nothing is counted for it.
 
 from __future__ import annotations
 
-import time
-
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.requests import version_request
 from vfio_user_mig.check.session import CLEAN_EXIT, Checker
@@ -31,8 +29,7 @@ def _leave(checker: Checker, state: State) -> None:
             return
         seq.goto(state)
         seq.conn.close()
-        time.sleep(0.05)
-        death = checker.target.death()
+        death = checker.target.death()  # it waits for a process that is exiting
         seq.verify(death is None or death.status == CLEAN_EXIT, Kind.CRASH,
                    f"server survives a client leaving in {state.name}",
                    "the server lives, or exits with status 0", death.describe() if death else "",
