@@ -12,6 +12,11 @@ by the ``disconnect`` group (a reconnection in each state). ERROR cannot be requ
 row is not reached here. REGION_WRITE_MULTI is valid only when the server offered
 ``write_multiple`` at VERSION (vfio-user.rst "Version"); otherwise only a reply is required
 where the gate allows it.
+
+In RUNNING the row also checks bounds (:func:`_bounds`): DEVICE_GET_REGION_INFO of the region
+one past the count DEVICE_GET_INFO gives, DEVICE_GET_IRQ_INFO and DEVICE_SET_IRQS of the
+interrupt index one past its count, and REGION_READ/REGION_WRITE starting at the end of a
+region, each refused with EINVAL (kernel and libvfio-user alike).
 """
 
 from __future__ import annotations
