@@ -352,3 +352,10 @@ def _reconnect_version_refused(hosted: HostedDevice) -> None:
         core.negotiated = keep
 
     core.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+@mutant("dma_maps_kept_after_the_client_leaves", "the DMA regions of a client that left stay "
+        "mapped (a new client cannot map the same range)", "disconnect", "errno", reconnect=True)
+def _dma_maps_kept_after_the_client_leaves(hosted: HostedDevice) -> None:
+    dma = hosted.core.dma
+    dma.unmap_all = lambda: ()  # type: ignore[method-assign]
