@@ -10,6 +10,7 @@ from typing import Any
 from tests.check.mutation.catalogue import mutant
 from tests.check.mutation.patches import (
     EINVAL,
+    answer_refused,
     header,
     is_feature,
     is_ok_reply_to,
@@ -27,7 +28,6 @@ from tests.check.mutation.patches import (
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.server.hosting import HostedDevice
-from vfio_user_mig.simulator.server.types import Refusal
 from vfio_user_mig.wire import Command, FeatureIndex, FeatureOp
 
 # ----- gating ---------------------------------------------------------------------------------
@@ -66,38 +66,22 @@ def _gate_errno_ebusy(hosted: HostedDevice) -> None:
 @mutant("set_irqs_past_the_count_accepted", "DEVICE_SET_IRQS of an index past the device's "
         "interrupt count succeeds", "gating", "errno")
 def _set_irqs_past_the_count_accepted(hosted: HostedDevice) -> None:
-    def fn(real: Any, msg: Any, fds: list[int]) -> Any:
-        try:
-            return real(msg, fds)
-        except Refusal:
-            return wire.IrqSetReply(msg_id=msg.msg_id), []
-
-    wrap_handler(hosted.core, Command.DEVICE_SET_IRQS, fn)
+    answer_refused(hosted.core, Command.DEVICE_SET_IRQS,
+                   lambda msg: wire.IrqSetReply(msg_id=msg.msg_id))
 
 
 @mutant("region_read_past_the_end_zeros", "REGION_READ starting at a region's end is answered "
         "with zeros", "gating", "errno")
 def _region_read_past_the_end_zeros(hosted: HostedDevice) -> None:
-    def fn(real: Any, msg: Any, fds: list[int]) -> Any:
-        try:
-            return real(msg, fds)
-        except Refusal:
-            return wire.RegionReadReply(msg.offset, msg.region, msg.count, bytes(msg.count),
-                                        msg_id=msg.msg_id), []
-
-    wrap_handler(hosted.core, Command.REGION_READ, fn)
+    answer_refused(hosted.core, Command.REGION_READ, lambda msg: wire.RegionReadReply(
+        msg.offset, msg.region, msg.count, bytes(msg.count), msg_id=msg.msg_id))
 
 
 @mutant("irq_info_past_the_count_answered", "DEVICE_GET_IRQ_INFO of an index past the "
         "interrupt count answers a zero count", "gating", "errno")
 def _irq_info_past_the_count_answered(hosted: HostedDevice) -> None:
-    def fn(real: Any, msg: Any, fds: list[int]) -> Any:
-        try:
-            return real(msg, fds)
-        except Refusal:
-            return wire.IrqInfoReply(index=msg.index, flags=0, count=0, msg_id=msg.msg_id), []
-
-    wrap_handler(hosted.core, Command.DEVICE_GET_IRQ_INFO, fn)
+    answer_refused(hosted.core, Command.DEVICE_GET_IRQ_INFO, lambda msg: wire.IrqInfoReply(
+        index=msg.index, flags=0, count=0, msg_id=msg.msg_id))
 
 
 @mutant("mig_write_ignored_in_stop", "MIG_DATA_WRITE in STOP is accepted and dropped",
