@@ -116,7 +116,7 @@ def read_stream_checked(seq: Sequence, chunk: int, label: str,
         if size is None:
             bad = (reply, chunk)
             break
-        out += reply.payload[8:8 + size]
+        out += memoryview(reply.payload)[8:8 + size]
         if size < chunk:
             break
     ok = seq.verify(refused_reply is None, Kind.ERRNO,
