@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -48,6 +49,10 @@ _SOURCE_LOCATION = re.compile(r"([\w./-]+\.(?:c|cc|cpp|rs|py|go):\d+)")
 
 #: How long a spawned server may take to accept its first connection.
 START_TIMEOUT = 15.0
+
+#: Seconds a server that closed its connection (or saw its client leave) has to be seen
+#: exiting before it counts as alive: a crash closes the socket a moment before the exit.
+DEATH_WINDOW = 0.05
 
 #: Seconds a server has to exit after SIGTERM before it gets SIGKILL.
 STOP_GRACE = 2.0
@@ -125,6 +130,22 @@ class Target(Protocol):
 
     def close(self) -> None:
         """The run is over: :meth:`end`, and stop anything started ahead for later."""
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Return once ``proc`` exited or ``timeout`` seconds passed (a pidfd where the kernel
+    has them: woken at the exit, not at the next poll)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or the process is already reaped
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
 
 
 def _connect(path: str, deadline: float, alive: Callable[[], bool] | None = None
@@ -287,15 +308,16 @@ class SpawnTarget:
         return " | ".join(lines[-3:])[-limit:]
 
     def death(self) -> Death | None:
+        """How the process ended, waiting up to :data:`DEATH_WINDOW` seconds for one that is
+        exiting (it closed its socket a moment before its exit status is there); ``None``
+        while it lives."""
         if self._live is None:
             return None
-        # A process that is exiting may need a moment after closing its socket.
-        for _ in range(20):
-            code = self._live.proc.poll()
-            if code is not None:
-                return Death(_describe_status(code), self.stderr_tail())
-            time.sleep(0.005)
-        return None
+        proc = self._live.proc
+        if proc.poll() is None:
+            _wait_exit(proc, DEATH_WINDOW)
+        code = proc.poll()
+        return None if code is None else Death(_describe_status(code), self.stderr_tail())
 
     def end(self) -> None:
         """Stop the sequence's server without waiting for it to exit (it is reaped at a
