@@ -217,6 +217,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     started = time.monotonic()
     checkers: list[Checker] = []
     interrupted: Interrupted | None = None
+    # The report's coverage totals need networkx: imported before a stop signal can raise,
+    # since an import cut short by Interrupted leaves a package half-bound in sys.modules.
+    import networkx  # noqa: F401
     try:
         with stop_signals_raise():
             try:

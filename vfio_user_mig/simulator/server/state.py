@@ -105,12 +105,14 @@ class ServerState(SocketEnd):
         return new
 
     def connection_lost(self) -> None:
-        """Client gone: abort its DMA, unmap its memory, close its fds and its migration-data
-        channel; keep the device."""
+        """Client gone: abort its DMA, unmap its memory, stop the dirty logging it started
+        (its ranges named maps that are gone, and no client is left to read a report), close
+        its fds and its migration-data channel; keep the device."""
         self._job = None
         self._pending = None
         for mapping in self.dma.unmap_all():
             self._release(mapping)
+        self.device.dirty_log.stop()
         self.irqs.clear()
         self._reset_socket_state()
         self.negotiated = False
