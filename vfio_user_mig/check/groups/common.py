@@ -199,6 +199,18 @@ def find_region(seq: Sequence) -> Region | None:
     return best
 
 
+def supported_states(checker: Checker, group: str) -> list[State]:
+    """The states the server's migration capabilities allow: from what an earlier sequence of
+    this run learnt (the same server), else from a ``capabilities`` sequence of ``group``."""
+    from vfio_user_mig.model.graph import transition_graph
+
+    if checker.facts.caps is not None:
+        return sorted(transition_graph(checker.facts.caps).nodes)
+    with checker.sequence(group, "capabilities") as seq:
+        return seq.supported_states()
+    return []  # the sequence ended early (a finding says why)
+
+
 def is_saving(seq: Sequence, state: State) -> bool:
     from vfio_user_mig.protocol.gating import readable_states
     return seq.caps is not None and state in readable_states(seq.caps)

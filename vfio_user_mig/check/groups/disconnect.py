@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
-from vfio_user_mig.check.groups.common import IOVA_BASE, enc
+from vfio_user_mig.check.groups.common import IOVA_BASE, enc, supported_states
 from vfio_user_mig.check.requests import version_request
 from vfio_user_mig.check.session import CLEAN_EXIT, Checker
 from vfio_user_mig.check.steps import Expect
@@ -73,9 +73,7 @@ def _come_back(checker: Checker, state: State) -> None:
 
 def run(checker: Checker) -> None:
     """The ``disconnect`` group (module docstring)."""
-    states: list[State] = []
-    with checker.sequence("disconnect", "capabilities") as seq:
-        states = seq.supported_states()
+    states = supported_states(checker, "disconnect")
     reconnect = isinstance(checker.target, SocketTarget)
     for state in states:
         if state == State.ERROR:

@@ -34,6 +34,7 @@ from vfio_user_mig.check.groups.common import (
     find_region,
     mig_read,
     mig_write,
+    supported_states,
 )
 from vfio_user_mig.check.requests import raw_message
 from vfio_user_mig.check.session import Checker, Sequence
@@ -258,9 +259,7 @@ def _row(checker: Checker, state: State, stream: bytes | None) -> None:
 def run(checker: Checker) -> None:
     """The ``gating`` group (module docstring)."""
     stream = ensure_saved_stream(checker)
-    states: list[State] = []
-    with checker.sequence("gating", "capabilities") as seq:
-        states = seq.supported_states()
+    states = supported_states(checker, "gating")
     for state in states:
         if state != State.ERROR:
             _row(checker, state, stream)

@@ -20,6 +20,7 @@ from vfio_user_mig.model import DeviceFSM, State
 from vfio_user_mig.model.paths import path_table
 from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMapping, DmaOp, DmaSpace
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.server.irqs import EventfdTable
 from vfio_user_mig.simulator.server.mig_channel import MigDataChannel, NewChannel
 from vfio_user_mig.simulator.server.socket_end import SocketEnd
@@ -112,7 +113,8 @@ class ServerState(SocketEnd):
         self._pending = None
         for mapping in self.dma.unmap_all():
             self._release(mapping)
-        self.device.dirty_log.stop()
+        with contextlib.suppress(DeviceError):  # a device that cannot stop keeps logging
+            self.device.dirty_log.stop()
         self.irqs.clear()
         self._reset_socket_state()
         self.negotiated = False
