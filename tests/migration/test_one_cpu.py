@@ -49,13 +49,3 @@ def test_pool_workers_run_on_one_cpu_each() -> None:
     assert all(len(r) == 1 and set(r) <= allowed for r in results)
     assert os.sched_getaffinity(0) == allowed  # the parent is left alone
 
-
-def test_a_one_worker_campaign_stays_on_one_cpu_then_gives_it_back() -> None:
-    from vfio_user_mig.simulator.migration.campaign import run_campaign
-
-    before = os.sched_getaffinity(0)
-    seen: list[set[int]] = []
-    run_campaign(3, 2, faults=True, progress=lambda _r: seen.append(os.sched_getaffinity(0)))
-    assert len(seen) == 3 and len(seen[0]) == 1 and seen[0] <= before
-    assert all(s == seen[0] for s in seen)
-    assert os.sched_getaffinity(0) == before

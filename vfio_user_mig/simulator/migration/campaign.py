@@ -470,11 +470,7 @@ def run_campaign(runs: int, seed: int, *, faults: bool = False, workers: int = 1
     completion order) and into the streaming summary, none is kept."""
     result = CampaignStats(seed, faults, workers, executor, scheduler)
     t0 = time.monotonic()
-    # One worker in this process: its runs stay on one CPU for the whole campaign (as a pool
-    # worker's do), instead of being pinned and released run by run (two affinity changes,
-    # each moving the thread).
-    pinned = one_cpu() if executor == "local" and workers <= 1 else contextlib.nullcontext()
-    with _frozen_heap(), pinned:
+    with _frozen_heap():
         for r in iter_campaign((run_seed(seed, i) for i in range(runs)), faults, workers,
                                executor=executor, scheduler=scheduler, batch_size=batch_size,
                                total=runs):
