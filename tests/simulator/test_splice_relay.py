@@ -141,3 +141,69 @@ def test_an_error_reply_is_raised_and_the_pipe_stays_empty() -> None:
     finally:
         pipe.close()
         close()
+
+
+# ----- the driver --------------------------------------------------------------------------------
+class _DropsAtWrite(Client):
+    """A client that can no longer send (its connection shut down for writing) from its
+    ``drop_at``-th MIG_DATA_WRITE on, whichever way it is sent."""
+
+    drop_at = 3
+
+    def _count(self) -> None:
+        self.writes = getattr(self, "writes", 0) + 1
+        if self.writes == self.drop_at:
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def mig_data_write(self, data: bytes | memoryview) -> None:
+        self._count()
+        super().mig_data_write(data)
+
+    def mig_data_write_nowait(self, data: bytes | memoryview) -> int:
+        self._count()
+        return super().mig_data_write_nowait(data)
+
+    def mig_data_write_from_pipe(self, pipe: SplicePipe, size: int) -> int:
+        self._count()
+        return super().mig_data_write_from_pipe(pipe, size)
+
+
+@pytest.mark.parametrize("drop_at", [1, 3, 40])
+def test_a_destination_lost_mid_stream_fails_as_without_the_pipe(drop_at: int) -> None:
+    """The spliced relay fails at the same write as the pipelined relay through the driver's
+    buffer, with the same error and the same chunks traced; the source is recovered."""
+    import vfio_user_mig.simulator.migration.driver_relay as relay
+    from tests.simulator.test_pipelining import PIPELINED, _chunks, _run
+    from vfio_user_mig.simulator.migration.session import Hooks
+
+    def factory(label: str, sock: socket.socket, guest: object, timeout: float) -> Client:
+        client = (_DropsAtWrite if label == "dst" else Client)(
+            sock, memory=guest.memory, timeout=timeout)  # type: ignore[attr-defined]
+        client.drop_at = drop_at  # type: ignore[attr-defined]
+        return client
+
+    spliced: list[int] = []
+    real = SplicePipe.drain_to
+
+    def counting(self: SplicePipe, sock: socket.socket, n: int) -> None:
+        spliced.append(n)
+        real(self, sock, n)
+
+    big = {"device_mem": 4 << 20, "chunk": 1 << 16}  # bulk-sized replies: spliced
+    relay._SPLICE = False
+    try:
+        buffered = _run(PIPELINED, Hooks(client_factory=factory), **big)
+    finally:
+        relay._SPLICE = True
+    SplicePipe.drain_to = counting  # type: ignore[method-assign]
+    try:
+        piped = _run(PIPELINED, Hooks(client_factory=factory), **big)
+    finally:
+        SplicePipe.drain_to = real  # type: ignore[method-assign]
+    assert len(spliced) == drop_at - 1  # the writes before the lost one went through the pipe
+    assert not buffered.ok and not piped.ok
+    assert (piped.error.where, piped.error.errno) == (buffered.error.where,
+                                                       buffered.error.errno)
+    assert piped.error.where == "dst MIG_DATA_WRITE"
+    assert _chunks(piped) == _chunks(buffered)
+    assert piped.summary["source_path"][-1] == "RUNNING"

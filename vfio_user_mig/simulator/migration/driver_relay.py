@@ -33,23 +33,28 @@ def _spliced_reads(client: Client, chunk: int, depth: int, view: memoryview, pip
                    max_bytes: int | None) -> Generator[tuple[int, memoryview | None], None, None]:
     """:meth:`~..client.api.Client.mig_data_read_stream` with each reply's data moved into
     ``pipe``: yields (bytes, None) for a chunk in the pipe, (bytes, data) for one received
-    into ``view``."""
+    into ``view``. The next read is asked for as soon as a reply is in, before the chunk is
+    relayed, so ``depth`` reads stay in flight while the destination is written to."""
     inflight: deque[int] = deque()
     asked = 0
     more = True
+
+    def top_up() -> None:
+        nonlocal asked
+        while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
+            msg = wire.MigDataRead(size=chunk, msg_id=client.core.next_id())
+            client.send(msg)
+            inflight.append(msg.msg_id)
+            asked += chunk
+
     try:
-        while True:
-            while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
-                msg = wire.MigDataRead(size=chunk, msg_id=client.core.next_id())
-                client.send(msg)
-                inflight.append(msg.msg_id)
-                asked += chunk
-            if not inflight:
-                return
+        top_up()
+        while inflight:
             n, data = client.mig_reply_to_pipe(inflight[0], chunk, pipe, view)
             inflight.popleft()
             if n < chunk:
                 more = False
+            top_up()  # before the chunk is passed on: the source makes the next meanwhile
             if n:
                 yield n, data
     finally:
