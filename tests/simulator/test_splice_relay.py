@@ -70,7 +70,7 @@ def test_stream_spliced_between_two_servers_restores(pipe_size: int, chunk: int)
                 src.region_write(2, 4096 * 7, b"changed after it was sent")
                 src.set_state(S.STOP_COPY)
             while True:
-                n, data = src.mig_reply_to_pipe(_read(src, chunk), chunk, pipe, view)
+                n, data = src.mig_reply_to_pipe(_read(src, chunk), chunk, pipe, lambda: view)
                 if data is None:
                     spliced += 1
                     msg_id = dst.mig_data_write_from_pipe(pipe, n)
@@ -117,7 +117,7 @@ def test_a_reply_arriving_in_pieces_that_fill_the_pipe_is_received_into_the_buff
     thread.start()
     try:
         view = memoryview(bytearray(chunk))
-        n, data = client.mig_reply_to_pipe(_read(client, chunk), chunk, pipe, view)
+        n, data = client.mig_reply_to_pipe(_read(client, chunk), chunk, pipe, lambda: view)
         thread.join(5)
         assert n == chunk and data is not None and bytes(data) == payload
         assert pipe.held == 0
@@ -135,7 +135,7 @@ def test_an_error_reply_is_raised_and_the_pipe_stays_empty() -> None:
     try:
         with pytest.raises(OSError):  # RUNNING: MIG_DATA_READ is refused (EINVAL)
             src.mig_reply_to_pipe(_read(src, 1 << 20), 1 << 20, pipe,
-                                  memoryview(bytearray(1 << 20)))
+                                  lambda: memoryview(bytearray(1 << 20)))
         assert pipe.held == 0
         assert src.get_state() is S.RUNNING  # the connection is still in sync
     finally:

@@ -28,7 +28,7 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vfio_user_mig import wire
@@ -334,13 +334,13 @@ class ClientIO:
         return size >= BULK_REPLY and self._kernel_timeout and self.core.idle and not self._early
 
     def mig_reply_to_pipe(
-        self, msg_id: int, size: int, pipe: SplicePipe, view: memoryview
+        self, msg_id: int, size: int, pipe: SplicePipe, buffer: Callable[[], memoryview]
     ) -> tuple[int, memoryview | None]:
         """The data of the reply to MIG_DATA_READ ``msg_id`` (a request of ``size`` bytes)
         moved into ``pipe`` without entering user space: returns (data bytes, None). When
         that is not possible (not the bulk path, or the pipe cannot take it all) the data is
-        received into ``view`` (at least ``size`` bytes) instead: (data bytes, the data).
-        Raises :class:`VfioUserError` on an error reply."""
+        received into ``buffer()`` (a buffer of at least ``size`` bytes, asked for only then)
+        instead: (data bytes, the data). Raises :class:`VfioUserError` on an error reply."""
         if self._bulk_ok(size):
             bulk = self._bulk_mig_data(msg_id, size)
             if bulk is not None:
@@ -348,6 +348,7 @@ class ClientIO:
                 moved = pipe.fill(self.sock, dsize, self._timeout) if dsize <= pipe.capacity else 0
                 data = None
                 if moved < dsize:  # the pipe is full: the rest the usual way
+                    view = buffer()
                     pipe.read_into(view[:moved])
                     self._recv_data_into(view[moved:dsize])
                     data = view[:dsize]
@@ -359,6 +360,7 @@ class ClientIO:
         n = len(reply.data)
         if n > size:
             raise VfioUserError(_MIG_DATA_READ, _errno.EINVAL)
+        view = buffer()
         view[:n] = reply.data
         return n, view[:n]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from vfio_user_mig import wire
 from vfio_user_mig.simulator.client.api import Client
@@ -29,11 +29,12 @@ from vfio_user_mig.simulator.migration.driver_types import (
 _SPLICE = hasattr(os, "splice")
 
 
-def _spliced_reads(client: Client, chunk: int, depth: int, view: memoryview, pipe: SplicePipe,
-                   max_bytes: int | None) -> Generator[tuple[int, memoryview | None], None, None]:
+def _spliced_reads(client: Client, chunk: int, depth: int, buffer: Callable[[], memoryview],
+                   pipe: SplicePipe, max_bytes: int | None
+                   ) -> Generator[tuple[int, memoryview | None], None, None]:
     """:meth:`~..client.api.Client.mig_data_read_stream` with each reply's data moved into
     ``pipe``: yields (bytes, None) for a chunk in the pipe, (bytes, data) for one received
-    into ``view``. The next read is asked for as soon as a reply is in, before the chunk is
+    into ``buffer()``. The next read is asked for as soon as a reply is in, before the chunk is
     relayed, so ``depth`` reads stay in flight while the destination is written to."""
     inflight: deque[int] = deque()
     asked = 0
@@ -50,7 +51,7 @@ def _spliced_reads(client: Client, chunk: int, depth: int, view: memoryview, pip
     try:
         top_up()
         while inflight:
-            n, data = client.mig_reply_to_pipe(inflight[0], chunk, pipe, view)
+            n, data = client.mig_reply_to_pipe(inflight[0], chunk, pipe, buffer)
             inflight.popleft()
             if n < chunk:
                 more = False
@@ -90,21 +91,16 @@ class DeviceRelay(DriverBase):
                          window: int) -> tuple[int, bool]:
         src, dst = self.src, self.dst
         chunk = self._chunk
-        if self.relay_filter is None:
-            if self._relay_buf is None or len(self._relay_buf) < chunk:
-                self._relay_buf = memoryview(bytearray(chunk))
-            into: memoryview | None = self._relay_buf
-        else:
-            into = None
         if not src.alive:
             raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
         reader = src.client.data_client
         # One pipe per drain (closed at its end): nothing to leak across runs.
-        pipe = SplicePipe(chunk) if into is not None and _SPLICE else None
+        pipe = SplicePipe(chunk) if self.relay_filter is None and _SPLICE else None
         stream: Generator[tuple[int, bytes | memoryview | None], None, None]
-        if pipe is not None and into is not None:
-            stream = _spliced_reads(reader, chunk, depth, into, pipe, budget)
+        if pipe is not None:  # the relay buffer is made only if a chunk needs it
+            stream = _spliced_reads(reader, chunk, depth, self._buffer, pipe, budget)
         else:
+            into = self._buffer() if self.relay_filter is None else None
             stream = ((len(d), d) for d in reader.mig_data_read_stream(
                 chunk, depth, into=into, max_bytes=budget))
         writes: deque[tuple[int | None, int]] = deque()
@@ -158,6 +154,12 @@ class DeviceRelay(DriverBase):
             if pipe is not None:
                 pipe.close()  # a chunk left half-way in it is dropped
         return total, budget is None or short or total < budget
+
+    def _buffer(self) -> memoryview:
+        """The relay buffer (one chunk; made on first use, then kept)."""
+        if self._relay_buf is None or len(self._relay_buf) < self._chunk:
+            self._relay_buf = memoryview(bytearray(self._chunk))
+        return self._relay_buf
 
     def _finish_writes(self, phase: str, writes: deque[tuple[int | None, int]],
                        keep: int) -> None:
