@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -227,7 +228,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     be created. The socket file is removed at exit.
     """
     import logging
-    import os
     import signal
     import threading
 
@@ -436,11 +436,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-__all__ = ["COMMANDS", "build_parser", "caps_label", "command", "main", "package_version"]
+#: Commands whose process skips the interpreter's teardown once :func:`main` returned.
+QUICK_EXIT = frozenset({"serve"})
+
+
+def console() -> None:
+    """The process entry (the ``vfio-user-mig`` script and ``python -m vfio_user_mig.cli``):
+    :func:`main`, then exit with its code. A server (:data:`QUICK_EXIT`) leaves with
+    ``os._exit`` after flushing its output: by then it removed its socket file and closed its
+    device, and finalising every module and object would add a sixth to its life (the
+    checker starts one per sequence)."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _command_name(argv) in QUICK_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+__all__ = ["COMMANDS", "build_parser", "caps_label", "command", "console", "main",
+           "package_version"]
 
 if __name__ == "__main__":  # pragma: no cover
     # Run the package's module, not this ``__main__`` copy: command modules register
     # themselves with ``vfio_user_mig.cli.command``, so only that module's table is complete.
-    from vfio_user_mig.cli import main as _package_main
+    from vfio_user_mig.cli import console as _package_console
 
-    sys.exit(_package_main())
+    _package_console()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from vfio_user_mig.check.target import AHEAD
+
 CLI = [sys.executable, "-m", "vfio_user_mig.cli"]
 SERVE = f"{sys.executable} -m vfio_user_mig.cli serve --socket {{socket}}"
 PLANTED = f"{sys.executable} -m tests.check.planted"
@@ -172,12 +174,13 @@ def test_a_stopped_check_leaves_no_server_and_writes_its_report(sig: signal.Sign
                             stderr=subprocess.PIPE, text=True)
     servers: set[int] = set()
     deadline = time.monotonic() + RUN_LIMIT
-    # A few sequences in (one server each), with a sequence's server and the spare started
-    # ahead for the next one running.
-    while len(servers) < 4 and time.monotonic() < deadline and proc.poll() is None:
+    # A few sequences in: the first starts its server and AHEAD spares, each later one
+    # starts one more server.
+    enough = 1 + AHEAD + 3
+    while len(servers) < enough and time.monotonic() < deadline and proc.poll() is None:
         servers |= _children(proc.pid)
         time.sleep(0.02)
-    assert len(servers) >= 4, "check did not spawn its servers"
+    assert len(servers) >= enough, "check did not spawn its servers"
     os.kill(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=RUN_LIMIT)
     left = [p for p in servers if _alive(p)]
@@ -189,6 +192,28 @@ def test_a_stopped_check_leaves_no_server_and_writes_its_report(sig: signal.Sign
     assert report["interrupted"] == sig.name
     assert report["checks"] >= 1
     assert f"| interrupted | by {sig.name}: the report is partial |" in markdown.read_text()
+
+
+def test_a_killed_check_takes_its_servers_with_it() -> None:
+    """SIGKILL runs no handler: the parent-death signal the servers were started with
+    (``PR_SET_PDEATHSIG``, by setpriv or in the child) ends them."""
+    proc = subprocess.Popen([*CLI, "check", "--spawn", SERVE, "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    servers: set[int] = set()
+    deadline = time.monotonic() + RUN_LIMIT
+    while len(servers) < 1 + AHEAD and time.monotonic() < deadline and proc.poll() is None:
+        servers |= _children(proc.pid)
+        time.sleep(0.02)
+    assert len(servers) >= 1 + AHEAD, "check did not spawn its servers"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while [p for p in servers if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [p for p in servers if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"servers left running: {left}"
 
 
 def test_stop_all_stops_every_launched_server_and_its_group() -> None:

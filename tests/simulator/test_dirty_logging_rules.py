@@ -150,3 +150,17 @@ def test_start_reply_golden_bytes(s: Session) -> None:
     s._id = 6
     flags, err, payload = s.ask(16, request[16:])
     assert struct.pack("<HHIII", 7, 16, 16 + len(payload), flags, err) + payload == reply
+
+
+def test_a_client_that_leaves_takes_its_dirty_logging_with_it(s: Session) -> None:
+    """Logging started by a client ends with its connection: its ranges named maps that are
+    gone, and a new client's REPORT is refused as when logging was never started."""
+    _map(s, MAP_AT, MAP_SIZE)
+    assert _start(s, 4096, (MAP_AT, MAP_SIZE))[1] == 0
+    s.core.connection_lost()
+    assert not s.core.device.dirty_log.active
+    _flags, err, _ = s.ask(1, struct.pack("<HH", 0, 2) + b"{}\0")  # the next client's VERSION
+    assert err == 0
+    _map(s, MAP_AT, MAP_SIZE)
+    report = struct.pack("<QQQ", MAP_AT, MAP_SIZE, 4096)
+    assert s.feature(GET | F_LOG_REPORT, report)[1] == errno.EINVAL

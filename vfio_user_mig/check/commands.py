@@ -217,6 +217,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     started = time.monotonic()
     checkers: list[Checker] = []
     interrupted: Interrupted | None = None
+    # The report's coverage totals need networkx: imported before a stop signal can raise,
+    # since an import cut short by Interrupted leaves a package half-bound in sys.modules.
+    import networkx  # noqa: F401
     try:
         with stop_signals_raise():
             try:
@@ -272,7 +275,7 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
                         "sizes when larger)")
     p.add_argument("--no-prespawn", action="store_true",
                    help="with --spawn: start each server only when its sequence begins (by "
-                        "default the next one starts while the current sequence runs; use "
+                        "default the next two start while the current sequence runs; use "
                         "this for servers that cannot run twice at once)")
     p.add_argument("--timeout", type=_positive_float, default=2.0,
                    help="seconds a request may wait for its reply before it is a hang "

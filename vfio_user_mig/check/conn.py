@@ -240,7 +240,8 @@ class Conn:
         while len(self._buf) < size:
             if not self._fill(deadline):
                 return None
-        payload = bytes(self._buf[HEADER_SIZE:size])
+        with memoryview(self._buf) as view:  # one copy, and the view gone before the del
+            payload = bytes(view[HEADER_SIZE:size])
         del self._buf[:size]
         fds, self._fds = self._fds, []
         return Reply(msg_id, command, size, flags, error, payload, fds)

@@ -455,7 +455,7 @@ class Sequence:
             if reply is None or reply.is_error or len(reply.payload) < 8:
                 return None
             size = struct.unpack_from("<I", reply.payload, 4)[0]
-            out += reply.payload[8:8 + size]
+            out += memoryview(reply.payload)[8:8 + size]
             if size < chunk:
                 return bytes(out)
 

@@ -19,8 +19,9 @@ Nothing here ever waits without a deadline, and no process started here outlives
 each runs in a process group of its own, recorded in :data:`LIVE` until it is stopped;
 :func:`stop_all` stops every one still recorded (``check`` calls it on exit, on SIGTERM,
 SIGINT and SIGHUP, and from :mod:`atexit`), and on Linux a spawned process also gets SIGKILL
-when the checker's thread that started it dies (``PR_SET_PDEATHSIG``), which covers a checker
-killed by SIGKILL.
+when the checker's thread that started it dies (``PR_SET_PDEATHSIG``, set by util-linux's
+``setpriv`` where it is installed, else between fork and exec), which covers a checker killed
+by SIGKILL.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import contextlib
 import ctypes
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -37,6 +39,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +51,26 @@ _SOURCE_LOCATION = re.compile(r"([\w./-]+\.(?:c|cc|cpp|rs|py|go):\d+)")
 #: How long a spawned server may take to accept its first connection.
 START_TIMEOUT = 15.0
 
+#: Seconds a server that closed its connection (or saw its client leave) has to be seen
+#: exiting before it counts as alive: a crash closes the socket a moment before the exit.
+DEATH_WINDOW = 0.05
+
+#: Seconds a server has to exit after SIGTERM before it gets SIGKILL.
+STOP_GRACE = 2.0
+
+#: Server processes started ahead of the sequences that will use them (``--spawn``): on a
+#: multi-core machine the next servers' start-up runs while the current sequence does.
+AHEAD = 2
+
 #: Every launched server process not stopped yet (module docstring).
 LIVE: set[_Launch] = set()
 _PR_SET_PDEATHSIG = 1
+
+
+#: util-linux ``setpriv``: it sets the parent-death signal and execs the server, so a spawn
+#: runs no Python between fork and exec (the fast vfork path, not a fork of the checker whose
+#: exec the checker waits for); without it, :func:`_die_with_parent` runs in the child.
+_SETPRIV = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -119,6 +139,22 @@ class Target(Protocol):
         """The run is over: :meth:`end`, and stop anything started ahead for later."""
 
 
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Return once ``proc`` exited or ``timeout`` seconds passed (a pidfd where the kernel
+    has them: woken at the exit, not at the next poll)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3+, or the process is already reaped
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
 def _connect(path: str, deadline: float, alive: Callable[[], bool] | None = None
              ) -> socket.socket:
     last: OSError | None = None
@@ -163,11 +199,27 @@ class _Launch:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
-    def stop(self) -> None:
+    #: When :meth:`terminate` sent SIGTERM (monotonic seconds); ``None`` before.
+    term_at: float | None = None
+
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM) without waiting; :meth:`reaped` finishes."""
+        if self.term_at is None:
+            self.term_at = time.monotonic()
+            if self.proc.poll() is None:
+                self.signal(signal.SIGTERM)
+
+    def reaped(self, wait: bool = False) -> bool:
+        """Finish a :meth:`terminate`: True once the process exited (or was killed after
+        :data:`STOP_GRACE` seconds) and everything it held is freed; ``wait`` blocks."""
+        self.terminate()
+        assert self.term_at is not None
+        grace = self.term_at + STOP_GRACE - time.monotonic()
         if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
+            if not wait and grace > 0:
+                return False
             try:
-                self.proc.wait(timeout=2.0)
+                self.proc.wait(timeout=max(grace, 0.0))
             except subprocess.TimeoutExpired:
                 self.signal(signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -175,21 +227,30 @@ class _Launch:
         self.signal(signal.SIGKILL)  # anything the server left in its group
         LIVE.discard(self)
         shutil.rmtree(self.dir, ignore_errors=True)
+        return True
+
+    def stop(self) -> None:
+        """Stop the process and free what it held (SIGTERM, SIGKILL after the grace)."""
+        self.reaped(wait=True)
 
 
 class SpawnTarget:
     """A server command started afresh for each sequence (module docstring)."""
 
     def __init__(self, template: str, start_timeout: float = START_TIMEOUT,
-                 prespawn: bool = True) -> None:
+                 prespawn: bool = True, ahead: int = AHEAD) -> None:
         if "{socket}" not in template:
             raise TargetError("the --spawn command must contain {socket}")
         self.template = template
         self.name = template
         self.start_timeout = start_timeout
         self.prespawn = prespawn
+        self.ahead = max(ahead, 1)
         self._live: _Launch | None = None
-        self._spare: _Launch | None = None
+        #: started ahead, oldest first (:meth:`begin` takes the oldest)
+        self._spares: deque[_Launch] = deque()
+        #: told to stop, not reaped yet (reaped without waiting at each :meth:`end`)
+        self._stopping: list[_Launch] = []
         self.spawned = 0
 
     def _launch(self) -> _Launch:
@@ -197,11 +258,14 @@ class SpawnTarget:
         path = os.path.join(where, "server.sock")
         argv = [arg.replace("{socket}", path) for arg in shlex.split(self.template)]
         stderr = Path(where) / "stderr"
+        preexec: Callable[[], None] | None = _die_with_parent
+        if _SETPRIV is not None and argv and shutil.which(argv[0]) is not None:
+            argv, preexec = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
         with open(stderr, "wb") as err:
             try:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    start_new_session=True, preexec_fn=preexec,
                 )
             except OSError as exc:
                 shutil.rmtree(where, ignore_errors=True)
@@ -224,15 +288,16 @@ class SpawnTarget:
     def warm(self) -> None:
         """Start the process of the next :meth:`begin` now, if none is waiting (a round
         trip's destination starts while the source saves)."""
-        if self._spare is None:
-            self._spare = self._launch()
+        if not self._spares:
+            self._spares.append(self._launch())
 
     def begin(self) -> socket.socket:
         self.end()
-        live, self._spare = self._spare or self._launch(), None
+        live = self._spares.popleft() if self._spares else self._launch()
         self._live = live
         if self.prespawn:
-            self._spare = self._launch()
+            while len(self._spares) < self.ahead:
+                self._spares.append(self._launch())
         try:
             return _connect(live.path, time.monotonic() + self.start_timeout,
                             lambda: live.proc.poll() is None)
@@ -253,26 +318,35 @@ class SpawnTarget:
         return " | ".join(lines[-3:])[-limit:]
 
     def death(self) -> Death | None:
+        """How the process ended, waiting up to :data:`DEATH_WINDOW` seconds for one that is
+        exiting (it closed its socket a moment before its exit status is there); ``None``
+        while it lives."""
         if self._live is None:
             return None
-        # A process that is exiting may need a moment after closing its socket.
-        for _ in range(20):
-            code = self._live.proc.poll()
-            if code is not None:
-                return Death(_describe_status(code), self.stderr_tail())
-            time.sleep(0.005)
-        return None
+        proc = self._live.proc
+        if proc.poll() is None:
+            _wait_exit(proc, DEATH_WINDOW)
+        code = proc.poll()
+        return None if code is None else Death(_describe_status(code), self.stderr_tail())
 
     def end(self) -> None:
+        """Stop the sequence's server without waiting for it to exit (it is reaped at a
+        later :meth:`end`, or by :meth:`close`)."""
         live, self._live = self._live, None
         if live is not None:
-            live.stop()
+            live.terminate()
+            self._stopping.append(live)
+        self._stopping = [launch for launch in self._stopping if not launch.reaped()]
 
     def close(self) -> None:
         self.end()
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.stop()
+        while self._spares:
+            spare = self._spares.popleft()
+            spare.terminate()  # all told at once, then each waited for
+            self._stopping.append(spare)
+        for launch in self._stopping:
+            launch.stop()
+        self._stopping = []
 
 
 class SocketTarget:

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from vfio_user_mig.wire.constants import DEFAULT_MAX_DATA_XFER_SIZE, U64_MAX
 from vfio_user_mig.wire.errors import invalid
+from vfio_user_mig.wire.record import Record, record
 
 DEFAULT_MAX_MSG_FDS = 1
 DEFAULT_PGSIZES = 4096
@@ -78,8 +79,8 @@ def _check(obj: Any) -> None:
             raise invalid(f"{_FIELD}.{key}.fd_index", "not an unsigned integer")
 
 
-@dataclass(frozen=True, slots=True)
-class Capabilities:
+@record
+class Capabilities(Record):
     """The VERSION JSON: exact ``text`` (without the NUL) plus its parsed object.
 
     Build with :meth:`make` (or :meth:`from_object`); parse received bytes with :meth:`parse`.

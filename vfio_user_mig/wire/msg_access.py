@@ -10,7 +10,6 @@ These classes are the server's hot path: one struct unpack and one constructor p
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from vfio_user_mig.wire.constants import HEADER_SIZE, Command, MsgType
 from vfio_user_mig.wire.errors import invalid
@@ -34,6 +33,7 @@ from vfio_user_mig.wire.msg_base import (
     hstruct,
     register,
 )
+from vfio_user_mig.wire.record import Record, record
 
 _RA = REGION_ACCESS.size
 _DA = DMA_ACCESS.size
@@ -90,7 +90,7 @@ def _split(
 
 
 @register(Command.REGION_READ)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionRead(Request):
     """REGION_READ request: read ``count`` bytes at ``offset`` of region ``region``."""
 
@@ -115,7 +115,7 @@ class RegionRead(Request):
 
 
 @register(Command.REGION_READ)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionReadReply(Reply):
     """REGION_READ reply: the request's 16 bytes + ``count`` bytes of ``data``.
 
@@ -152,7 +152,7 @@ class RegionReadReply(Reply):
 
 
 @register(Command.REGION_WRITE)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionWrite(Request):
     """REGION_WRITE request: write ``data`` (``count`` bytes) at ``offset`` of ``region``."""
 
@@ -176,7 +176,7 @@ class RegionWrite(Request):
 
 
 @register(Command.REGION_WRITE)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionWriteReply(Reply):
     """REGION_WRITE reply: the request's 16 bytes, no data (``bare``: see RegionReadReply)."""
 
@@ -212,7 +212,7 @@ _new_rwr = fast_factory(RegionWriteReply)
 
 
 @register(Command.DMA_READ)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaRead(Request):
     """DMA_READ (server -> client): read ``count`` bytes of client memory at ``addr``."""
 
@@ -235,7 +235,7 @@ class DmaRead(Request):
 
 
 @register(Command.DMA_READ)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaReadReply(Reply):
     """DMA_READ reply {addr, count, data}."""
 
@@ -258,7 +258,7 @@ class DmaReadReply(Reply):
 
 
 @register(Command.DMA_WRITE)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaWrite(Request):
     """DMA_WRITE (server -> client): write ``data`` (``count`` bytes) at ``addr``."""
 
@@ -281,7 +281,7 @@ class DmaWrite(Request):
 
 
 @register(Command.DMA_WRITE)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaWriteReply(Reply):
     """DMA_WRITE reply {addr u64, count u64} (libvfio-user; PROTOCOL.md section 2).
 
@@ -312,8 +312,8 @@ class DmaWriteReply(Reply):
 # --------------------------------------------------------------------------- WRITE_MULTI (15)
 
 
-@dataclass(frozen=True, slots=True)
-class MultiWrite:
+@record
+class MultiWrite(Record):
     """One coalesced write: ``count`` (<= 8) bytes of the 8-byte ``data`` field are written.
 
     ``data`` is the raw 8-byte field (bytes past ``count`` are kept for byte-exactness); use
@@ -338,7 +338,7 @@ class MultiWrite:
 
 
 @register(Command.REGION_WRITE_MULTI)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionWriteMulti(Request):
     """REGION_WRITE_MULTI {wr_cnt u64, wrs[wr_cnt] of {offset, region, count, data[8]}}."""
 
@@ -374,7 +374,7 @@ class RegionWriteMulti(Request):
 
 
 @register(Command.REGION_WRITE_MULTI)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionWriteMultiReply(Reply):
     """REGION_WRITE_MULTI reply {wr_cnt u64}: the number of writes completed."""
 

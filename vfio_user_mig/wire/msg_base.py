@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, ClassVar, TypeVar
 
 from vfio_user_mig.wire.constants import HEADER_SIZE, Command, HeaderFlag, MsgType
 from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.layout import Layout
 from vfio_user_mig.wire.layouts import HEADER
+from vfio_user_mig.wire.record import Record, record
 
 #: A received or outgoing byte buffer.
 Buffer = bytes | bytearray | memoryview
@@ -41,8 +42,8 @@ def hstruct(layout: Layout) -> struct.Struct:
     return layout.with_prefix(HEADER)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message:
+@record(kw_only=True)
+class Message(Record):
     """Base of every vfio-user message. ``msg_id`` is the header's message id (u16)."""
 
     COMMAND: ClassVar[Command]
@@ -69,7 +70,7 @@ class Message:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Request(Message):
     """A command message (header type 0). ``no_reply`` is header flag bit 4."""
 
@@ -81,14 +82,14 @@ class Request(Message):
         return NO_REPLY if self.no_reply else 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Reply(Message):
     """A successful reply (header type 1, error bit clear)."""
 
     IS_REPLY: ClassVar[bool] = True
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ErrorReply(Message):
     """A failed reply to any command: header type 1, error bit set, ``error`` = ``errno``.
 

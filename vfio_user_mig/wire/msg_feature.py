@@ -26,7 +26,6 @@ is carried as raw bytes, so the server can answer it with an error reply itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from vfio_user_mig.model.states import MigrationCaps, State
@@ -60,13 +59,14 @@ from vfio_user_mig.wire.msg_base import (
     hstruct,
     register,
 )
+from vfio_user_mig.wire.record import Record, record
 
 _H_FEATURE = hstruct(DEVICE_FEATURE)
 _NAME = "DEVICE_FEATURE"
 
 
-@dataclass(frozen=True, slots=True)
-class MigrationInfo:
+@record
+class MigrationInfo(Record):
     """MIGRATION GET reply data {flags u64}: the device's migration capabilities."""
 
     flags: MigrationCaps
@@ -80,8 +80,8 @@ class MigrationInfo:
         return cls(MigrationCaps(FEATURE_MIGRATION.unpack_from(data)[0]))
 
 
-@dataclass(frozen=True, slots=True)
-class MigDeviceState:
+@record
+class MigDeviceState(Record):
     """MIG_DEVICE_STATE data {device_state u32, data_fd u32}.
 
     ``device_state`` is a :class:`State` when 0-7, else the raw number (so a server can refuse
@@ -108,8 +108,8 @@ class MigDeviceState:
                    bytes(data[FEATURE_MIG_STATE.size:]))
 
 
-@dataclass(frozen=True, slots=True)
-class MigDataSize:
+@record
+class MigDataSize(Record):
     """MIG_DATA_SIZE GET reply data {stop_copy_length u64} (experimental, the kernel's
     ``struct vfio_device_feature_mig_data_size``): bytes the device estimates it still has to
     send if switched to STOP_COPY now."""
@@ -125,16 +125,16 @@ class MigDataSize:
         return cls(FEATURE_MIG_DATA_SIZE.unpack_from(data)[0])
 
 
-@dataclass(frozen=True, slots=True)
-class DmaRange:
+@record
+class DmaRange(Record):
     """One IOVA range {iova u64, length u64} of DMA_LOGGING_START/STOP."""
 
     iova: int
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class DmaLoggingControl:
+@record
+class DmaLoggingControl(Record):
     """DMA_LOGGING_START/STOP data {page_size u64, num_ranges u32, reserved u32, ranges[]}.
 
     ``num_ranges`` on the wire is ``len(ranges)``; 0 means "log everything" in the spec (the
@@ -165,8 +165,8 @@ class DmaLoggingControl:
         return cls(page_size, ranges, reserved)
 
 
-@dataclass(frozen=True, slots=True)
-class DmaLoggingReport:
+@record
+class DmaLoggingReport(Record):
     """DMA_LOGGING_REPORT GET request data {iova u64, length u64, page_size u64}."""
 
     iova: int
@@ -186,8 +186,8 @@ class DmaLoggingReport:
         return bitmap_len(self.length, self.page_size)
 
 
-@dataclass(frozen=True, slots=True)
-class DmaLoggingReportData:
+@record
+class DmaLoggingReportData(Record):
     """DMA_LOGGING_REPORT GET reply data: the request's 24 bytes + the bitmap (offset 24)."""
 
     iova: int
@@ -365,7 +365,7 @@ def _default_argsz(feature: int, ops: int, reply: bool, data: FeatureData) -> in
 
 
 @register(Command.DEVICE_FEATURE)
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceFeature(Request):
     """DEVICE_FEATURE request: ``feature`` (index) + ``ops`` (GET/SET/PROBE) + ``data``.
 
@@ -429,7 +429,7 @@ class DeviceFeature(Request):
 
 
 @register(Command.DEVICE_FEATURE)
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceFeatureReply(Reply):
     """DEVICE_FEATURE reply. SET and PROBE replies echo the request (including its argsz);
     GET replies carry the data with ``argsz`` = reply payload size (the default)."""

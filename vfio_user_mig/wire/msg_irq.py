@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from vfio_user_mig.wire.constants import (
@@ -30,6 +29,7 @@ from vfio_user_mig.wire.msg_base import (
     hstruct,
     register,
 )
+from vfio_user_mig.wire.record import record
 
 _H_IRQ_INFO = hstruct(IRQ_INFO)
 _H_IRQ_SET = hstruct(IRQ_SET)
@@ -39,7 +39,7 @@ _H_IRQ_SET = hstruct(IRQ_SET)
 
 
 @register(Command.DEVICE_GET_IRQ_INFO)
-@dataclass(frozen=True, slots=True)
+@record
 class IrqInfo(FixedLayout, Request):
     """DEVICE_GET_IRQ_INFO request ``struct vfio_irq_info`` with ``index`` set."""
 
@@ -52,7 +52,7 @@ class IrqInfo(FixedLayout, Request):
 
 
 @register(Command.DEVICE_GET_IRQ_INFO)
-@dataclass(frozen=True, slots=True)
+@record
 class IrqInfoReply(FixedLayout, Reply):
     """DEVICE_GET_IRQ_INFO reply (16 bytes)."""
 
@@ -78,7 +78,7 @@ def check_irq_set_flags(flags: int) -> None:
 
 
 @register(Command.DEVICE_SET_IRQS)
-@dataclass(frozen=True, slots=True)
+@record
 class IrqSet(Request):
     """DEVICE_SET_IRQS ``struct vfio_irq_set``; ``data`` = count bools with DATA_BOOL only.
 
@@ -123,7 +123,7 @@ class IrqSet(Request):
 
 
 @register(Command.DEVICE_SET_IRQS)
-@dataclass(frozen=True, slots=True)
+@record
 class IrqSetReply(EmptyPayload, Reply):
     """DEVICE_SET_IRQS reply: no payload."""
 

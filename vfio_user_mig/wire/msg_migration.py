@@ -10,8 +10,6 @@ exactly ``size`` data bytes and ``argsz >= 8 + size`` (libvfio-user's rule). The
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vfio_user_mig.wire.constants import HEADER_SIZE, Command
 from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.layouts import MIG_DATA
@@ -28,6 +26,7 @@ from vfio_user_mig.wire.msg_base import (
     hstruct,
     register,
 )
+from vfio_user_mig.wire.record import record
 
 _H_MIG = hstruct(MIG_DATA).pack
 _MD = MIG_DATA.size
@@ -69,7 +68,7 @@ class Gather:
 
 
 @register(Command.MIG_DATA_READ)
-@dataclass(frozen=True, slots=True)
+@record
 class MigDataRead(Request):
     """MIG_DATA_READ request {argsz = 8 + size (default), size}."""
 
@@ -98,7 +97,7 @@ class MigDataRead(Request):
 
 
 @register(Command.MIG_DATA_READ)
-@dataclass(frozen=True, slots=True)
+@record
 class MigDataReadReply(Reply):
     """MIG_DATA_READ reply {argsz = 8 + len(data), size = len(data), data}.
 
@@ -164,7 +163,7 @@ class MigDataReadReply(Reply):
 
 
 @register(Command.MIG_DATA_WRITE)
-@dataclass(frozen=True, slots=True)
+@record
 class MigDataWrite(Request):
     """MIG_DATA_WRITE request {argsz (default 8 + size), size = len(data), data}."""
 
@@ -199,7 +198,7 @@ class MigDataWrite(Request):
 
 
 @register(Command.MIG_DATA_WRITE)
-@dataclass(frozen=True, slots=True)
+@record
 class MigDataWriteReply(EmptyPayload, Reply):
     """MIG_DATA_WRITE reply: no payload."""
 

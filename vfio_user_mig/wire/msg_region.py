@@ -5,7 +5,7 @@ DEVICE_GET_REGION_IO_FDS (6) (vfio-user.rst sections of the same names; PROTOCOL
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from vfio_user_mig.wire.constants import HEADER_SIZE, Command
 from vfio_user_mig.wire.errors import invalid
@@ -22,6 +22,7 @@ from vfio_user_mig.wire.msg_base import (
     hstruct,
     register,
 )
+from vfio_user_mig.wire.record import Record, record
 from vfio_user_mig.wire.region_caps import RegionCap, decode_caps, encode_caps
 
 _H_REGION_INFO = hstruct(REGION_INFO)
@@ -32,7 +33,7 @@ _H_IO_FDS = hstruct(IO_FDS)
 
 
 @register(Command.DEVICE_GET_REGION_INFO)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionInfo(Request):
     """DEVICE_GET_REGION_INFO request: ``index`` and ``argsz`` (max reply size) matter.
 
@@ -74,7 +75,7 @@ class RegionInfo(Request):
 
 
 @register(Command.DEVICE_GET_REGION_INFO)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionInfoReply(Reply):
     """DEVICE_GET_REGION_INFO reply: ``struct vfio_region_info`` + capability chain.
 
@@ -142,8 +143,8 @@ class RegionInfoReply(Reply):
 # --------------------------------------------------------------------------- REGION_IO_FDS (6)
 
 
-@dataclass(frozen=True, slots=True)
-class SubRegionIoFd:
+@record
+class SubRegionIoFd(Record):
     """One sub-region of a GET_REGION_IO_FDS reply.
 
     On the wire either the spec's 40-byte entry (``shadow_mem_fd_index`` is the spec's
@@ -187,7 +188,7 @@ _ENTRY_SIZES = (SUB_REGION_SPEC.size, SUB_REGION_LIBVFIO.size)
 
 
 @register(Command.DEVICE_GET_REGION_IO_FDS)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionIoFds(Request):
     """GET_REGION_IO_FDS request {argsz, flags, index, count}; flags and count must be 0."""
 
@@ -214,7 +215,7 @@ class RegionIoFds(Request):
 
 
 @register(Command.DEVICE_GET_REGION_IO_FDS)
-@dataclass(frozen=True, slots=True)
+@record
 class RegionIoFdsReply(Reply):
     """GET_REGION_IO_FDS reply {argsz, flags, index, count, sub_regions[count]}.
 

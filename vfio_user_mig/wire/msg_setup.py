@@ -9,7 +9,6 @@ part, the ``argsz``/``count`` fields and the variable tail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from vfio_user_mig.wire.capabilities import Capabilities
@@ -46,6 +45,7 @@ from vfio_user_mig.wire.msg_base import (
     hstruct,
     register,
 )
+from vfio_user_mig.wire.record import Record, record
 
 _H_VERSION = hstruct(VERSION)
 _H_DMA_MAP = hstruct(DMA_MAP)
@@ -75,7 +75,7 @@ def _version_fields(payload: memoryview) -> tuple[int, int, Capabilities | None]
 
 
 @register(Command.VERSION)
-@dataclass(frozen=True, slots=True)
+@record
 class Version(Request):
     """VERSION request {major u16, minor u16, optional JSON + NUL}; libvfio-user speaks 0.2."""
 
@@ -93,7 +93,7 @@ class Version(Request):
 
 
 @register(Command.VERSION)
-@dataclass(frozen=True, slots=True)
+@record
 class VersionReply(Reply):
     """VERSION reply: same format as the request (vfio-user.rst "Version", Reply)."""
 
@@ -116,7 +116,7 @@ _DMA_MAP_KNOWN = int(DmaMapFlag.READ | DmaMapFlag.WRITE | DmaMapFlag.MMAP | DmaM
 
 
 @register(Command.DMA_MAP)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaMap(Request):
     """DMA_MAP {argsz, flags, offset, addr, size}; the mappable fd travels as SCM_RIGHTS."""
 
@@ -147,7 +147,7 @@ class DmaMap(Request):
 
 
 @register(Command.DMA_MAP)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaMapReply(EmptyPayload, Reply):
     """DMA_MAP reply: no payload."""
 
@@ -157,8 +157,8 @@ class DmaMapReply(EmptyPayload, Reply):
 # --------------------------------------------------------------------------- DMA_UNMAP (3)
 
 
-@dataclass(frozen=True, slots=True)
-class UnmapBitmap:
+@record
+class UnmapBitmap(Record):
     """libvfio-user's ``struct vfio_user_bitmap`` (DMA_UNMAP with GET_DIRTY_BITMAP)."""
 
     pgsize: int
@@ -202,7 +202,7 @@ def _unmap_encode(
 
 
 @register(Command.DMA_UNMAP)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaUnmap(Request):
     """DMA_UNMAP {argsz, flags, addr, size} (+ {pgsize, size} when flags = GET_DIRTY_BITMAP)."""
 
@@ -223,7 +223,7 @@ class DmaUnmap(Request):
 
 
 @register(Command.DMA_UNMAP)
-@dataclass(frozen=True, slots=True)
+@record
 class DmaUnmapReply(Reply):
     """DMA_UNMAP reply: the request's 24 bytes echoed (+ bitmap header and bitmap)."""
 
@@ -247,7 +247,7 @@ class DmaUnmapReply(Reply):
 
 
 @register(Command.DEVICE_GET_INFO)
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceGetInfo(FixedLayout, Request):
     """DEVICE_GET_INFO request: ``argsz`` = max reply size; other fields should be zero."""
 
@@ -260,7 +260,7 @@ class DeviceGetInfo(FixedLayout, Request):
 
 
 @register(Command.DEVICE_GET_INFO)
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceGetInfoReply(FixedLayout, Reply):
     """DEVICE_GET_INFO reply ``struct vfio_device_info`` (16 bytes; libvfio-user sends 16)."""
 
@@ -276,13 +276,13 @@ class DeviceGetInfoReply(FixedLayout, Reply):
 
 
 @register(Command.DEVICE_RESET)
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceReset(EmptyPayload, Request):
     """DEVICE_RESET: neither request nor reply has a payload."""
 
 
 @register(Command.DEVICE_RESET)
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceResetReply(EmptyPayload, Reply):
     """DEVICE_RESET reply: no payload."""
 

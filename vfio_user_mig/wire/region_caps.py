@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from vfio_user_mig.wire.constants import RegionCapId
 from vfio_user_mig.wire.errors import WireError, invalid
@@ -27,20 +26,21 @@ from vfio_user_mig.wire.layouts import (
     REGION_INFO,
     SPARSE_AREA,
 )
+from vfio_user_mig.wire.record import Record, record
 
 _FIELD = "DEVICE_GET_REGION_INFO.caps"
 
 
-@dataclass(frozen=True, slots=True)
-class SparseArea:
+@record
+class SparseArea(Record):
     """One mmap-able area of a sparse region: ``offset`` is relative to the region offset."""
 
     offset: int
     size: int
 
 
-@dataclass(frozen=True, slots=True)
-class SparseMmapCap:
+@record
+class SparseMmapCap(Record):
     """``VFIO_REGION_INFO_CAP_SPARSE_MMAP`` (id 1, version 1)."""
 
     areas: tuple[SparseArea, ...]
@@ -53,8 +53,8 @@ class SparseMmapCap:
         return b"".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class TypeCap:
+@record
+class TypeCap(Record):
     """``VFIO_REGION_INFO_CAP_TYPE`` (id 2): device-specific region type/subtype."""
 
     type: int
@@ -65,8 +65,8 @@ class TypeCap:
         return CAP_TYPE.pack(self.type, self.subtype)
 
 
-@dataclass(frozen=True, slots=True)
-class RawCap:
+@record
+class RawCap(Record):
     """A capability this model does not interpret; ``body`` follows the cap header."""
 
     id: int

@@ -7,6 +7,7 @@ from typing import Any
 
 from tests.check.mutation.catalogue import mutant
 from tests.check.mutation.patches import (
+    answer_refused,
     is_feature,
     is_ok_reply_to,
     on_device,
@@ -55,18 +56,9 @@ def _report_of_unmapped_range(hosted: HostedDevice) -> None:
 @mutant("dma_unmap_unmapped_ok", "DMA_UNMAP of a range that is not mapped succeeds", "dma",
         "errno")
 def _dma_unmap_unmapped_ok(hosted: HostedDevice) -> None:
-    from vfio_user_mig.simulator.server.types import Refusal
-
-    def fn(real: Any, msg: Any, fds: list[int]) -> Any:
-        try:
-            return real(msg, fds)
-        except Refusal:
-            if msg.flags:
-                raise
-            return wire.DmaUnmapReply(addr=msg.addr, size=msg.size, flags=msg.flags,
-                                      argsz=msg.argsz, msg_id=msg.msg_id), []
-
-    wrap_handler(hosted.core, Command.DMA_UNMAP, fn)
+    answer_refused(hosted.core, Command.DMA_UNMAP, lambda msg: None if msg.flags else
+                   wire.DmaUnmapReply(addr=msg.addr, size=msg.size, flags=msg.flags,
+                                      argsz=msg.argsz, msg_id=msg.msg_id))
 
 
 # ----- dirty page logging ---------------------------------------------------------------------

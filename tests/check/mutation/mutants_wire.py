@@ -10,6 +10,7 @@ from typing import Any
 from tests.check.mutation.catalogue import mutant
 from tests.check.mutation.patches import (
     EINVAL,
+    answer_refused,
     header,
     is_feature,
     is_ok_reply_to,
@@ -57,6 +58,30 @@ def _gate_errno_ebusy(hosted: HostedDevice) -> None:
     for cell, errno in list(gates.items()):
         if errno is not None:
             gates[cell] = _errno.EBUSY
+
+
+# ----- indexes and offsets past the device's counts and a region's end -------------------------
+
+
+@mutant("set_irqs_past_the_count_accepted", "DEVICE_SET_IRQS of an index past the device's "
+        "interrupt count succeeds", "gating", "errno")
+def _set_irqs_past_the_count_accepted(hosted: HostedDevice) -> None:
+    answer_refused(hosted.core, Command.DEVICE_SET_IRQS,
+                   lambda msg: wire.IrqSetReply(msg_id=msg.msg_id))
+
+
+@mutant("region_read_past_the_end_zeros", "REGION_READ starting at a region's end is answered "
+        "with zeros", "gating", "errno")
+def _region_read_past_the_end_zeros(hosted: HostedDevice) -> None:
+    answer_refused(hosted.core, Command.REGION_READ, lambda msg: wire.RegionReadReply(
+        msg.offset, msg.region, msg.count, bytes(msg.count), msg_id=msg.msg_id))
+
+
+@mutant("irq_info_past_the_count_answered", "DEVICE_GET_IRQ_INFO of an index past the "
+        "interrupt count answers a zero count", "gating", "errno")
+def _irq_info_past_the_count_answered(hosted: HostedDevice) -> None:
+    answer_refused(hosted.core, Command.DEVICE_GET_IRQ_INFO, lambda msg: wire.IrqInfoReply(
+        index=msg.index, flags=0, count=0, msg_id=msg.msg_id))
 
 
 @mutant("mig_write_ignored_in_stop", "MIG_DATA_WRITE in STOP is accepted and dropped",
@@ -311,3 +336,10 @@ def _reconnect_version_refused(hosted: HostedDevice) -> None:
         core.negotiated = keep
 
     core.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+@mutant("dma_maps_kept_after_the_client_leaves", "the DMA regions of a client that left stay "
+        "mapped (a new client cannot map the same range)", "disconnect", "errno", reconnect=True)
+def _dma_maps_kept_after_the_client_leaves(hosted: HostedDevice) -> None:
+    dma = hosted.core.dma
+    dma.unmap_all = lambda: ()  # type: ignore[method-assign]

@@ -38,6 +38,24 @@ def wrap_handler(core: ServerCore, command: Command,
         core.region_read_fast = lambda data, now: None  # type: ignore[method-assign]
 
 
+def answer_refused(core: ServerCore, command: Command,
+                   reply: Callable[[Any], Any | None]) -> None:
+    """Route ``command`` so that a request its real handler refuses is answered with
+    ``reply(msg)`` (a success reply) instead; ``None`` from ``reply`` keeps the refusal."""
+    from vfio_user_mig.simulator.server.types import Refusal
+
+    def fn(real: Handler, msg: Any, fds: list[int]) -> Any:
+        try:
+            return real(msg, fds)
+        except Refusal:
+            answer = reply(msg)
+            if answer is None:
+                raise
+            return answer, []
+
+    wrap_handler(core, command, fn)
+
+
 def wrap_feature(core: ServerCore, fn: Callable[[Handler, Any, list[int]], Any]) -> None:
     """:func:`wrap_handler` for DEVICE_FEATURE."""
     wrap_handler(core, Command.DEVICE_FEATURE, fn)

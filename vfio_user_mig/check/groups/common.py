@@ -87,18 +87,26 @@ def chunk_size(checker: Checker, limit: int | None = None) -> int:
     return min(size, limit) if limit else size
 
 
-def read_stream_checked(seq: Sequence, chunk: int, label: str) -> bytes | None:
+def read_stream_checked(seq: Sequence, chunk: int, label: str,
+                        max_reads: int | None = None) -> bytes | None:
     """Read a saving state's data to its end with the checks of PROTOCOL.md section 4: every
     read succeeds, each reply has size <= requested and argsz = 8 + size (zero padding
     allowed), a short read ends the stream and the next read returns size 0. Three checks per
     stream, however many reads it takes (the first bad reply is the one reported). ``None``
-    when a read is refused."""
+    when a read is refused.
+
+    With ``max_reads``, a stream not ended after that many reads is left there: the device is
+    moved STOP_COPY -> STOP (the rest of its data discarded, as a VMM cancelling a migration
+    does) and the bytes read so far are returned, without the end-of-stream check."""
     out = bytearray()
     rule = "PROTOCOL.md section 4 (MIG_DATA_READ)"
     reads = 0
     bad: tuple[Reply, int] | None = None
     refused_reply: Reply | None = None
     while len(out) <= 256 << 20:
+        if max_reads is not None and reads == max_reads:
+            seq.set_state(State.STOP, title=f"{label}: the rest left unread (-> STOP)")
+            return bytes(out)
         reply = seq.exchange(mig_read(seq, chunk), expect=Expect("ok", rule=rule))
         reads += 1
         if reply is None or reply.is_error:
@@ -108,7 +116,7 @@ def read_stream_checked(seq: Sequence, chunk: int, label: str) -> bytes | None:
         if size is None:
             bad = (reply, chunk)
             break
-        out += reply.payload[8:8 + size]
+        out += memoryview(reply.payload)[8:8 + size]
         if size < chunk:
             break
     ok = seq.verify(refused_reply is None, Kind.ERRNO,
@@ -189,6 +197,18 @@ def find_region(seq: Sequence) -> Region | None:
         if flags & rw == rw and size >= 8 and (best is None or size > best.size):
             best = Region(index, size)
     return best
+
+
+def supported_states(checker: Checker, group: str) -> list[State]:
+    """The states the server's migration capabilities allow: from what an earlier sequence of
+    this run learnt (the same server), else from a ``capabilities`` sequence of ``group``."""
+    from vfio_user_mig.model.graph import transition_graph
+
+    if checker.facts.caps is not None:
+        return sorted(transition_graph(checker.facts.caps).nodes)
+    with checker.sequence(group, "capabilities") as seq:
+        return seq.supported_states()
+    return []  # the sequence ended early (a finding says why)
 
 
 def is_saving(seq: Sequence, state: State) -> bool:

@@ -12,6 +12,11 @@ by the ``disconnect`` group (a reconnection in each state). ERROR cannot be requ
 row is not reached here. REGION_WRITE_MULTI is valid only when the server offered
 ``write_multiple`` at VERSION (vfio-user.rst "Version"); otherwise only a reply is required
 where the gate allows it.
+
+In RUNNING the row also checks bounds (:func:`_bounds`): DEVICE_GET_REGION_INFO of the region
+one past the count DEVICE_GET_INFO gives, DEVICE_GET_IRQ_INFO and DEVICE_SET_IRQS of the
+interrupt index one past its count, and REGION_READ/REGION_WRITE starting at the end of a
+region, each refused with EINVAL (kernel and libvfio-user alike).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
+    EINVAL,
     IOVA_BASE,
     Region,
     enc,
@@ -28,6 +34,7 @@ from vfio_user_mig.check.groups.common import (
     find_region,
     mig_read,
     mig_write,
+    supported_states,
 )
 from vfio_user_mig.check.requests import raw_message
 from vfio_user_mig.check.session import Checker, Sequence
@@ -176,6 +183,37 @@ def _region_infos(seq: Sequence) -> None:
                    "fd exactly for a mappable region", fault or "", _REGION_RULE)
 
 
+#: Kernel ``vfio_pci_core_ioctl`` / ``vfio_set_irqs_validate_and_prepare`` and libvfio-user:
+#: an index past the device's count, or an access past a region's end, is EINVAL.
+_BOUNDS_RULE = ("vfio-user.rst (DEVICE_GET_REGION_INFO, DEVICE_GET_IRQ_INFO, DEVICE_SET_IRQS, "
+                "REGION_READ/WRITE); kernel vfio_pci_core_ioctl, vfio_set_irqs_validate_and_"
+                "prepare and vfio_pci_bar_rw: an index past the device's count, or an access "
+                "starting at a region's end, is EINVAL")
+
+
+def _bounds(seq: Sequence, region: Region | None) -> None:
+    """Indexes one past the device's counts (DEVICE_GET_INFO) and an access starting at the
+    end of the region the row uses: each refused with EINVAL (:data:`_BOUNDS_RULE`)."""
+    reply = seq.exchange(enc(seq, wire.DeviceGetInfo()))
+    if reply is None or reply.is_error or len(reply.payload) < 16:
+        return
+    _argsz, _flags, regions, irqs = layouts.DEVICE_INFO.unpack_from(reply.payload)
+    expect = refused(EINVAL, rule=_BOUNDS_RULE)
+    none = int(wire.IrqSetFlag.DATA_NONE | wire.IrqSetFlag.ACTION_TRIGGER)
+    cases = [(f"DEVICE_GET_REGION_INFO of region {regions} (of {regions}) refused",
+              wire.RegionInfo(regions)),
+             (f"DEVICE_GET_IRQ_INFO of index {irqs} (of {irqs}) refused", wire.IrqInfo(irqs)),
+             (f"DEVICE_SET_IRQS of index {irqs} (of {irqs}) refused",
+              wire.IrqSet(flags=none, index=irqs, start=0, count=0))]
+    if region is not None:
+        cases += [(f"REGION_READ at the end of region {region.index} refused",
+                   wire.RegionRead(region.size, region.index, 4)),
+                  (f"REGION_WRITE at the end of region {region.index} refused",
+                   wire.RegionWrite(region.size, region.index, 4, bytes(4)))]
+    for title, msg in cases:
+        seq.check(title, enc(seq, msg), expect)
+
+
 def _row(checker: Checker, state: State, stream: bytes | None) -> None:
     with checker.sequence("gating", f"commands in {state.name}") as seq:
         if seq.caps is None:
@@ -187,6 +225,7 @@ def _row(checker: Checker, state: State, stream: bytes | None) -> None:
         builders = _requests(region, iova, stream, multiple)
         if state == State.RUNNING:
             _region_infos(seq)
+            _bounds(seq, region)
         seq.goto(state)
         commands = [c for c in CLIENT_COMMANDS if c != Command.VERSION and c not in _LAST]
         for command in [*commands, *_LAST]:
@@ -220,9 +259,7 @@ def _row(checker: Checker, state: State, stream: bytes | None) -> None:
 def run(checker: Checker) -> None:
     """The ``gating`` group (module docstring)."""
     stream = ensure_saved_stream(checker)
-    states: list[State] = []
-    with checker.sequence("gating", "capabilities") as seq:
-        states = seq.supported_states()
+    states = supported_states(checker, "gating")
     for state in states:
         if state != State.ERROR:
             _row(checker, state, stream)

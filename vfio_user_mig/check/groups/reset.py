@@ -28,6 +28,7 @@ from vfio_user_mig.check.groups.common import (
     enc,
     log_report,
     log_start,
+    supported_states,
 )
 from vfio_user_mig.check.requests import feature_request, raw_message
 from vfio_user_mig.check.session import Checker, Sequence
@@ -113,9 +114,7 @@ def _one(checker: Checker, state: State) -> None:
 
 def run(checker: Checker) -> None:
     """The ``reset`` group (module docstring)."""
-    states: list[State] = []
-    with checker.sequence("reset", "capabilities") as seq:
-        states = seq.supported_states()
+    states = supported_states(checker, "reset")
     for state in states:
         if state != State.ERROR:
             _one(checker, state)

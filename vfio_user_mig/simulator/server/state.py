@@ -20,6 +20,7 @@ from vfio_user_mig.model import DeviceFSM, State
 from vfio_user_mig.model.paths import path_table
 from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMapping, DmaOp, DmaSpace
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.server.irqs import EventfdTable
 from vfio_user_mig.simulator.server.mig_channel import MigDataChannel, NewChannel
 from vfio_user_mig.simulator.server.socket_end import SocketEnd
@@ -105,12 +106,15 @@ class ServerState(SocketEnd):
         return new
 
     def connection_lost(self) -> None:
-        """Client gone: abort its DMA, unmap its memory, close its fds and its migration-data
-        channel; keep the device."""
+        """Client gone: abort its DMA, unmap its memory, stop the dirty logging it started
+        (its ranges named maps that are gone, and no client is left to read a report), close
+        its fds and its migration-data channel; keep the device."""
         self._job = None
         self._pending = None
         for mapping in self.dma.unmap_all():
             self._release(mapping)
+        with contextlib.suppress(DeviceError):  # a device that cannot stop keeps logging
+            self.device.dirty_log.stop()
         self.irqs.clear()
         self._reset_socket_state()
         self.negotiated = False
