@@ -207,3 +207,32 @@ def test_a_destination_lost_mid_stream_fails_as_without_the_pipe(drop_at: int) -
     assert piped.error.where == "dst MIG_DATA_WRITE"
     assert _chunks(piped) == _chunks(buffered)
     assert piped.summary["source_path"][-1] == "RUNNING"
+
+
+def test_a_destination_socket_in_non_blocking_mode_is_written_the_usual_way() -> None:
+    """A destination socket with a Python timeout (non-blocking underneath) never gets a
+    splice (it could stop half-way): the relay sends from the driver's buffer and the
+    migration completes."""
+    from tests.simulator.test_pipelining import PIPELINED, _run
+    from vfio_user_mig.simulator.migration.session import Hooks
+
+    def factory(label: str, sock: socket.socket, guest: object, timeout: float) -> Client:
+        if label == "dst":
+            sock.settimeout(timeout)
+        return Client(sock, memory=guest.memory, timeout=timeout)  # type: ignore[attr-defined]
+
+    spliced: list[int] = []
+    real = SplicePipe.drain_to
+
+    def counting(self: SplicePipe, sock: socket.socket, n: int) -> None:
+        spliced.append(n)
+        real(self, sock, n)
+
+    SplicePipe.drain_to = counting  # type: ignore[method-assign]
+    try:
+        result = _run(PIPELINED, Hooks(client_factory=factory), device_mem=1 << 20,
+                      chunk=1 << 16)
+    finally:
+        SplicePipe.drain_to = real  # type: ignore[method-assign]
+    assert result.ok, result.summary["errors"]
+    assert not spliced

@@ -94,8 +94,11 @@ class DeviceRelay(DriverBase):
         if not src.alive:
             raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
         reader = src.client.data_client
-        # One pipe per drain (closed at its end): nothing to leak across runs.
-        pipe = SplicePipe(chunk) if self.relay_filter is None and _SPLICE else None
+        # One pipe per drain (closed at its end): nothing to leak across runs. Splicing into
+        # a socket in non-blocking mode (a Python timeout) could stop half-way: not there.
+        spliceable = (_SPLICE and self.relay_filter is None
+                      and dst.client.data_client.sock.gettimeout() is None)
+        pipe = SplicePipe(chunk) if spliceable else None
         stream: Generator[tuple[int, bytes | memoryview | None], None, None]
         if pipe is not None:  # the relay buffer is made only if a chunk needs it
             stream = _spliced_reads(reader, chunk, depth, self._buffer, pipe, budget)
