@@ -338,9 +338,11 @@ class ClientIO:
     ) -> tuple[int, memoryview | None]:
         """The data of the reply to MIG_DATA_READ ``msg_id`` (a request of ``size`` bytes)
         moved into ``pipe`` without entering user space: returns (data bytes, None). When
-        that is not possible (not the bulk path, or the pipe cannot take it all) the data is
-        received into ``buffer()`` (a buffer of at least ``size`` bytes, asked for only then)
-        instead: (data bytes, the data). Raises :class:`VfioUserError` on an error reply."""
+        that is not possible the data is returned instead, (data bytes, the data): a reply
+        that is not on the bulk path (small, or not next on the socket) in its own message
+        buffer; one the pipe cannot take whole received into ``buffer()`` (a buffer of at
+        least ``size`` bytes, asked for only then). Raises :class:`VfioUserError` on an error
+        reply."""
         if self._bulk_ok(size):
             bulk = self._bulk_mig_data(msg_id, size)
             if bulk is not None:
@@ -360,9 +362,7 @@ class ClientIO:
         n = len(reply.data)
         if n > size:
             raise VfioUserError(_MIG_DATA_READ, _errno.EINVAL)
-        view = buffer()
-        view[:n] = reply.data
-        return n, view[:n]
+        return n, memoryview(reply.data)  # the reply's own buffer: no copy
 
     def mig_data_write_from_pipe(self, pipe: SplicePipe, size: int) -> int:
         """Send MIG_DATA_WRITE of the ``size`` bytes ``pipe`` holds (its header, then the
