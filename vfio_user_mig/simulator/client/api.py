@@ -31,7 +31,7 @@ from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.client.io import BULK_REPLY, ClientIO, VfioUserError
+from vfio_user_mig.simulator.client.io import ClientIO, VfioUserError
 from vfio_user_mig.simulator.transport import (
     close_fds,
     recv_into,
@@ -235,9 +235,6 @@ class Client(ClientIO):
 
     def set_state(self, state: State | int) -> None:
         self.feature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.SET, wire.MigDeviceState(state, 0))
-
-    def _bulk_ok(self, size: int) -> bool:
-        return size >= BULK_REPLY and self._kernel_timeout and self.core.idle and not self._early
 
     def mig_data_read(self, size: int) -> bytes:
         msg = wire.MigDataRead(size=size, msg_id=self._new_id())
