@@ -211,7 +211,11 @@ def pump(
     finally:
         channels.stop_all()
         with lock:
-            core.connection_lost()
+            try:
+                core.connection_lost()
+            except Exception:  # a cleanup bug costs this connection's cleanup, not the server
+                log.exception("cleanup after the connection failed")
+                reason = f"{reason}; cleanup failed"
         if blocking:
             with contextlib.suppress(OSError):
                 set_recv_timeout(sock, None)
