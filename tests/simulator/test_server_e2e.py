@@ -8,6 +8,7 @@ import os
 import select
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -329,12 +330,9 @@ def test_legality_table_matches_live_server() -> None:
     assert wire.Command.MIG_DATA_WRITE in {c for (_, c) in table}
 
 
-def test_a_failed_cleanup_after_a_client_costs_no_later_client(tmp_path: object) -> None:
+def test_a_failed_cleanup_after_a_client_costs_no_later_client(tmp_path: Path) -> None:
     """The cleanup after a connection raises (a planted bug at its end): the server logs it
     and serves the next clients, where it used to stop listening."""
-    import os as _os
-    import tempfile
-
     from vfio_user_mig.simulator.client.api import Client
     from vfio_user_mig.simulator.server.hosting import host_device
     from vfio_user_mig.simulator.server.io import UnixServer
@@ -350,21 +348,20 @@ def test_a_failed_cleanup_after_a_client_costs_no_later_client(tmp_path: object)
             raise RuntimeError("planted: a bug at the end of the cleanup")
 
     hosted.core.connection_lost = failing_once  # type: ignore[method-assign]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = _os.path.join(tmp, "s.sock")
-        server = UnixServer(hosted.core, path).start()
-        try:
-            for _ in range(2):
-                with connect_unix(path, 5) as sock:
-                    Client(sock, timeout=5).negotiate()
-                deadline = time.monotonic() + 5
-                while len(calls) < _ + 1 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+    path = str(tmp_path / "s.sock")
+    server = UnixServer(hosted.core, path).start()
+    try:
+        for served in (1, 2):
             with connect_unix(path, 5) as sock:
-                client = Client(sock, timeout=5)
-                client.negotiate()
-                assert client.get_state() == State.RUNNING
-        finally:
-            server.stop()
-            hosted.close()
+                Client(sock, timeout=5).negotiate()
+            deadline = time.monotonic() + 5
+            while len(calls) < served and time.monotonic() < deadline:
+                time.sleep(0.01)
+        with connect_unix(path, 5) as sock:
+            client = Client(sock, timeout=5)
+            client.negotiate()
+            assert client.get_state() == State.RUNNING
+    finally:
+        server.stop()
+        hosted.close()
     assert len(calls) >= 2
