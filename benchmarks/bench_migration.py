@@ -9,13 +9,20 @@
   chunks being the successive chunks of a buffer as large as the stream (the same bytes moved,
   like for like; ``baseline_hot``/``ratio_hot``: one cache-resident chunk relayed again and
   again, the primary baseline before 2026-11-25). Goal ratio >= 0.8. The driver relays
-  pipelined (2 reads in flight on the source, a write-behind
-  window of 1 on the destination), so besides the protocol path the figure carries the
-  migdev work: the source's save path (copy into the staging shadow, page CRC-32s, record
-  framing, comparison passes) and the destination's restore path (decode, record CRC-32
-  checks, page loads); the check of each page's last copy against its page CRC shares the
-  END digest's pass over memory at RESUMING -> STOP, after the timed window (a page sent
-  twice has its earlier copy checked inside the window, when the later one arrives).
+  pipelined (2 reads in flight on the source, the next asked for as soon as a reply is in; a
+  write-behind window of 1 on the destination) and, since 2026-12-07, moves each chunk from
+  the source's socket to the destination's with ``splice(2)`` through a pipe: the chunk never
+  enters the driver, where the baseline's middle receives and sends it (two copies). For a
+  like-for-like view ``baseline_splice``/``ratio_splice``: the same raw relay with a
+  splicing middle. Both sides' sockets have a widened send buffer (``SEND_BUFFER``, a whole
+  reply per ``sendmsg``; the baselines keep the defaults). Besides the protocol path the
+  figure carries the migdev work: the source's save path (in PRE_COPY a copy of each run of
+  pages and its page fingerprints, XXH3-64; record framing; in STOP_COPY the last pass, which
+  fingerprints every page again to find those changed since sent, and sends from device
+  memory without a copy) and the destination's restore path (decode, record CRC-32 checks,
+  page loads); the check of each page's last copy against its fingerprint shares the END
+  digest's pass over memory at RESUMING -> STOP, after the timed window (a page sent twice
+  has its earlier copy checked inside the window, when the later one arrives).
   Device memory is filled (``MigrateOptions(fill=True)``: random bytes written through
   REGION_WRITE before the timing), as ``bench_server`` fills it: a device's memory holds data,
   and memfd pages never touched would make the source's first pass time the kernel allocating
@@ -44,8 +51,10 @@ Run this file directly to print the JSON.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
+import os
 import socket
 import subprocess
 import sys
@@ -123,9 +132,11 @@ def _sink(sock: socket.socket, peer: socket.socket) -> None:
         sock.send(b"k")
 
 
-def _raw_relay(chunks: int, hot: bool = False) -> float:
+def _raw_relay(chunks: int, hot: bool = False, splice: bool = False) -> float:
     """Raw relay of ``chunks`` 1 MiB chunks: successive chunks of a stream-sized buffer, or
-    with ``hot`` one cache-resident chunk sent again and again."""
+    with ``hot`` one cache-resident chunk sent again and again. With ``splice`` the middle
+    moves each chunk with ``splice(2)`` through a pipe (the driver's way since 2026-12-07)
+    instead of receiving it into its buffer and sending it from there."""
     socks = []
     procs = []
     for target in (_source, _sink):
@@ -141,19 +152,31 @@ def _raw_relay(chunks: int, hot: bool = False) -> float:
     src, dst = socks
     buf = memoryview(bytearray(CHUNK))
     ack = bytearray(1)
+    pipe_r, pipe_w = os.pipe()
+    fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, CHUNK)
     if not hot:
         src.recv_into(ack)  # the source's buffer is built
     try:
         t0 = time.perf_counter()
         for _ in range(chunks):
             src.send(b"r")
-            got = 0
-            while got < CHUNK:
-                got += src.recv_into(buf[got:])
-            dst.sendall(buf)
+            if splice:
+                got = 0
+                while got < CHUNK:
+                    n = os.splice(src.fileno(), pipe_w, CHUNK - got)
+                    got += n
+                    while n:
+                        n -= os.splice(pipe_r, dst.fileno(), n)
+            else:
+                got = 0
+                while got < CHUNK:
+                    got += src.recv_into(buf[got:])
+                dst.sendall(buf)
             dst.recv_into(ack)
         return chunks * CHUNK / (time.perf_counter() - t0)
     finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
         for s in socks:
             s.close()
         for p in procs:
@@ -327,6 +350,7 @@ def run(quick: bool) -> dict[str, dict[str, Any]]:
         (_protocol_relay_rate(relay_mem) for _ in range(repeat)), key=lambda t: t[0])
     raw = max(_raw_relay(chunks) for _ in range(repeat))
     hot = max(_raw_relay(chunks, hot=True) for _ in range(repeat))
+    spliced = max(_raw_relay(chunks, splice=True) for _ in range(repeat))
     proto_raw = raw if proto_chunks == chunks else max(
         _raw_relay(proto_chunks) for _ in range(repeat))
     small, big = ((16 << 20), (256 << 20)) if quick else ((64 << 20), (1 << 30))
@@ -343,6 +367,8 @@ def run(quick: bool) -> dict[str, dict[str, Any]]:
             "driver_cpu_share": round(driver_cpu, 4),
             "baseline_hot": round(hot, 1),
             "ratio_hot": round(rate / hot, 4),
+            "baseline_splice": round(spliced, 1),
+            "ratio_splice": round(rate / spliced, 4),
             "note": "source server -> driver -> destination server (processes, MigDev both "
                     "sides), PRE_COPY to STOP, pipelined relay; baseline raw 1 MiB "
                     "request/relay/ack of the same bytes through a middle process; ratio_hot: "

@@ -194,6 +194,28 @@ def test_a_stopped_check_leaves_no_server_and_writes_its_report(sig: signal.Sign
     assert f"| interrupted | by {sig.name}: the report is partial |" in markdown.read_text()
 
 
+def test_a_killed_check_takes_its_servers_with_it() -> None:
+    """SIGKILL runs no handler: the parent-death signal the servers were started with
+    (``PR_SET_PDEATHSIG``, by setpriv or in the child) ends them."""
+    proc = subprocess.Popen([*CLI, "check", "--spawn", SERVE, "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    servers: set[int] = set()
+    deadline = time.monotonic() + RUN_LIMIT
+    while len(servers) < 1 + AHEAD and time.monotonic() < deadline and proc.poll() is None:
+        servers |= _children(proc.pid)
+        time.sleep(0.02)
+    assert len(servers) >= 1 + AHEAD, "check did not spawn its servers"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while [p for p in servers if _alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = [p for p in servers if _alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"servers left running: {left}"
+
+
 def test_stop_all_stops_every_launched_server_and_its_group() -> None:
     """What ``check`` runs on exit, on a stop signal and from atexit: every server launched
     and not stopped (a sequence's, a spare, a round trip's destination) is stopped, children

@@ -8,6 +8,7 @@ import os
 import select
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -327,3 +328,40 @@ def test_legality_table_matches_live_server() -> None:
     assert not mismatches
     assert len(table) == 90
     assert wire.Command.MIG_DATA_WRITE in {c for (_, c) in table}
+
+
+def test_a_failed_cleanup_after_a_client_costs_no_later_client(tmp_path: Path) -> None:
+    """The cleanup after a connection raises (a planted bug at its end): the server logs it
+    and serves the next clients, where it used to stop listening."""
+    from vfio_user_mig.simulator.client.api import Client
+    from vfio_user_mig.simulator.server.hosting import host_device
+    from vfio_user_mig.simulator.server.io import UnixServer
+
+    hosted = host_device("migdev", mem_size=1 << 16)
+    real = hosted.core.connection_lost
+    calls: list[int] = []
+
+    def failing_once() -> None:
+        calls.append(1)
+        real()
+        if len(calls) == 1:
+            raise RuntimeError("planted: a bug at the end of the cleanup")
+
+    hosted.core.connection_lost = failing_once  # type: ignore[method-assign]
+    path = str(tmp_path / "s.sock")
+    server = UnixServer(hosted.core, path).start()
+    try:
+        for served in (1, 2):
+            with connect_unix(path, 5) as sock:
+                Client(sock, timeout=5).negotiate()
+            deadline = time.monotonic() + 5
+            while len(calls) < served and time.monotonic() < deadline:
+                time.sleep(0.01)
+        with connect_unix(path, 5) as sock:
+            client = Client(sock, timeout=5)
+            client.negotiate()
+            assert client.get_state() == State.RUNNING
+    finally:
+        server.stop()
+        hosted.close()
+    assert len(calls) >= 2

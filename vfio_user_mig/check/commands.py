@@ -275,7 +275,7 @@ def _configure_check(p: argparse.ArgumentParser) -> None:
                         "sizes when larger)")
     p.add_argument("--no-prespawn", action="store_true",
                    help="with --spawn: start each server only when its sequence begins (by "
-                        "default the next one starts while the current sequence runs; use "
+                        "default the next two start while the current sequence runs; use "
                         "this for servers that cannot run twice at once)")
     p.add_argument("--timeout", type=_positive_float, default=2.0,
                    help="seconds a request may wait for its reply before it is a hang "

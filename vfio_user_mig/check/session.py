@@ -467,16 +467,14 @@ class Sequence:
         return min(READ_CHUNK, checker.facts.max_data_xfer_size, checker.client_max_xfer)
 
     def goto(self, target: State) -> None:
-        """Move to ``target`` as a well-behaved VMM does: read a saving state's data to its end
-        before leaving it, and feed RESUMING the stream saved earlier, if any."""
+        """Move to ``target`` as a VMM does: the first STOP_COPY stream of the run is read to
+        its end and kept (RESUMING is fed it, when it is entered by a goto); a saving state
+        left later keeps its data unread, as a VMM that cancels a migration or ends pre-copy
+        leaves it (the kernel's STOP_COPY -> STOP and PRE_COPY -> STOP_COPY end the data)."""
         if self.state == target:
             return
-        if self.state == State.STOP_COPY:
-            stream = self.read_stream()
-            if stream is not None and self.checker.saved_stream is None:
-                self.checker.saved_stream = stream
-        elif self.state in (State.PRE_COPY, State.PRE_COPY_P2P):
-            self.read_stream()
+        if self.state == State.STOP_COPY and self.checker.saved_stream is None:
+            self.checker.saved_stream = self.read_stream()
         elif self.state == State.RESUMING and self.checker.saved_stream is not None:
             self.write_stream(self.checker.saved_stream)
         where = self.state.name if self.state is not None else "?"

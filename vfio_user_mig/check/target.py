@@ -19,8 +19,9 @@ Nothing here ever waits without a deadline, and no process started here outlives
 each runs in a process group of its own, recorded in :data:`LIVE` until it is stopped;
 :func:`stop_all` stops every one still recorded (``check`` calls it on exit, on SIGTERM,
 SIGINT and SIGHUP, and from :mod:`atexit`), and on Linux a spawned process also gets SIGKILL
-when the checker's thread that started it dies (``PR_SET_PDEATHSIG``), which covers a checker
-killed by SIGKILL.
+when the checker's thread that started it dies (``PR_SET_PDEATHSIG``, set by util-linux's
+``setpriv`` where it is installed, else between fork and exec), which covers a checker killed
+by SIGKILL.
 """
 
 from __future__ import annotations
@@ -64,6 +65,12 @@ AHEAD = 2
 #: Every launched server process not stopped yet (module docstring).
 LIVE: set[_Launch] = set()
 _PR_SET_PDEATHSIG = 1
+
+
+#: util-linux ``setpriv``: it sets the parent-death signal and execs the server, so a spawn
+#: runs no Python between fork and exec (the fast vfork path, not a fork of the checker whose
+#: exec the checker waits for); without it, :func:`_die_with_parent` runs in the child.
+_SETPRIV = shutil.which("setpriv")
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -251,11 +258,14 @@ class SpawnTarget:
         path = os.path.join(where, "server.sock")
         argv = [arg.replace("{socket}", path) for arg in shlex.split(self.template)]
         stderr = Path(where) / "stderr"
+        preexec: Callable[[], None] | None = _die_with_parent
+        if _SETPRIV is not None and argv and shutil.which(argv[0]) is not None:
+            argv, preexec = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
         with open(stderr, "wb") as err:
             try:
                 proc = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    start_new_session=True, preexec_fn=preexec,
                 )
             except OSError as exc:
                 shutil.rmtree(where, ignore_errors=True)

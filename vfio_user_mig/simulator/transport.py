@@ -21,10 +21,24 @@ _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_RECV * array.array("i").itemsize)
 #: A fd-less (fixed part, data) pair is joined and sent with ``send`` up to this data size
 #: (copying a few hundred bytes is cheaper than building a ``sendmsg`` iovec).
 _JOIN_SMALL = 512
+#: Send buffer asked for on every connected socket (:func:`widen_send_buffer`): room for a
+#: few of the largest messages (1 MiB data, ``wire.DEFAULT_MAX_DATA_XFER_SIZE``), so a sender
+#: hands a whole bulk message to the kernel in one call and goes on with the next one while
+#: the peer drains it, instead of waking up several times per message. The kernel caps it at
+#: ``net.core.wmem_max`` (no error).
+SEND_BUFFER = 4 << 20
 
 
 class PeerClosed(ConnectionError):
     """The peer closed the connection (EOF)."""
+
+
+def widen_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> None:
+    """Ask for a send buffer of ``size`` bytes on ``sock`` unless it has one at least that
+    large (the kernel may grant less: ``net.core.wmem_max``); never fails."""
+    with contextlib.suppress(OSError):
+        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def recv_into(sock: socket.socket, buf: memoryview, flags: int = 0) -> tuple[int, list[int]]:
@@ -142,6 +156,7 @@ def connect_unix(path: str, timeout: float | None = None) -> socket.socket:
 
 __all__ = [
     "MAX_FDS_PER_RECV",
+    "SEND_BUFFER",
     "PeerClosed",
     "close_fds",
     "connect_unix",
@@ -149,4 +164,5 @@ __all__ = [
     "recv_into",
     "send_parts",
     "set_recv_timeout",
+    "widen_send_buffer",
 ]

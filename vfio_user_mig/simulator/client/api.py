@@ -31,7 +31,7 @@ from typing import Any
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
-from vfio_user_mig.simulator.client.io import BULK_REPLY, ClientIO, VfioUserError
+from vfio_user_mig.simulator.client.io import ClientIO, VfioUserError
 from vfio_user_mig.simulator.transport import (
     close_fds,
     recv_into,
@@ -307,9 +307,6 @@ class Client(ClientIO):
         # The reply echoes the request's payload (vfio-user.rst "VFIO_USER_DEVICE_FEATURE").
         if self._direct_reply(msg_id, _FEATURE, len(request), request[_HEADER.size :]) is None:
             self._wait_reply(msg_id)
-
-    def _bulk_ok(self, size: int) -> bool:
-        return size >= BULK_REPLY and self._kernel_timeout and self.core.idle and not self._early
 
     def mig_data_read(self, size: int) -> bytes:
         msg = wire.MigDataRead(size=size, msg_id=self._new_id())

@@ -14,16 +14,21 @@ size asked for takes the same path, its padding received into a reused buffer an
 be zero (as the decoder does); anything unexpected
 in its header (an error, another message first, padding) goes through the framer as usual.
 Likewise a small REGION_READ reply that arrives whole, alone, is taken from the receive buffer
-without the framer.
+without the framer. A relaying client may instead move a MIG_DATA_READ reply's data into a
+:class:`SplicePipe` and send it on as a MIG_DATA_WRITE from there (``splice(2)``: the data never
+enters this process). The socket's send buffer is widened (``transport.widen_send_buffer``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno as _errno
+import fcntl
 import os
 import select
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vfio_user_mig import wire
@@ -42,16 +47,91 @@ from vfio_user_mig.simulator.transport import (
     recv_into,
     send_parts,
     set_recv_timeout,
+    widen_send_buffer,
 )
 from vfio_user_mig.wire.errors import invalid
+from vfio_user_mig.wire.layouts import HEADER, MIG_DATA
 
 #: A message still missing at least this many bytes is received straight into its buffer;
 #: MIG_DATA_READ replies this large take the zero-copy path (see module docstring).
 BULK_REPLY = 64 * 1024
 _MIG_REPLY = struct.Struct("<HHIIIII")  # header, then argsz, size of MIG_DATA_READ's reply
+#: MIG_DATA_WRITE's header and fixed part (its data follows: :meth:`mig_data_write_from_pipe`).
+_MIG_WRITE = MIG_DATA.with_prefix(HEADER)
+_MIG_DATA_WRITE = int(wire.Command.MIG_DATA_WRITE)
 _MIG_DATA_SIZE = 8
 _REPLY_FLAGS = int(wire.MsgType.REPLY)
 _MIG_DATA_READ = int(wire.Command.MIG_DATA_READ)
+
+
+class SplicePipe:
+    """A pipe that carries MIG_DATA_READ reply data from one socket to another without it
+    entering user space (``splice(2)``: the kernel moves page references), for a client that
+    relays a migration stream (:meth:`ClientIO.mig_reply_to_pipe`,
+    :meth:`ClientIO.mig_data_write_from_pipe`). ``held``: bytes in the pipe (a pipe left
+    holding bytes by an error is closed: they are dropped)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._want = capacity
+        self.held = 0
+        self._r, self._w = self._open()
+        self.capacity = fcntl.fcntl(self._w, fcntl.F_GETPIPE_SZ)
+
+    def _open(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        # Above fs.pipe-max-size the default stays: a reply larger than the pipe is received
+        # the usual way.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self._want)
+        return r, w
+
+    def fill(self, sock: socket.socket, n: int, timeout: float | None) -> int:
+        """Move up to ``n`` bytes from ``sock`` into the pipe, waiting at most ``timeout`` s
+        for each piece; returns the bytes moved, short only when the pipe is full."""
+        fd = sock.fileno()
+        got = 0
+        ms = -1 if timeout is None else int(timeout * 1000)
+        waited = False
+        while got < n:
+            try:
+                k = os.splice(fd, self._w, n - got, flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:  # nothing to read yet, or the pipe is full
+                if waited:
+                    break  # the socket was readable: the pipe is full
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                if not poller.poll(ms):
+                    raise TimeoutError(f"MIG_DATA_READ data stalled for {timeout} s") from None
+                waited = True
+                continue
+            if not k:
+                raise PeerClosed("peer closed the connection")
+            got += k
+            self.held += k
+            waited = False
+        return got
+
+    def drain_to(self, sock: socket.socket, n: int) -> None:
+        """Move ``n`` bytes from the pipe to ``sock`` (blocking like ``sendall``)."""
+        fd = sock.fileno()
+        while n:
+            k = os.splice(self._r, fd, n)
+            n -= k
+            self.held -= k
+
+    def read_into(self, view: memoryview) -> None:
+        """Take ``len(view)`` bytes out of the pipe into ``view``."""
+        got = 0
+        while got < len(view):
+            k = os.readv(self._r, [view[got:]])
+            got += k
+            self.held -= k
+
+    def close(self) -> None:
+        """Close the pipe."""
+        for fd in (self._r, self._w):
+            os.close(fd)
+        self.held = 0
 
 
 class VfioUserError(OSError):
@@ -79,6 +159,7 @@ class ClientIO:
         max_msg_fds: int = 8,
     ) -> None:
         self.sock = sock
+        widen_send_buffer(sock)
         self.memory = memory
         self.serve_dma_while_waiting = serve_dma_while_waiting
         self._timeout: float | None = None
@@ -248,6 +329,53 @@ class ClientIO:
         self.core.receive_data(head[:n], fds)  # not the expected reply: the generic path
         return None
 
+    def _bulk_ok(self, size: int) -> bool:
+        """A reply of ``size`` data bytes may take the bulk path (see module docstring)."""
+        return size >= BULK_REPLY and self._kernel_timeout and self.core.idle and not self._early
+
+    def mig_reply_to_pipe(
+        self, msg_id: int, size: int, pipe: SplicePipe, buffer: Callable[[], memoryview]
+    ) -> tuple[int, memoryview | None]:
+        """The data of the reply to MIG_DATA_READ ``msg_id`` (a request of ``size`` bytes)
+        moved into ``pipe`` without entering user space: returns (data bytes, None). When
+        that is not possible the data is returned instead, (data bytes, the data): a reply
+        that is not on the bulk path (small, or not next on the socket) in its own message
+        buffer; one the pipe cannot take whole received into ``buffer()`` (a buffer of at
+        least ``size`` bytes, asked for only then). Raises :class:`VfioUserError` on an error
+        reply."""
+        if self._bulk_ok(size):
+            bulk = self._bulk_mig_data(msg_id, size)
+            if bulk is not None:
+                dsize, pad = bulk
+                moved = pipe.fill(self.sock, dsize, self._timeout) if dsize <= pipe.capacity else 0
+                data = None
+                if moved < dsize:  # the pipe is full: the rest the usual way
+                    view = buffer()
+                    pipe.read_into(view[:moved])
+                    self._recv_data_into(view[moved:dsize])
+                    data = view[:dsize]
+                if pad:
+                    self._recv_padding(pad)
+                return dsize, data
+        reply, fds = self._wait_reply(msg_id)
+        close_fds(fds)
+        n = len(reply.data)
+        if n > size:
+            raise VfioUserError(_MIG_DATA_READ, _errno.EINVAL)
+        return n, memoryview(reply.data)  # the reply's own buffer: no copy
+
+    def mig_data_write_from_pipe(self, pipe: SplicePipe, size: int) -> int:
+        """Send MIG_DATA_WRITE of the ``size`` bytes ``pipe`` holds (its header, then the
+        data spliced from the pipe) without waiting; returns its msg id, as
+        :meth:`~.api.Client.mig_data_write_nowait` does."""
+        msg_id = self.core.next_id()
+        head = _MIG_WRITE.pack(msg_id, _MIG_DATA_WRITE, _MIG_WRITE.size + size, 0, 0,
+                               MIG_DATA.size + size, size)
+        self.core.pending[msg_id] = _MIG_DATA_WRITE
+        self.sock.sendall(head)
+        pipe.drain_to(self.sock, size)
+        return msg_id
+
     def _recv_padding(self, pad: int) -> None:
         """Receive the ``pad`` bytes after a MIG_DATA_READ reply's data (a short reply padded
         to the size asked for) and check they are zero, as the decoder does."""
@@ -318,4 +446,4 @@ class ClientIO:
         self.sock.close()
 
 
-__all__ = ["BULK_REPLY", "ClientIO", "VfioUserError"]
+__all__ = ["BULK_REPLY", "ClientIO", "SplicePipe", "VfioUserError"]

@@ -2,17 +2,65 @@
 from the source with MIG_DATA_READ and written to the destination with MIG_DATA_WRITE, either
 pipelined (``read_depth`` reads in flight, a write-behind window of ``write_window``) or
 serially, each chunk traced once the destination acknowledged it.
+
+Without a relay filter the pipelined relay moves each chunk's data from the source's socket to
+the destination's through a pipe with ``splice(2)`` (:class:`~..client.io.SplicePipe`): the
+kernel passes the pages on, the data never enters the driver. A chunk is wholly in the pipe
+before its MIG_DATA_WRITE starts, so a source that fails mid-chunk leaves the destination's
+socket untouched, as when the chunk is received into the driver's buffer (which stays the way
+when the pipe cannot take a reply, or ``splice`` is not available).
 """
 
 from __future__ import annotations
 
 import errno as _errno
+import os
 from collections import deque
+from collections.abc import Callable, Generator
 
+from vfio_user_mig import wire
+from vfio_user_mig.simulator.client.api import Client
+from vfio_user_mig.simulator.client.io import SplicePipe
 from vfio_user_mig.simulator.migration.driver_base import DriverBase
 from vfio_user_mig.simulator.migration.driver_types import (
     MigrationError,
 )
+
+_SPLICE = hasattr(os, "splice")
+
+
+def _spliced_reads(client: Client, chunk: int, depth: int, buffer: Callable[[], memoryview],
+                   pipe: SplicePipe, max_bytes: int | None
+                   ) -> Generator[tuple[int, memoryview | None], None, None]:
+    """:meth:`~..client.api.Client.mig_data_read_stream` with each reply's data moved into
+    ``pipe``: yields (bytes, None) for a chunk in the pipe, (bytes, data) for one received
+    into ``buffer()``. The next read is asked for as soon as a reply is in, before the chunk is
+    relayed, so ``depth`` reads stay in flight while the destination is written to."""
+    inflight: deque[int] = deque()
+    asked = 0
+    more = True
+
+    def top_up() -> None:
+        nonlocal asked
+        while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
+            msg = wire.MigDataRead(size=chunk, msg_id=client.core.next_id())
+            client.send(msg)
+            inflight.append(msg.msg_id)
+            asked += chunk
+
+    try:
+        top_up()
+        while inflight:
+            n, data = client.mig_reply_to_pipe(inflight[0], chunk, pipe, buffer)
+            inflight.popleft()
+            if n < chunk:
+                more = False
+            top_up()  # before the chunk is passed on: the source makes the next meanwhile
+            if n:
+                yield n, data
+    finally:
+        if inflight:
+            client.abandon(inflight)
 
 
 class DeviceRelay(DriverBase):
@@ -43,44 +91,54 @@ class DeviceRelay(DriverBase):
                          window: int) -> tuple[int, bool]:
         src, dst = self.src, self.dst
         chunk = self._chunk
-        if self.relay_filter is None:
-            if self._relay_buf is None or len(self._relay_buf) < chunk:
-                self._relay_buf = memoryview(bytearray(chunk))
-            into: memoryview | None = self._relay_buf
-        else:
-            into = None
         if not src.alive:
             raise MigrationError(f"{src.name} MIG_DATA_READ", _errno.ENOTCONN, "connection lost")
-        stream = src.client.data_client.mig_data_read_stream(chunk, depth, into=into,
-                                                             max_bytes=budget)
+        reader = src.client.data_client
+        # One pipe per drain (closed at its end): nothing to leak across runs. Splicing into
+        # a socket in non-blocking mode (a Python timeout) could stop half-way: not there.
+        spliceable = (_SPLICE and self.relay_filter is None
+                      and dst.client.data_client.sock.gettimeout() is None)
+        pipe = SplicePipe(chunk) if spliceable else None
+        stream: Generator[tuple[int, bytes | memoryview | None], None, None]
+        if pipe is not None:  # the relay buffer is made only if a chunk needs it
+            stream = _spliced_reads(reader, chunk, depth, self._buffer, pipe, budget)
+        else:
+            into = self._buffer() if self.relay_filter is None else None
+            stream = ((len(d), d) for d in reader.mig_data_read_stream(
+                chunk, depth, into=into, max_bytes=budget))
         writes: deque[tuple[int | None, int]] = deque()
         total = 0
         short = False
         dst_failed = False
         try:
             while True:
-                data = self._io(src, "MIG_DATA_READ", next, stream, None)
-                if data is None:
+                item = self._io(src, "MIG_DATA_READ", next, stream, None)
+                if item is None:
                     break
+                size, data = item
                 index = self._chunks
                 self._chunks += 1
                 out: bytes | memoryview | None = data
-                if self.relay_filter is not None:
+                if self.relay_filter is not None and data is not None:
                     out = self.relay_filter(index, bytes(data))
                 msg_id = None
-                if out:
-                    try:
-                        msg_id = self._io(dst, "MIG_DATA_WRITE",
-                                          dst.client.data_client.mig_data_write_nowait, out)
-                    except MigrationError:
-                        dst_failed = True
-                        raise
-                writes.append((msg_id, len(data)))
+                try:
+                    writer = dst.client.data_client
+                    if data is None and pipe is not None:
+                        msg_id = self._io(dst, "MIG_DATA_WRITE", writer.mig_data_write_from_pipe,
+                                          pipe, size)
+                    elif out:
+                        msg_id = self._io(dst, "MIG_DATA_WRITE", writer.mig_data_write_nowait,
+                                          out)
+                except MigrationError:
+                    dst_failed = True
+                    raise
+                writes.append((msg_id, size))
                 dst_failed = True
                 self._finish_writes(phase, writes, window)
                 dst_failed = False
-                total += len(data)
-                if len(data) < chunk:
+                total += size
+                if size < chunk:
                     short = True
                 else:
                     self._check_deadline()
@@ -96,7 +154,15 @@ class DeviceRelay(DriverBase):
             raise
         finally:
             stream.close()
+            if pipe is not None:
+                pipe.close()  # a chunk left half-way in it is dropped
         return total, budget is None or short or total < budget
+
+    def _buffer(self) -> memoryview:
+        """The relay buffer (one chunk; made on first use, then kept)."""
+        if self._relay_buf is None or len(self._relay_buf) < self._chunk:
+            self._relay_buf = memoryview(bytearray(self._chunk))
+        return self._relay_buf
 
     def _finish_writes(self, phase: str, writes: deque[tuple[int | None, int]],
                        keep: int) -> None:

@@ -5,7 +5,9 @@ into their own buffer, feeds the core, processes every whole message, and writes
 with ``sendmsg`` scatter-gather (one call per batch). A client that pipelines (several
 requests per receive, e.g. MIG_DATA_READs in flight) gets each large reply as soon as it is
 made: once :data:`FLUSH_BYTES` are queued they go out before the next request is processed,
-so the client receives one chunk while the device makes the next. Device timers run between
+so the client receives one chunk while the device makes the next; the socket's send buffer is
+widened (``transport.widen_send_buffer``) so such a reply goes to the kernel in one call and the
+pump goes on with the next request while the client drains it. Device timers run between
 messages (the pump wakes at least every ``tick`` seconds). On disconnect the core unmaps the
 client's memory and closes its fds; the device keeps its state for the next connection.
 
@@ -38,6 +40,7 @@ from vfio_user_mig.simulator.transport import (
     recv_into,
     send_parts,
     set_recv_timeout,
+    widen_send_buffer,
 )
 from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
@@ -144,6 +147,7 @@ def pump(
     view = memoryview(buf)
     reason = "closed"
     blocking = set_recv_timeout(sock, tick)
+    widen_send_buffer(sock)
     try:
         while stop is None or not stop.is_set():
             try:
@@ -207,7 +211,11 @@ def pump(
     finally:
         channels.stop_all()
         with lock:
-            core.connection_lost()
+            try:
+                core.connection_lost()
+            except Exception:  # a cleanup bug costs this connection's cleanup, not the server
+                log.exception("cleanup after the connection failed")
+                reason = f"{reason}; cleanup failed"
         if blocking:
             with contextlib.suppress(OSError):
                 set_recv_timeout(sock, None)
