@@ -48,4 +48,3 @@ def test_pool_workers_run_on_one_cpu_each() -> None:
     assert len(results) == 8
     assert all(len(r) == 1 and set(r) <= allowed for r in results)
     assert os.sched_getaffinity(0) == allowed  # the parent is left alone
-
