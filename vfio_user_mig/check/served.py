@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from vfio_user_mig.check.target import Death, SocketTarget
 from vfio_user_mig.simulator.server.hosting import HostedDevice, host_device
-from vfio_user_mig.simulator.server.io import UnixServer, pump
+from vfio_user_mig.simulator.server.io import CLEANUP_FAILED, UnixServer, pump
 from vfio_user_mig.simulator.server.types import ServerConfig
 
 #: Device memory of a served device unless told otherwise: small, so that a STOP_COPY stream
@@ -112,8 +112,9 @@ class ServedTarget:
             with contextlib.suppress(OSError):
                 run.sock.shutdown(socket.SHUT_RDWR)
             run.sock.close()
-        if run.reason is not None and run.reason.startswith("internal error"):
-            run.crashed = run.reason
+        if run.reason is not None and (run.reason.startswith("internal error")
+                                       or run.reason.endswith(CLEANUP_FAILED)):
+            run.crashed = run.reason  # a planted defect that raises: a server dying of it
 
     def death(self) -> Death | None:
         run = self._run

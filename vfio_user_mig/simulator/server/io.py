@@ -215,11 +215,15 @@ def pump(
                 core.connection_lost()
             except Exception:  # a cleanup bug costs this connection's cleanup, not the server
                 log.exception("cleanup after the connection failed")
-                reason = f"{reason}; cleanup failed"
+                reason = f"{reason}; {CLEANUP_FAILED}"
         if blocking:
             with contextlib.suppress(OSError):
                 set_recv_timeout(sock, None)
     return reason
+
+
+#: Added to :func:`pump`'s reason when the cleanup after the connection raised.
+CLEANUP_FAILED = "cleanup failed"
 
 
 def _send_all(sock: socket.socket, out: list[tuple[list[bytes | memoryview], list[int]]]) -> None:
