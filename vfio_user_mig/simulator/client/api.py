@@ -83,10 +83,6 @@ class Client(ClientIO):
         super().__init_subclass__(**kwargs)
         cls._direct = cls.send is Client.send and cls._bulk_ok is Client._bulk_ok
 
-    def _before_send(self) -> None:
-        """Called before every message this client sends, by :meth:`send` and by the direct
-        paths alike (fault injection overrides it)."""
-
     def send(self, msg: Any, fds: Sequence[int] = ()) -> None:
         """Send one message (no waiting), after :meth:`_before_send`."""
         self._before_send()

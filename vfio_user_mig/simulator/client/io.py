@@ -364,10 +364,15 @@ class ClientIO:
             raise VfioUserError(_MIG_DATA_READ, _errno.EINVAL)
         return n, memoryview(reply.data)  # the reply's own buffer: no copy
 
+    def _before_send(self) -> None:
+        """Called before every message the client sends, on the generic, the direct and the
+        spliced paths alike (fault injection overrides it)."""
+
     def mig_data_write_from_pipe(self, pipe: SplicePipe, size: int) -> int:
         """Send MIG_DATA_WRITE of the ``size`` bytes ``pipe`` holds (its header, then the
         data spliced from the pipe) without waiting; returns its msg id, as
         :meth:`~.api.Client.mig_data_write_nowait` does."""
+        self._before_send()
         msg_id = self.core.next_id()
         head = _MIG_WRITE.pack(msg_id, _MIG_DATA_WRITE, _MIG_WRITE.size + size, 0, 0,
                                MIG_DATA.size + size, size)
