@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import errno as _errno
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from vfio_user_mig import wire
 from vfio_user_mig.check.conn import Reply
@@ -29,6 +31,7 @@ UNKNOWN_FEATURE_RULE = ("PROTOCOL.md section 3 lists the features; an unknown in
                         "(libvfio-user EINVAL, kernel ENOTTY, ENOTSUP accepted)")
 
 EINVAL = _errno.EINVAL
+T = TypeVar("T")
 _MIG = struct.Struct("<II")
 #: Guest-physical addresses the groups map (far from any profile's maps, page aligned).
 IOVA_BASE = 0x4000_0000
@@ -197,6 +200,34 @@ def find_region(seq: Sequence) -> Region | None:
         if flags & rw == rw and size >= 8 and (best is None or size > best.size):
             best = Region(index, size)
     return best
+
+
+def chained(checker: Checker, group: str, title: str, items: Iterable[T],
+            one: Callable[[Sequence, T], bool]) -> None:
+    """``one(seq, item)`` for every item, on as few sequences (server processes) as possible:
+    a sequence that cannot go on (``one`` returns False, or it ended early on a finding) is
+    replaced by a fresh one for the items left. An item that failed after others on the same
+    sequence runs once more on a fresh one (what the earlier items left may be the cause), so
+    one server's failure costs no item the fresh server could check."""
+    pending = list(enumerate(items))
+    retried: set[int] = set()
+    while pending:
+        with checker.sequence(group, title) as seq:
+            if seq.caps is None:
+                return
+            first = True
+            while pending:
+                index, item = pending.pop(0)
+                done = False
+                try:
+                    done = one(seq, item)
+                finally:  # also when the sequence ends early: it goes on in the next one
+                    if not done and not first and index not in retried:
+                        retried.add(index)
+                        pending.insert(0, (index, item))
+                first = False
+                if not done:
+                    break
 
 
 def supported_states(checker: Checker, group: str) -> list[State]:

@@ -24,7 +24,9 @@
   (``--profile lvu-sample``: libvfio-user's sample) cannot tell content damage: a corrupted,
   reordered or foreign stream it loads is then an *advisory*, not a finding.
 * A device left in ERROR by a damaged stream is reset: DEVICE_RESET must bring it to RUNNING
-  (:func:`~vfio_user_mig.check.groups.reset.check_reset`).
+  (:func:`~vfio_user_mig.check.groups.reset.check_reset`). The damaged streams follow one
+  another on one server while it ends each one clean
+  (:func:`~vfio_user_mig.check.groups.common.chained`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import struct
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     EINVAL,
+    chained,
     chunk_size,
     ensure_saved_stream,
     leave_clean,
@@ -168,58 +171,59 @@ def _raw_stream(checker: Checker) -> bool:
     return bool(getattr(checker.profile, "raw_stream", False))
 
 
-def _resume(checker: Checker, name: str, bad: bytes, chunk: int) -> None:
-    with checker.sequence("migdata", f"RESUMING a {name} stream") as seq:
-        if seq.caps is None:
-            return
+def _resume(seq: Sequence, name: str, bad: bytes, chunk: int) -> bool:
+    """RESUMING the ``bad`` stream ``name`` must fail (module docstring); the device is left
+    clean for the next stream. False when the sequence cannot go on."""
+    checker = seq.checker
+    seq.goto(State.RESUMING)
+    refused_write = False
+    for at in range(0, len(bad), chunk):
+        reply = seq.exchange(mig_write(seq, bad[at:at + chunk]),
+                             expect=Expect("any", rule=_S4))
+        if reply is None:
+            seq.verify(False, Kind.CLOSE, f"{name} stream: MIG_DATA_WRITE answered",
+                       "an error reply", "the connection closed", _S4)
+            return False
+        if reply.is_error:
+            refused_write = True
+            break
+    must_fail = name == "truncated" or not _raw_stream(checker)
+    # the SET's recorded expectation is the refusal, so that --replay shows the defect
+    leave = seq.exchange(seq.set_state_request(int(State.STOP)), expect=Expect(
+        "error" if must_fail and not refused_write else "any", rule=_DAMAGE_RULE))
+    if leave is None:
+        seq.verify(False, Kind.CLOSE, f"{name} stream: SET RESUMING -> STOP answered",
+                   "a reply", "the connection closed", "vfio-user.rst: every command "
+                   "gets a reply")
+        return False
+    observed = seq.get_state()
+    if observed is None:
+        return False
+    allowed = {State.RESUMING, State.ERROR} if leave.is_error else {State.STOP}
+    seq.verify(observed in allowed, Kind.STATE,
+               f"SET RESUMING -> STOP after a {name} stream: state reached",
+               " or ".join(sorted(s.name for s in allowed)), observed.name,
+               "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR")
+    seq.state = observed
+    refused_leave = leave.is_error
+    title = f"a {name} migration stream is loaded without an error"
+    if must_fail:
+        seq.verify(refused_write or refused_leave, Kind.DATA, title,
+                   "an error on a MIG_DATA_WRITE or on leaving RESUMING",
+                   "every write and the SET to STOP succeeded", _DAMAGE_RULE)
+    elif not (refused_write or refused_leave):
+        seq.advise(title, "the stream has the right length but damaged content; the "
+                   "profile declares a raw stream format without integrity checks, which "
+                   "cannot tell (" + _DAMAGE_RULE + ")")
+    if seq.state == State.ERROR:
+        check_reset(seq, State.ERROR, f" (after a {name} stream)")
+    elif seq.state == State.STOP and not refused_write:
+        # the damaged image was loaded: load the saved one over it, so that what comes
+        # next meets a sane device (a foreign BAR0 deadline makes the sample refuse RUNNING)
         seq.goto(State.RESUMING)
-        refused_write = False
-        for at in range(0, len(bad), chunk):
-            reply = seq.exchange(mig_write(seq, bad[at:at + chunk]),
-                                 expect=Expect("any", rule=_S4))
-            if reply is None:
-                seq.verify(False, Kind.CLOSE, f"{name} stream: MIG_DATA_WRITE answered",
-                           "an error reply", "the connection closed", _S4)
-                return
-            if reply.is_error:
-                refused_write = True
-                break
-        must_fail = name == "truncated" or not _raw_stream(checker)
-        # the SET's recorded expectation is the refusal, so that --replay shows the defect
-        leave = seq.exchange(seq.set_state_request(int(State.STOP)), expect=Expect(
-            "error" if must_fail and not refused_write else "any", rule=_DAMAGE_RULE))
-        if leave is None:
-            seq.verify(False, Kind.CLOSE, f"{name} stream: SET RESUMING -> STOP answered",
-                       "a reply", "the connection closed", "vfio-user.rst: every command "
-                       "gets a reply")
-            return
-        observed = seq.get_state()
-        if observed is None:
-            return
-        allowed = {State.RESUMING, State.ERROR} if leave.is_error else {State.STOP}
-        seq.verify(observed in allowed, Kind.STATE,
-                   f"SET RESUMING -> STOP after a {name} stream: state reached",
-                   " or ".join(sorted(s.name for s in allowed)), observed.name,
-                   "PROTOCOL.md section 5: a failed arc leaves the last state reached or ERROR")
-        seq.state = observed
-        refused_leave = leave.is_error
-        title = f"a {name} migration stream is loaded without an error"
-        if must_fail:
-            seq.verify(refused_write or refused_leave, Kind.DATA, title,
-                       "an error on a MIG_DATA_WRITE or on leaving RESUMING",
-                       "every write and the SET to STOP succeeded", _DAMAGE_RULE)
-        elif not (refused_write or refused_leave):
-            seq.advise(title, "the stream has the right length but damaged content; the "
-                       "profile declares a raw stream format without integrity checks, which "
-                       "cannot tell (" + _DAMAGE_RULE + ")")
-        if seq.state == State.ERROR:
-            check_reset(seq, State.ERROR, f" (after a {name} stream)")
-        elif seq.state == State.STOP and not refused_write:
-            # the damaged image was loaded: load the saved one over it, so that what comes
-            # next meets a sane device (a foreign BAR0 deadline makes the sample refuse RUNNING)
-            seq.goto(State.RESUMING)
-            seq.goto(State.STOP)
-        leave_clean(seq)
+        seq.goto(State.STOP)
+    leave_clean(seq)
+    return seq.state not in (State.RESUMING, State.ERROR)
 
 
 _DAMAGE_RULE = ("kernel vfio.h, RESUMING -> STOP: data found incomplete, inconsistent or "
@@ -235,5 +239,5 @@ def run(checker: Checker) -> None:
         return
     _writes(checker, stream)
     chunk = min(chunk_size(checker), max(len(stream) // 4, 1))
-    for name, bad in _bad_streams(stream, chunk):
-        _resume(checker, name, bad, chunk)
+    chained(checker, "migdata", "RESUMING damaged streams", _bad_streams(stream, chunk),
+            lambda seq, damaged: _resume(seq, *damaged, chunk))

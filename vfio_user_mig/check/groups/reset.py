@@ -10,6 +10,10 @@ PROTOCOL.md section 5. libvfio-user since 2026 leaves the migration state alone 
 is reported (a departure from the kernel rule), not accepted. DEVICE_RESET in ERROR is checked
 by the ``migdata`` group, where a damaged stream leaves a device in ERROR.
 
+The states are visited on one server while each reset leaves the device where it should
+(:func:`~vfio_user_mig.check.groups.common.chained`); after one that does not, the states left
+get a fresh server.
+
 Effects checked besides the state: in RUNNING, a device that was logging DMA before the reset
 and still answers a DMA_LOGGING_REPORT after it is an *advisory* (a reset returns the device to
 its power-on state, where no logging runs, but neither the spec nor the kernel says so in
@@ -25,6 +29,7 @@ from vfio_user_mig import wire
 from vfio_user_mig.check.findings import Kind
 from vfio_user_mig.check.groups.common import (
     IOVA_BASE,
+    chained,
     enc,
     log_report,
     log_start,
@@ -98,23 +103,21 @@ def _logging_survives(seq: Sequence) -> None:
                    "no logging runs (the spec and the kernel uAPI do not say so in words)")
 
 
-def _one(checker: Checker, state: State) -> None:
-    with checker.sequence("reset", f"DEVICE_RESET in {state.name}") as seq:
-        if seq.caps is None:
-            return
-        seq.goto(state)
-        observed = check_reset(seq, state)
-        if observed is None:
-            return
-        if state == State.RUNNING and observed == State.RUNNING:
-            _logging_survives(seq)
-        if observed in (state, State.RUNNING):
-            seq.goto(State.RUNNING)
+def _one(seq: Sequence, state: State) -> bool:
+    """DEVICE_RESET in ``state``; False unless the device is where the reset should have
+    left it (the next states then get a fresh server, not this one's leftovers)."""
+    assert seq.caps is not None
+    seq.goto(state)
+    observed = check_reset(seq, state)
+    if observed is None:
+        return False
+    if state == State.RUNNING and observed == State.RUNNING:
+        _logging_survives(seq)
+    gated = legality_table(seq.caps)[(state, Command.DEVICE_RESET)] is not None
+    return observed == (state if gated else State.RUNNING)
 
 
 def run(checker: Checker) -> None:
-    """The ``reset`` group (module docstring)."""
-    states = supported_states(checker, "reset")
-    for state in states:
-        if state != State.ERROR:
-            _one(checker, state)
+    """The ``reset`` group (module docstring): every state on one server while it goes."""
+    states = [s for s in supported_states(checker, "reset") if s != State.ERROR]
+    chained(checker, "reset", "DEVICE_RESET in each state", states, _one)

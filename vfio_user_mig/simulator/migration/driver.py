@@ -11,12 +11,12 @@ The device stream is relayed pipelined (:attr:`DriverConfig.read_depth` MIG_DATA
 flight on the source, a write-behind window of :attr:`DriverConfig.write_window`
 MIG_DATA_WRITEs awaiting their reply on the destination): at most depth + window chunks are in
 transit. Without a relay filter a chunk goes from the source's socket to the destination's
-through a pipe (``splice``: the driver never copies it), or, where a pipe cannot take it, through
-one reused buffer (received into it and sent from it before the next). A chunk is traced (and charged
-to the clock) once the destination acknowledged it, so the trace and the errors are those of
-the serial relay: a destination error surfaces before any later source error, the chunks before
-it all traced. Pre-copy rounds with a running workload stay serial (one read, one write), so
-the guest's writes interleave with the reads exactly as before.
+through a pipe (``splice``: the driver never copies it), or, where a pipe cannot take it,
+through one reused buffer (received into it and sent from it before the next). A chunk is
+traced (and charged to the clock) once the destination acknowledged it, so the trace and the
+errors are those of the serial relay: a destination error surfaces before any later source
+error, the chunks before it all traced. Pre-copy rounds with a running workload stay serial
+(one read, one write), so the guest's writes interleave with the reads exactly as before.
 
 Guest RAM is copied from the source guest to the destination guest; dirty pages are the VMM's
 own tracking of vCPU writes (:class:`~.guest.GuestRam`) plus the device's DMA_LOGGING_REPORT
