@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -64,3 +64,28 @@ def session() -> Iterator[Session]:
     s.client.negotiate()
     yield s
     close_session(s)
+
+
+def serve_device(device: MigDev, *, timeout: float = 5.0, socket_timeout: float | None = None
+                 ) -> tuple[Client, Callable[[], None]]:
+    """``device`` served on one end of a socketpair (the server core in a thread), a negotiated
+    client on the other; returns the client and the function that closes all of it.
+    ``socket_timeout`` puts a Python timeout on the client's socket (then the client polls with
+    select instead of SO_RCVTIMEO)."""
+    core = ServerCore(device)
+    a, b = socket.socketpair()
+    if socket_timeout is not None:
+        b.settimeout(socket_timeout)
+    thread, stop = serve_socketpair(core, a)
+    client = Client(b, timeout=timeout)
+    client.negotiate()
+
+    def close() -> None:
+        client.close()
+        stop.set()
+        thread.join(5)
+        a.close()
+        core.close()
+        device.close()
+
+    return client, close

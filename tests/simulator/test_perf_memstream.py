@@ -6,11 +6,11 @@ import errno
 import hashlib
 import itertools
 import random
-import socket
 from collections.abc import Callable
 
 import pytest
 
+from tests.simulator.conftest import serve_device
 from vfio_user_mig.model import State as S
 from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.client.io import VfioUserError
@@ -18,8 +18,6 @@ from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.memstream import MemStreamDev
 from vfio_user_mig.simulator.device.stream import memory_fingerprint, page_fingerprints
 from vfio_user_mig.simulator.device.tracker import FingerprintTracker
-from vfio_user_mig.simulator.server.core import ServerCore
-from vfio_user_mig.simulator.server.io import serve_socketpair
 
 
 def _arcs(dev: MigDev, *states: S) -> None:
@@ -130,23 +128,7 @@ def test_pre_copy_reads_are_copies_and_stop_copy_parts_views_of_memory() -> None
 
 
 def _serve(device: MigDev, timeout_on_socket: bool = False) -> tuple[Client, Callable[[], None]]:
-    core = ServerCore(device)
-    a, b = socket.socketpair()
-    if timeout_on_socket:
-        b.settimeout(5.0)  # the client then polls with select instead of SO_RCVTIMEO
-    thread, stop = serve_socketpair(core, a)
-    client = Client(b, timeout=5.0)
-    client.negotiate()
-
-    def close() -> None:
-        client.close()
-        stop.set()
-        thread.join(5)
-        a.close()
-        core.close()
-        device.close()
-
-    return client, close
+    return serve_device(device, socket_timeout=5.0 if timeout_on_socket else None)
 
 
 @pytest.mark.parametrize("timeout_on_socket", [False, True])

@@ -12,13 +12,12 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.simulator.conftest import serve_device
 from vfio_user_mig import wire
 from vfio_user_mig.model import State as S
 from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.client.io import SplicePipe
 from vfio_user_mig.simulator.device import MigDev
-from vfio_user_mig.simulator.server.core import ServerCore
-from vfio_user_mig.simulator.server.io import serve_socketpair
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice(2)")
 
@@ -26,21 +25,7 @@ MEM = 1 << 21
 
 
 def _serve(device: MigDev) -> tuple[Client, Callable[[], None]]:
-    a, b = socket.socketpair()
-    core = ServerCore(device)
-    thread, stop = serve_socketpair(core, a)
-    client = Client(b, timeout=10.0)
-    client.negotiate()
-
-    def close() -> None:
-        client.close()
-        stop.set()
-        thread.join(5)
-        a.close()
-        core.close()
-        device.close()
-
-    return client, close
+    return serve_device(device, timeout=10.0)
 
 
 def _read(client: Client, chunk: int) -> int:
