@@ -5,16 +5,14 @@ relay (same trace and failures as the serial one)."""
 from __future__ import annotations
 
 import errno
-import socket
 import struct
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.simulator.conftest import Session, close_session, make_session
+from tests.simulator.conftest import Session, close_session, make_session, serve_device
 from tests.simulator.test_server_e2e import enable_bus_master, reg_read, reg_write
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client.api import Client
@@ -25,8 +23,6 @@ from vfio_user_mig.simulator.device.migdev_base import SaveStream
 from vfio_user_mig.simulator.device.regs import DmaDir, Reg, Status
 from vfio_user_mig.simulator.migration.driver_types import DriverConfig
 from vfio_user_mig.simulator.migration.session import Hooks, MigrateOptions, migrate
-from vfio_user_mig.simulator.server.core import ServerCore
-from vfio_user_mig.simulator.server.io import serve_socketpair
 
 KiB = 1 << 10
 MEM = 256 * KiB
@@ -63,10 +59,6 @@ class _FlakyStreamDev(MemStreamDev):
 class _Stream:
     device: _FlakyStreamDev
     client: Client
-    stop: threading.Event
-    thread: threading.Thread
-    server_sock: socket.socket
-    core: ServerCore
 
     @property
     def precopy_end(self) -> int:
@@ -76,18 +68,9 @@ class _Stream:
 @pytest.fixture
 def stream() -> Iterator[_Stream]:
     device = _FlakyStreamDev(mem_size=MEM)
-    core = ServerCore(device)
-    a, b = socket.socketpair()
-    thread, stop = serve_socketpair(core, a)
-    client = Client(b, timeout=5.0)
-    client.negotiate()
-    yield _Stream(device, client, stop, thread, a, core)
-    client.close()
-    stop.set()
-    thread.join(5)
-    a.close()
-    core.close()
-    device.close()
+    client, close = serve_device(device)
+    yield _Stream(device, client)
+    close()
 
 
 def _clean(client: Client) -> None:
