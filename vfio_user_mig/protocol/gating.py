@@ -87,8 +87,19 @@ def _legality(caps: int) -> tuple[tuple[tuple[State, Command], int | None], ...]
 
 def gate_table(caps: MigrationCaps | int = VFIO_USER_CAPS) -> dict[tuple[int, int], int | None]:
     """:func:`legality_table` keyed by plain ints, for an O(1) lookup per request; commands
-    outside it (server-to-client ones) are refused with EINVAL by :func:`gate`."""
-    return {(int(s), int(c)): v for (s, c), v in _legality(int(caps))}
+    outside it (server-to-client ones) are refused with EINVAL by :func:`gate`. A new dict
+    each call (a server may change its own), copied from one built per :func:`_legality`
+    table (so clearing that cache rebuilds this one too)."""
+    legality = _legality(int(caps))
+    built = _INT_TABLES.get(int(caps))
+    if built is None or built[0] is not legality:
+        built = (legality, {(int(s), int(c)): v for (s, c), v in legality})
+        _INT_TABLES[int(caps)] = built
+    return dict(built[1])
+
+
+#: caps -> (the :func:`_legality` table it was built from, its int-keyed dict)
+_INT_TABLES: dict[int, tuple[object, dict[tuple[int, int], int | None]]] = {}
 
 
 __all__ = [
