@@ -26,8 +26,8 @@ from __future__ import annotations
 import errno as _errno
 import socket
 from collections import deque
-from collections.abc import Generator, Sequence
-from typing import Any
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, TypeVar
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import MigrationCaps, State
@@ -59,6 +59,7 @@ def _encoded(msg: Any) -> bytes:
 
 #: DEVICE_FEATURE MIG_DEVICE_STATE requests as the codec encodes them with msg_id 0: GET, and
 #: SET by state number (filled on first use); the direct paths send them with their msg_id.
+T = TypeVar("T")
 _STATE_GET = _encoded(wire.DeviceFeature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET))
 _STATE_SET: dict[int, bytes] = {}
 #: The GET reply: header, then argsz (its payload size) and flags as in the request, then
@@ -392,31 +393,56 @@ class Client(ClientIO):
         still in flight then (or when the iterator is closed early) are abandoned: their
         replies are dropped on arrival and the data they carried is lost (a migration stream
         is then broken, as it is by any failed read)."""
-        if depth < 1:
-            raise ValueError("depth must be at least 1")
         view: memoryview | None = None
         if into is not None:
             view = into if isinstance(into, memoryview) else memoryview(into)
             if len(view) < chunk:
                 raise ValueError("buffer smaller than chunk")
+
+        def take(msg_id: int) -> tuple[int, bytes | memoryview]:
+            data = self._mig_reply(msg_id, chunk, view)
+            return len(data), data
+
+        for _n, data in self.pipelined_reads(chunk, depth, take, max_bytes=max_bytes):
+            yield data
+
+    def pipelined_reads(self, chunk: int, depth: int, take: Callable[[int], tuple[int, T]],
+                        *, max_bytes: int | None = None, ask_early: bool = False
+                        ) -> Generator[tuple[int, T], None, None]:
+        """``chunk``-byte MIG_DATA_READs, ``depth`` in flight, each reply taken by
+        ``take(msg_id)`` -> (data bytes, what to yield), in order until a short one (then the
+        ones in flight are drained); empty replies are not yielded. The next reads are asked
+        for when the caller asks for the next chunk, or with ``ask_early`` as soon as a reply is
+        in, before it is yielded (the device prepares them while the caller passes the chunk
+        on). Reads still in flight when it ends early (an error, the iterator closed) are
+        abandoned (:meth:`mig_data_read_stream`)."""
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
         inflight: deque[int] = deque()
         asked = 0
         more = True
+
+        def top_up() -> None:
+            nonlocal asked
+            while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
+                msg = wire.MigDataRead(size=chunk, msg_id=self._new_id())
+                self.send(msg)
+                inflight.append(msg.msg_id)
+                asked += chunk
+
         try:
-            while True:
-                while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
-                    msg = wire.MigDataRead(size=chunk, msg_id=self._new_id())
-                    self.send(msg)
-                    inflight.append(msg.msg_id)
-                    asked += chunk
-                if not inflight:
-                    return
-                data = self._mig_reply(inflight[0], chunk, view)
+            top_up()
+            while inflight:
+                n, item = take(inflight[0])
                 inflight.popleft()
-                if len(data) < chunk:
+                if n < chunk:
                     more = False
-                if data:
-                    yield data
+                if ask_early:
+                    top_up()
+                if n:
+                    yield n, item
+                if not ask_early:
+                    top_up()
         finally:
             if inflight:
                 self.abandon(inflight)

@@ -27,7 +27,6 @@ import fcntl
 import os
 import select
 import socket
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -55,11 +54,10 @@ from vfio_user_mig.wire.layouts import HEADER, MIG_DATA
 #: A message still missing at least this many bytes is received straight into its buffer;
 #: MIG_DATA_READ replies this large take the zero-copy path (see module docstring).
 BULK_REPLY = 64 * 1024
-_MIG_REPLY = struct.Struct("<HHIIIII")  # header, then argsz, size of MIG_DATA_READ's reply
-#: MIG_DATA_WRITE's header and fixed part (its data follows: :meth:`mig_data_write_from_pipe`).
-_MIG_WRITE = MIG_DATA.with_prefix(HEADER)
+#: Header + {argsz, size}: a MIG_DATA_READ reply's and a MIG_DATA_WRITE's head (the data
+#: follows; :meth:`ClientIO.mig_data_write_from_pipe`), from the declared layouts.
+_MIG_HEAD = MIG_DATA.with_prefix(HEADER)
 _MIG_DATA_WRITE = int(wire.Command.MIG_DATA_WRITE)
-_MIG_DATA_SIZE = 8
 _REPLY_FLAGS = int(wire.MsgType.REPLY)
 _MIG_DATA_READ = int(wire.Command.MIG_DATA_READ)
 
@@ -171,7 +169,7 @@ class ClientIO:
         self.server_caps: wire.Capabilities | None = None
         self._buf = bytearray(256 * 1024)
         self._view = memoryview(self._buf)
-        self._head = memoryview(bytearray(_MIG_REPLY.size))
+        self._head = memoryview(bytearray(_MIG_HEAD.size))
         self._pad = memoryview(bytearray(0))
         self._zeros = b""
         #: Replies (or error replies) that arrived while waiting for another one.
@@ -313,13 +311,13 @@ class ClientIO:
         except BlockingIOError:
             raise self._timed_out() from None
         if n == len(head) and not fds:
-            rid, cmd, msg_size, flags, err, argsz, dsize = _MIG_REPLY.unpack_from(head)
+            rid, cmd, msg_size, flags, err, argsz, dsize = _MIG_HEAD.unpack_from(head)
             if (
                 rid == msg_id
                 and cmd == _MIG_DATA_READ
                 and flags == _REPLY_FLAGS
                 and not err
-                and argsz == _MIG_DATA_SIZE + dsize
+                and argsz == MIG_DATA.size + dsize
                 and BULK_REPLY <= msg_size - n <= size
                 and msg_size - n >= dsize
                 and msg_size <= self.framer.max_size
@@ -374,7 +372,7 @@ class ClientIO:
         :meth:`~.api.Client.mig_data_write_nowait` does."""
         self._before_send()
         msg_id = self.core.next_id()
-        head = _MIG_WRITE.pack(msg_id, _MIG_DATA_WRITE, _MIG_WRITE.size + size, 0, 0,
+        head = _MIG_HEAD.pack(msg_id, _MIG_DATA_WRITE, _MIG_HEAD.size + size, 0, 0,
                                MIG_DATA.size + size, size)
         self.core.pending[msg_id] = _MIG_DATA_WRITE
         self.sock.sendall(head)

@@ -16,10 +16,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 
-from vfio_user_mig import wire
-from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.client.io import SplicePipe
 from vfio_user_mig.simulator.migration.driver_base import DriverBase
 from vfio_user_mig.simulator.migration.driver_types import (
@@ -27,40 +25,6 @@ from vfio_user_mig.simulator.migration.driver_types import (
 )
 
 _SPLICE = hasattr(os, "splice")
-
-
-def _spliced_reads(client: Client, chunk: int, depth: int, buffer: Callable[[], memoryview],
-                   pipe: SplicePipe, max_bytes: int | None
-                   ) -> Generator[tuple[int, memoryview | None], None, None]:
-    """:meth:`~..client.api.Client.mig_data_read_stream` with each reply's data moved into
-    ``pipe``: yields (bytes, None) for a chunk in the pipe, (bytes, data) for one received
-    into ``buffer()``. The next read is asked for as soon as a reply is in, before the chunk is
-    relayed, so ``depth`` reads stay in flight while the destination is written to."""
-    inflight: deque[int] = deque()
-    asked = 0
-    more = True
-
-    def top_up() -> None:
-        nonlocal asked
-        while more and len(inflight) < depth and (max_bytes is None or asked < max_bytes):
-            msg = wire.MigDataRead(size=chunk, msg_id=client.core.next_id())
-            client.send(msg)
-            inflight.append(msg.msg_id)
-            asked += chunk
-
-    try:
-        top_up()
-        while inflight:
-            n, data = client.mig_reply_to_pipe(inflight[0], chunk, pipe, buffer)
-            inflight.popleft()
-            if n < chunk:
-                more = False
-            top_up()  # before the chunk is passed on: the source makes the next meanwhile
-            if n:
-                yield n, data
-    finally:
-        if inflight:
-            client.abandon(inflight)
 
 
 class DeviceRelay(DriverBase):
@@ -101,7 +65,10 @@ class DeviceRelay(DriverBase):
         pipe = SplicePipe(chunk) if spliceable else None
         stream: Generator[tuple[int, bytes | memoryview | None], None, None]
         if pipe is not None:  # the relay buffer is made only if a chunk needs it
-            stream = _spliced_reads(reader, chunk, depth, self._buffer, pipe, budget)
+            spliced = pipe  # the reads fill the pipe; a chunk it cannot take comes as data
+            stream = reader.pipelined_reads(
+                chunk, depth, lambda msg_id: reader.mig_reply_to_pipe(
+                    msg_id, chunk, spliced, self._buffer), max_bytes=budget, ask_early=True)
         else:
             into = self._buffer() if self.relay_filter is None else None
             stream = ((len(d), d) for d in reader.mig_data_read_stream(
