@@ -53,13 +53,15 @@ _HEADER = HEADER.struct
 _FEATURE = int(wire.Command.DEVICE_FEATURE)
 
 
+T = TypeVar("T")
+
+
 def _encoded(msg: Any) -> bytes:
     return b"".join(bytes(part) for part in wire.encode_parts(msg))
 
 
 #: DEVICE_FEATURE MIG_DEVICE_STATE requests as the codec encodes them with msg_id 0: GET, and
 #: SET by state number (filled on first use); the direct paths send them with their msg_id.
-T = TypeVar("T")
 _STATE_GET = _encoded(wire.DeviceFeature(FeatureIndex.MIG_DEVICE_STATE, FeatureOp.GET))
 _STATE_SET: dict[int, bytes] = {}
 #: The GET reply: header, then argsz (its payload size) and flags as in the request, then
