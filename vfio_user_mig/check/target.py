@@ -192,15 +192,14 @@ class _Launch:
     stderr: Path
     #: The checker process that started it (a forked worker inherits :data:`LIVE`).
     owner: int = field(default_factory=os.getpid)
+    #: When :meth:`terminate` sent SIGTERM (monotonic seconds); ``None`` before.
+    term_at: float | None = None
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the process group (its children too), even after the leader
         exited (a server that forked)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
-
-    #: When :meth:`terminate` sent SIGTERM (monotonic seconds); ``None`` before.
-    term_at: float | None = None
 
     def terminate(self) -> None:
         """Ask the process to stop (SIGTERM) without waiting; :meth:`reaped` finishes."""
