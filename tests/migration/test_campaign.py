@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Iterator
@@ -249,16 +250,17 @@ def test_campaign_runs_with_the_heap_frozen_and_gives_it_back() -> None:
     assert gc.get_freeze_count() == 0
 
 
-def test_model_path_is_the_models_answer() -> None:
-    from vfio_user_mig.model import InvalidTransition, transition_path
-    from vfio_user_mig.simulator.migration.campaign_stats import model_path
+def test_known_path_is_the_models_answer() -> None:
+    """The cached path the campaign's predictor and the driver ask for: transition_path's
+    answer for every request, ``None`` exactly where it refuses (with EINVAL)."""
+    from vfio_user_mig.model import InvalidTransition, known_path, transition_path
 
     for caps in ALL_CAPS:
         for cur in State:
             for target in State:
                 try:
-                    want: tuple[tuple[State, ...], int] = (transition_path(cur, target, caps), 0)
+                    want: tuple[State, ...] | None = transition_path(cur, target, caps)
                 except InvalidTransition as exc:
-                    want = ((), exc.errno)
-                assert model_path(cur, target, caps) == want
-                assert want[0] or want[1]  # a refusal always carries an errno
+                    want = None
+                    assert exc.errno == errno.EINVAL  # a refusal always carries EINVAL
+                assert known_path(cur, target, caps) == want

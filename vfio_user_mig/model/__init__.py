@@ -45,7 +45,7 @@ from vfio_user_mig.model.graph import (
     parse_caps,
     transition_graph,
 )
-from vfio_user_mig.model.paths import next_state, path_table, transition_path
+from vfio_user_mig.model.paths import known_path, next_state, path_table, transition_path
 from vfio_user_mig.model.states import ALL_CAPS, VFIO_USER_CAPS, MigrationCaps, State
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "WalkResult",
     "caps_label",
     "is_supported",
+    "known_path",
     "next_state",
     "parse_caps",
     "path_table",

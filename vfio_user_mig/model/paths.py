@@ -161,6 +161,22 @@ def transition_path(
     return path_table(caps).paths[(State(cur), State(target))]
 
 
+def known_path(cur: State, target: State, caps: MigrationCaps | int = VFIO_USER_CAPS
+               ) -> Path | None:
+    """:func:`transition_path`, or ``None`` where it refuses the request (always EINVAL); the
+    answers are kept for the process (a campaign or a driver asks the same few again and
+    again, and a refusal costs an exception each time)."""
+    return _known_path(cur, target, normalize_caps(caps))
+
+
+@functools.cache
+def _known_path(cur: State, target: State, caps: MigrationCaps) -> Path | None:
+    try:
+        return transition_path(cur, target, caps)
+    except InvalidTransition:
+        return None
+
+
 def next_state(cur: State | int, target: State | int, caps: MigrationCaps | int) -> State:
     """The kernel's ``vfio_mig_get_next_state()`` contract: the next state to step to.
 
@@ -176,6 +192,7 @@ __all__ = [
     "Path",
     "PathTable",
     "check_request",
+    "known_path",
     "next_state",
     "path_table",
     "transition_path",

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
-from vfio_user_mig.model import ALL_CAPS, MigrationCaps, State, caps_label
+from vfio_user_mig.model import ALL_CAPS, MigrationCaps, State, caps_label, known_path
 from vfio_user_mig.protocol.gating import gate
 from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.client.io import VfioUserError
@@ -47,7 +47,6 @@ from vfio_user_mig.simulator.executor import run_batched
 from vfio_user_mig.simulator.migration.campaign_stats import (
     CampaignStats,
     RunCoverage,
-    model_path,
     replay_command,
 )
 from vfio_user_mig.simulator.migration.faults import (
@@ -145,9 +144,9 @@ class Predictor:
         """Prediction of ``SET target`` from ``cur`` (consumes injected failures it walks)."""
         if target not in State._value2member_map_:
             return _errno.EINVAL, cur
-        path, refused = model_path(cur, State(target), self.caps)
-        if not path:
-            return refused, cur
+        path = known_path(cur, State(target), self.caps)
+        if path is None:
+            return _errno.EINVAL, cur  # the model refuses (InvalidTransition: EINVAL)
         for a, b in itertools.pairwise(path):
             injected = self.injected[side].pop((a, b), None)
             if injected is not None:

@@ -12,15 +12,13 @@
 
 from __future__ import annotations
 
-import functools
 import heapq
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from vfio_user_mig.model import ARCS, STATES, InvalidTransition, MigrationCaps, State
-from vfio_user_mig.model import transition_path as _path
+from vfio_user_mig.model import ARCS, STATES, MigrationCaps, State, known_path
 
 #: Failures kept (those with the smallest seeds); the rest are only counted.
 MAX_FAILURES = 1000
@@ -44,17 +42,6 @@ ALL_ARCS: tuple[str, ...] = tuple(arc_key(a.src, a.dst) for a in ARCS)
 ALL_STATES: tuple[str, ...] = tuple(s.state.name for s in STATES)
 
 
-@functools.cache
-def model_path(cur: State, target: State, caps: MigrationCaps) -> tuple[tuple[State, ...], int]:
-    """:func:`~vfio_user_mig.model.transition_path` ``cur -> target`` with ``caps`` as
-    ``(path, 0)``, or ``((), errno)`` when the model refuses the request; kept for the process
-    (a campaign asks the same few dozen questions again and again)."""
-    try:
-        return _path(cur, target, caps), 0
-    except InvalidTransition as exc:
-        return (), exc.errno
-
-
 def replay_command(seed: int, faults: bool) -> str:
     """The command line that reproduces run ``seed``."""
     return f"vfio-user-mig simulate --replay {seed}{' --faults' if faults else ''}"
@@ -75,7 +62,7 @@ class RunCoverage:
         which arc failed is the predictor's business, not coverage)."""
         if reached is None or reached is cur or target not in State._value2member_map_:
             return
-        path = model_path(cur, State(target), self.caps)[0]
+        path = known_path(cur, State(target), self.caps) or ()
         if reached not in path:
             return
         for a, b in itertools.pairwise(path[: path.index(reached) + 1]):

@@ -7,12 +7,11 @@ state queries and MIG_DEVICE_STATE SET with the observer, and letting the guest 
 from __future__ import annotations
 
 import errno as _errno
-import functools
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vfio_user_mig.model import InvalidTransition, MigrationCaps, State, transition_path
+from vfio_user_mig.model import MigrationCaps, State, known_path
 from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.migration.clock import Clock
 from vfio_user_mig.simulator.migration.driver_types import (
@@ -27,16 +26,6 @@ from vfio_user_mig.simulator.migration.policies import SwitchoverPolicy
 from vfio_user_mig.simulator.migration.trace import Trace
 
 T = TypeVar("T")
-
-
-@functools.cache
-def _arc_names(cur: State, target: State, caps: MigrationCaps) -> tuple[str, ...]:
-    """The states of the model's path ``cur -> target`` by name (just ``cur`` when the model
-    refuses the request): what a ``state`` event's ``arcs`` lists."""
-    try:
-        return tuple(s.name for s in transition_path(cur, target, caps))
-    except InvalidTransition:
-        return (cur.name,)
 
 
 class DriverBase:
@@ -122,7 +111,7 @@ class DriverBase:
         if cur is None:
             raise MigrationError(f"{side.name} -> {target.name}", _errno.ENOTCONN,
                                  "state unknown (connection lost)")
-        arcs = list(_arc_names(cur, target, self.caps))
+        arcs = [s.name for s in known_path(cur, target, self.caps) or (cur,)]
         errno: int | None = None
         try:
             self._io(side, f"{cur.name} -> {target.name}", side.client.set_state, target)
