@@ -24,7 +24,7 @@ from vfio_user_mig.simulator.migration.driver_types import (
     Side,
     StateObserver,
 )
-from vfio_user_mig.simulator.migration.guest import GuestRam, Workload
+from vfio_user_mig.simulator.migration.guest import BAR2, PAGE_SIZE, GuestRam, Workload
 from vfio_user_mig.simulator.migration.isolation import (
     Endpoint,
     ExternalEndpoint,
@@ -37,8 +37,6 @@ from vfio_user_mig.simulator.migration.policies import (
     make_policy,
 )
 from vfio_user_mig.simulator.migration.trace import Trace
-
-BAR2 = 2
 
 
 @dataclass
@@ -118,16 +116,39 @@ def make_clock(opts: MigrateOptions) -> Clock:
     raise ValueError(f"unknown clock {opts.clock!r} (sim or real)")
 
 
+#: The low page of a draw (:func:`fill_bytes`).
+_PAGE_BITS = (1 << (8 * PAGE_SIZE)) - 1
+
+
+def fill_bytes(rng: random.Random, n: int) -> bytes:
+    """``n`` bytes of recognisable content, drawn so that ``rng`` moves on exactly as
+    ``rng.randbytes(n)`` moves it (the workload's later draws, hence the run, stay those of
+    the seed).
+
+    Every page is distinct: the draw's first page (random bytes) with its first 8 bytes
+    replaced by the page's number (``u64`` little-endian); a partial last page is a prefix of
+    such a page. Converting the whole draw to bytes (what ``randbytes`` does) cost more than
+    anything else a campaign run does in Python; one page of it is as good a pattern."""
+    if n <= 0:
+        return b""
+    page = (rng.getrandbits(8 * n) & _PAGE_BITS).to_bytes(PAGE_SIZE, "little")[8:]
+    whole, rest = divmod(n, PAGE_SIZE)
+    out = b"".join(k.to_bytes(8, "little") + page for k in range(whole))
+    if rest:
+        out += (whole.to_bytes(8, "little") + page)[:rest]
+    return out
+
+
 def _fill(client: Client, guest: GuestRam, rng: random.Random, device_mem: int | None) -> None:
-    """Give guest RAM and device memory recognisable content."""
+    """Give guest RAM and device memory recognisable content (:func:`fill_bytes`)."""
     block = 1 << 20
     for off in range(0, guest.size, block):
         n = min(block, guest.size - off)
-        guest.memory.view[off : off + n] = rng.randbytes(n)
+        guest.memory.view[off : off + n] = fill_bytes(rng, n)
     if device_mem:
         step = min(block, client.server_caps.max_data_xfer_size if client.server_caps else block)
         for off in range(0, device_mem, step):
-            client.region_write(BAR2, off, rng.randbytes(min(step, device_mem - off)))
+            client.region_write(BAR2, off, fill_bytes(rng, min(step, device_mem - off)))
 
 
 def migrate(opts: MigrateOptions, hooks: Hooks | None = None) -> MigrationResult:
