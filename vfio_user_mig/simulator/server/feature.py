@@ -30,33 +30,38 @@ from vfio_user_mig.wire.layouts import (
 from vfio_user_mig.wire.msg_feature import MigDataSize
 
 
+#: :data:`FEATURE_OPS` as plain ints (feature index -> operation bits), and the bits asked.
+_ALLOWED_OPS = {int(f): int(o) for f, o in FEATURE_OPS.items()}
+_GET, _SET, _PROBE = int(FeatureOp.GET), int(FeatureOp.SET), int(FeatureOp.PROBE)
+_MIG_DATA_SIZE = int(FeatureIndex.MIG_DATA_SIZE)
+#: The handler method of each feature (by name: bound per server).
+_HANDLERS = {
+    int(FeatureIndex.MIGRATION): "_feat_migration",
+    int(FeatureIndex.MIG_DEVICE_STATE): "_feat_state",
+    int(FeatureIndex.DMA_LOGGING_START): "_feat_log_start",
+    int(FeatureIndex.DMA_LOGGING_STOP): "_feat_log_stop",
+    int(FeatureIndex.DMA_LOGGING_REPORT): "_feat_log_report",
+    _MIG_DATA_SIZE: "_feat_mig_data_size",
+}
+
+
 class FeatureHandlers(ServerState):
     """DEVICE_FEATURE and migration data."""
 
     def _feature(self, msg: wire.DeviceFeature, fds: list[int]) -> tuple[Any, list[int]]:
-        ops = FeatureOp(int(msg.ops))
+        ops = int(msg.ops)
         feature = int(msg.feature)
-        allowed_ops = dict(FEATURE_OPS)
-        if feature == FeatureIndex.MIG_DATA_SIZE and self._mig_data_size_fn() is not None:
-            allowed_ops[feature] = FeatureOp.GET
-        allowed = allowed_ops.get(feature)
+        allowed = _ALLOWED_OPS.get(feature)
+        if feature == _MIG_DATA_SIZE and self._mig_data_size_fn() is not None:
+            allowed = _GET
         if allowed is None:  # libvfio-user: device_feature_flags_supported() == 0 -> EINVAL
             raise Refusal(_errno.EINVAL, f"device feature {feature} unsupported")
-        asked = ops & (FeatureOp.GET | FeatureOp.SET)
-        if asked & ~allowed:
+        if ops & (_GET | _SET) & ~allowed:
             raise Refusal(_errno.EINVAL, f"feature {feature}: operation not supported")
-        if ops & FeatureOp.PROBE:  # PROTOCOL.md section 3: the reply echoes the request
+        if ops & _PROBE:  # PROTOCOL.md section 3: the reply echoes the request
             return wire.DeviceFeatureReply.echo(msg), []
-        handler = {
-            FeatureIndex.MIGRATION: self._feat_migration,
-            FeatureIndex.MIG_DEVICE_STATE: self._feat_state,
-            FeatureIndex.DMA_LOGGING_START: self._feat_log_start,
-            FeatureIndex.DMA_LOGGING_STOP: self._feat_log_stop,
-            FeatureIndex.DMA_LOGGING_REPORT: self._feat_log_report,
-            FeatureIndex.MIG_DATA_SIZE: self._feat_mig_data_size,
-        }[FeatureIndex(feature)]
-        data = handler(msg)
-        if ops & FeatureOp.SET:
+        data = getattr(self, _HANDLERS[feature])(msg)
+        if ops & _SET:
             # PROTOCOL.md section 3: a SET reply echoes the request, except that
             # DMA_LOGGING_START's carries the page size selected (vfio-user.rst: "the same as
             # the request, unless the page size was changed"): the handler returns the data.
@@ -80,7 +85,7 @@ class FeatureHandlers(ServerState):
         return wire.MigrationInfo(self.device.migration_caps)
 
     def _feat_state(self, msg: wire.DeviceFeature) -> Any:
-        if msg.ops & FeatureOp.GET:
+        if int(msg.ops) & _GET:
             return wire.MigDeviceState(self.state, 0)
         data = msg.data
         if not isinstance(data, wire.MigDeviceState):
