@@ -54,6 +54,10 @@ from vfio_user_mig.wire.layouts import HEADER, MIG_DATA
 #: A message still missing at least this many bytes is received straight into its buffer;
 #: MIG_DATA_READ replies this large take the zero-copy path (see module docstring).
 BULK_REPLY = 64 * 1024
+#: The reused receive buffer: smaller messages (and several at once) land there, a larger
+#: one's rest goes straight into its own buffer (:data:`BULK_REPLY`). Kept small: a client is
+#: made per connection, and a fresh buffer is zeroed (and faulted in) page by page.
+RECV_BUFFER = BULK_REPLY
 #: Header + {argsz, size}: a MIG_DATA_READ reply's and a MIG_DATA_WRITE's head (the data
 #: follows; :meth:`ClientIO.mig_data_write_from_pipe`), from the declared layouts.
 _MIG_HEAD = MIG_DATA.with_prefix(HEADER)
@@ -167,7 +171,7 @@ class ClientIO:
         self.max_msg_fds = max_msg_fds
         self.core = ClientCore(max_data_xfer_size=max_data_xfer_size, max_msg_fds=max_msg_fds)
         self.server_caps: wire.Capabilities | None = None
-        self._buf = bytearray(256 * 1024)
+        self._buf = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buf)
         self._head = memoryview(bytearray(_MIG_HEAD.size))
         self._pad = memoryview(bytearray(0))

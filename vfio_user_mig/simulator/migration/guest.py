@@ -31,7 +31,8 @@ class GuestRam:
     def __init__(self, size: int, page_size: int = PAGE_SIZE, name: str = "guest-ram") -> None:
         if size <= 0 or size % page_size:
             raise ValueError(f"guest memory {size} must be a positive multiple of {page_size}")
-        self.memory = GuestMemory(size, name=name)
+        # Guest RAM is written whole (the fill on the source, the migration on the destination)
+        self.memory = GuestMemory(size, name=name, populate=True)
         self.size = size
         self.page_size = page_size
         self.n_pages = size // page_size

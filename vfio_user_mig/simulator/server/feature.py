@@ -29,7 +29,6 @@ from vfio_user_mig.wire.layouts import (
 )
 from vfio_user_mig.wire.msg_feature import MigDataSize
 
-
 #: :data:`FEATURE_OPS` as plain ints (feature index -> operation bits), and the bits asked.
 _ALLOWED_OPS = {int(f): int(o) for f, o in FEATURE_OPS.items()}
 _GET, _SET, _PROBE = int(FeatureOp.GET), int(FeatureOp.SET), int(FeatureOp.PROBE)
