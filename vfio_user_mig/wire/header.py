@@ -7,15 +7,14 @@ command, flag combinations) is done by :func:`vfio_user_mig.wire.codec.decode`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vfio_user_mig.wire.constants import HEADER_SIZE, HeaderFlag, MsgType
 from vfio_user_mig.wire.errors import invalid
 from vfio_user_mig.wire.layouts import HEADER
+from vfio_user_mig.wire.record import Record, record
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+@record
+class Header(Record):
     """A message header exactly as on the wire (``command`` may be any u16 here)."""
 
     msg_id: int

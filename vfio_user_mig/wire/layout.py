@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Final, Literal
+
+from vfio_user_mig.wire.record import Record, record
 
 Kind = Literal["u8", "u16", "u32", "u64", "bytes"]
 
@@ -25,8 +26,8 @@ _FORMAT: Final[dict[str, tuple[str, int]]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
+@record
+class FieldSpec(Record):
     """One row of a layout table: a field ``size`` bytes long at ``offset``."""
 
     name: str

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from vfio_user_mig.model.states import MigrationCaps, State
+from vfio_user_mig.wire.record import Record, record
 
 if TYPE_CHECKING:
     from vfio_user_mig.simulator.device.dirtylog import DirtyLog
@@ -75,8 +75,8 @@ class IrqFlag(enum.IntFlag):
     NORESIZE = 8
 
 
-@dataclass(frozen=True)
-class RegionSpec:
+@record
+class RegionSpec(Record):
     """One region as DEVICE_GET_REGION_INFO reports it.
 
     ``sparse_mmap`` lists the (offset, size) areas the client may mmap through ``fd`` (a file
@@ -93,8 +93,8 @@ class RegionSpec:
     type_subtype: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
-class IrqSpec:
+@record
+class IrqSpec(Record):
     """One interrupt index as DEVICE_GET_IRQ_INFO reports it."""
 
     index: int

@@ -8,9 +8,9 @@ BAR sizing (write all ones, read back) reports each BAR's size.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 from vfio_user_mig.simulator.device.errors import DeviceError
+from vfio_user_mig.wire.record import Record, record
 
 CONFIG_SIZE = 256
 
@@ -56,8 +56,8 @@ class Off(enum.IntEnum):
     MSI_DATA = MSI_CAP + 8
 
 
-@dataclass(frozen=True)
-class Field:
+@record
+class Field(Record):
     """One config-space field: offset, size, power-on value, writable bits."""
 
     offset: Off

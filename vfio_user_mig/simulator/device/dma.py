@@ -26,9 +26,9 @@ import enum
 import errno as _errno
 import os
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
 
 from vfio_user_mig.simulator.device.errors import DeviceError
+from vfio_user_mig.wire.record import Record, record
 
 #: The largest IOVA + 1.
 IOVA_LIMIT = 1 << 64
@@ -61,8 +61,8 @@ class Route(enum.Enum):
     MESSAGE = "message"
 
 
-@dataclass(frozen=True)
-class DmaOp:
+@record
+class DmaOp(Record):
     """One step of a DMA job. ``data`` is set for WRITE only; ``length`` is always set."""
 
     kind: DmaKind
@@ -211,8 +211,8 @@ class FdMemory:
         return f"FdMemory(fd={self._fd}, offset={self.offset:#x}, size={self.size:#x})"
 
 
-@dataclass(frozen=True)
-class DmaMapping:
+@record
+class DmaMapping(Record):
     """One DMA_MAP. Client memory is ``view`` (in-process) or ``fd`` (the client's fd, read
     and written with pread/pwrite); both None when DMA_MAP passed no fd (message route)."""
 

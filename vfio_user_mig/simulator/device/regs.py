@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+
+from vfio_user_mig.wire.record import Record, record
 
 BAR0_SIZE = 0x100
 DEVICE_MAGIC = 0x5644474D  # b"MGDV" read little-endian
@@ -67,8 +68,8 @@ class Reg(enum.IntEnum):
     SCRATCH = 0x58
 
 
-@dataclass(frozen=True)
-class RegDef:
+@record
+class RegDef(Record):
     """One register: size in bytes, access, power-on value, whether it migrates."""
 
     reg: Reg

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from vfio_user_mig import wire
 from vfio_user_mig.wire.constants import Command
+from vfio_user_mig.wire.record import Record, record
 
 #: Highest protocol minor version spoken (libvfio-user speaks 0.2).
 SERVER_MINOR = 2
@@ -80,8 +81,8 @@ class ServerConfig:
         return self.max_data_xfer_size + wire.HEADER_SIZE + 16
 
 
-@dataclass(frozen=True, slots=True)
-class Handled:
+@record
+class Handled(Record):
     """One processed message: what it was and how it ended (``errno`` None = success)."""
 
     command: int
