@@ -398,6 +398,30 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` finds it (``COLUMNS``, else the
+    terminal of stdout, else 80), without importing :mod:`shutil` and what it imports."""
+    with contextlib.suppress(KeyError, ValueError):
+        columns = int(os.environ["COLUMNS"])
+        if columns > 0:
+            return columns
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, told the width: argparse makes one per ``add_argument`` to check
+    the argument, and one that must find the width itself imports :mod:`shutil` (a sixth of
+    a server's imports) for it."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser with every registered command; with ``only`` (a command this
     module registers itself, e.g. ``serve``), that command alone, without importing the
@@ -405,6 +429,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vfio-user-mig",
         description="The executable model of vfio-user live migration (migration v2).",
+        formatter_class=_Formatter,
     )
     parser.add_argument("--version", action=_VersionAction,
                         help="print the package version and exit")
@@ -414,7 +439,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(module)
     for name, (_handler, help_text, configure) in COMMANDS.items():
         if only is None or only not in COMMANDS or name == only:
-            configure(sub.add_parser(name, help=help_text, description=help_text))
+            configure(sub.add_parser(name, help=help_text, description=help_text,
+                                     formatter_class=_Formatter))
     return parser
 
 
