@@ -417,13 +417,14 @@ def _work_frozen(item: tuple[int, bool]) -> RunResult:
     return _work(item)
 
 
-def _work_one_cpu(item: tuple[int, bool]) -> RunResult:
-    """:func:`_work` with the run's threads (driver and thread-isolated servers) on one CPU
-    (:func:`~.isolation.one_cpu`): for the local executor, whose pool workers have a CPU each
-    (then a no-op) or which runs in this process alone. Not on Dask: workers forking a child
-    per batch cannot tell their CPUs apart, and two pinned to one CPU would stay there."""
+def _on_one_cpu(results: Iterator[RunResult]) -> Iterator[RunResult]:
+    """``results`` computed with the calling thread and the threads it starts meanwhile (each
+    run's thread-isolated servers) on one CPU (:func:`~.isolation.one_cpu`), pinned once for
+    the whole campaign: the local executor running in this process. (Its pool workers are
+    pinned a CPU each when they start; not on Dask: workers forking a child per batch cannot
+    tell their CPUs apart, and two pinned to one CPU would stay there.)"""
     with one_cpu():
-        return _work(item)
+        yield from results
 
 
 #: The summary of a campaign: streaming counters, bounded failures and coverage.
@@ -435,11 +436,12 @@ def iter_campaign(seeds: Iterable[int], faults: bool, workers: int, *, executor:
                   total: int | None = None) -> Iterator[RunResult]:
     """Run ``seeds``, yielding results as they finish (in batches, on ``executor``: see
     :func:`~vfio_user_mig.simulator.executor.run_batched`)."""
-    work = _work_one_cpu if executor == "local" else _work_frozen
-    return run_batched(work, ((s, faults) for s in seeds), executor=executor,
-                       scheduler=scheduler, workers=workers, batch_size=batch_size,
-                       total=total if total is not None else
-                       (len(seeds) if isinstance(seeds, Sized) else None))
+    work = _work if executor == "local" else _work_frozen
+    results = run_batched(work, ((s, faults) for s in seeds), executor=executor,
+                          scheduler=scheduler, workers=workers, batch_size=batch_size,
+                          total=total if total is not None else
+                          (len(seeds) if isinstance(seeds, Sized) else None))
+    return _on_one_cpu(results) if executor == "local" and workers <= 1 else results
 
 
 @contextlib.contextmanager
