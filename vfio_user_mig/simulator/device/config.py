@@ -8,6 +8,7 @@ BAR sizing (write all ones, read back) reports each BAR's size.
 from __future__ import annotations
 
 import enum
+import functools
 
 from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.wire.record import Record, record
@@ -93,15 +94,23 @@ def fields(bar0_size: int, bar2_size: int) -> tuple[Field, ...]:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _images(bar0_size: int, bar2_size: int) -> tuple[bytes, bytes]:
+    """(power-on bytes, writable-bit masks) of the 256 bytes, from :func:`fields` (made once
+    per BAR sizes: every device of a campaign run has the same)."""
+    init = bytearray(CONFIG_SIZE)
+    wmask = bytearray(CONFIG_SIZE)
+    for f in fields(bar0_size, bar2_size):
+        init[f.offset : f.offset + f.size] = f.value.to_bytes(f.size, "little")
+        wmask[f.offset : f.offset + f.size] = f.wmask.to_bytes(f.size, "little")
+    return bytes(init), bytes(wmask)
+
+
 class ConfigSpace:
     """256 bytes of config space with per-byte writable masks."""
 
     def __init__(self, bar0_size: int, bar2_size: int) -> None:
-        self._init = bytearray(CONFIG_SIZE)
-        self._wmask = bytearray(CONFIG_SIZE)
-        for f in fields(bar0_size, bar2_size):
-            self._init[f.offset : f.offset + f.size] = f.value.to_bytes(f.size, "little")
-            self._wmask[f.offset : f.offset + f.size] = f.wmask.to_bytes(f.size, "little")
+        self._init, self._wmask = _images(bar0_size, bar2_size)
         self._data = bytearray(self._init)
 
     def reset(self) -> None:
