@@ -115,6 +115,14 @@ def _shared_machine(caps: MigrationCaps) -> Machine:
     return build_machine(caps, None)
 
 
+@functools.cache
+def _path_cache(caps: MigrationCaps) -> dict[tuple[State, int], Path]:
+    """The paths of accepted requests of one capability set, by (current state, target):
+    filled as devices ask (a device asks the same few again and again); a refused request is
+    not kept (it is answered by :func:`transition_path`, which raises with the reason)."""
+    return {}
+
+
 class DeviceFSM:
     """The migration state of one device, driven only along the model's arcs.
 
@@ -133,6 +141,7 @@ class DeviceFSM:
         self.machine = _shared_machine(self.caps)
         self.machine.set_state(initial.name, model=self._model)
         self._events = self.machine.events
+        self._paths = _path_cache(self.caps)
 
     @property
     def state(self) -> State:
@@ -155,11 +164,18 @@ class DeviceFSM:
         carries the error, and :attr:`state` is the last completed state, or ERROR when the
         error was ``broken``.
         """
-        path = transition_path(self.state, target, self.caps)
-        result = WalkResult(State(target), path)
+        cur = self.state
+        # bool is an int the model refuses: only exact ints (and States) take the cache
+        cached = type(target) is State or type(target) is int
+        path = self._paths.get((cur, target)) if cached else None
+        if path is None:
+            path = transition_path(cur, target, self.caps)
+            self._paths[(cur, path[-1])] = path
+        result = WalkResult(path[-1], path)
+        events = self._events
         for src, dst in itertools.pairwise(path):
             try:
-                self.step(dst)
+                events[trigger_name(src, dst)].trigger(self._model)  # arcs of the model's path
             except ArcActionError as exc:
                 result.error = exc
                 if exc.broken:

@@ -223,8 +223,9 @@ def transition_graph(caps: MigrationCaps | int) -> nx.DiGraph:
     return _build_graph(normalize_caps(caps))
 
 
+@functools.cache
 def trigger_name(src: State, dst: State) -> str:
-    """The executor trigger name of the arc ``src -> dst``."""
+    """The executor trigger name of the arc ``src -> dst`` (made once per arc)."""
     return f"{src.name.lower()}__{dst.name.lower()}"
 
 
