@@ -13,7 +13,6 @@ import pytest
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client.api import Client
-from vfio_user_mig.simulator.client.core import ClientCore
 from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.base import Device
@@ -129,13 +128,6 @@ def test_pump_serves_a_client_through_the_fast_path() -> None:
         thread.join(5)
         core.close()
         dev.close()
-
-
-def test_client_region_read_request_is_the_encoded_request() -> None:
-    core = ClientCore()
-    msg_id, request = core.region_read_request(0x1234, 2, 4)
-    assert request == _wire(wire.RegionRead(offset=0x1234, region=2, count=4, msg_id=msg_id))
-    assert core.pending == {msg_id: int(wire.Command.REGION_READ)}
 
 
 class _CountingClient(Client):

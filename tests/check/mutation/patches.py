@@ -166,7 +166,8 @@ def on_device(hosted: HostedDevice, name: str,
     real = getattr(device, name)
     setattr(device, name, lambda *args, **kw: fn(real, *args, **kw))
     if name == "mig_data_read":
-        device.mig_data_read_parts = partial(Device.mig_data_read_parts, device)
+        device.mig_data_read_parts = partial(  # type: ignore[method-assign]
+            Device.mig_data_read_parts, device)
 
 
 __all__ = [

@@ -35,15 +35,11 @@ from typing import Any, Protocol
 
 from vfio_user_mig import wire
 from vfio_user_mig.simulator.transport import close_fds
-from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
 Parts = list[bytes | memoryview]
 
 #: Client-initiated message ids: 1..0x7FFF (the server uses 0x8000..0xFFFF for its DMA).
 _ID_MASK = 0x7FFF
-#: A REGION_READ request: header + REGION_ACCESS (vfio-user.rst "VFIO_USER_REGION_READ").
-_RR = REGION_ACCESS.with_prefix(HEADER)
-_REGION_READ = int(wire.Command.REGION_READ)
 
 
 class DmaMemory(Protocol):
@@ -168,15 +164,6 @@ class ClientCore:
             self.pending[msg_id] = msg.command
         self._out.append((parts, list(fds)))
         return msg_id
-
-    def region_read_request(self, offset: int, region: int, count: int) -> tuple[int, bytes]:
-        """(msg_id, bytes) of a REGION_READ request, now pending, for the caller to send at
-        once itself (nothing is queued for :meth:`data_to_send`): the bytes
-        ``encode_parts(RegionRead(...))`` gives, packed with one ``struct`` call."""
-        msg_id = self.next_id()
-        request = _RR.pack(msg_id, _REGION_READ, _RR.size, 0, 0, offset, region, count)
-        self.pending[msg_id] = _REGION_READ
-        return msg_id, request
 
     def data_to_send(self) -> list[tuple[Parts, list[int]]]:
         """Take the messages to send, in order, each as (parts, fds)."""
