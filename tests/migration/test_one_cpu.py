@@ -48,3 +48,17 @@ def test_pool_workers_run_on_one_cpu_each() -> None:
     assert len(results) == 8
     assert all(len(r) == 1 and set(r) <= allowed for r in results)
     assert os.sched_getaffinity(0) == allowed  # the parent is left alone
+
+
+def test_an_in_process_campaign_runs_on_one_cpu_and_gives_the_caller_its_cpus_back() -> None:
+    from vfio_user_mig.simulator.migration.campaign import iter_campaign, run_seed
+
+    allowed = os.sched_getaffinity(0)
+    seen = []
+    for result in iter_campaign([run_seed(11, i) for i in range(3)], True, 1):
+        assert result.ok, result.reason
+        seen.append(os.sched_getaffinity(0))  # the campaign is still running
+    assert len(seen) == 3
+    assert all(len(s) == 1 and s <= allowed for s in seen)
+    assert len(set(map(frozenset, seen))) == 1  # pinned once, not moved between runs
+    assert os.sched_getaffinity(0) == allowed
