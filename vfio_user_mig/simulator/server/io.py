@@ -142,6 +142,7 @@ def pump(
         lock = threading.Lock()
     take_channel = getattr(core, "take_new_channel", None)
     fast = getattr(core, "region_read_fast", None)
+    recv_limit = getattr(core, "recv_limit", None)
     channels = _Channels(lock, tick, clock, on_event)
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
@@ -155,11 +156,13 @@ def pump(
                     raise BlockingIOError
                 framer = core.framer
                 needed = framer.needed
-                if needed >= DIRECT_RECV and not framer.at_boundary:
-                    n, fds = recv_into(sock, framer.recv_buffer(needed))
+                if framer.claimed is not None or (needed >= DIRECT_RECV
+                                                  and not framer.at_boundary):
+                    n, fds = recv_into(sock, framer.recv_buffers(needed))
                     framer.commit(n, fds)
                 else:
-                    n, fds = recv_into(sock, view)
+                    limit = recv_limit() if recv_limit is not None else None
+                    n, fds = recv_into(sock, view[:limit] if limit else view)
                     if n == FAST_SIZE and fast is not None and not fds:
                         with lock:
                             event = fast(view[:n], clock())
