@@ -134,16 +134,26 @@ class InPlaceReceive:
         if self._error is not None:
             raise self._error
         plan, self._plan = self._plan, []
-        for view, kind, page, count in plan:
-            if n <= 0:
+        sizes = []
+        for view, *_ in plan:
+            sizes.append(min(n, len(view)))
+            n -= sizes[-1]
+        for i, (view, kind, page, count) in enumerate(plan):
+            m = sizes[i]
+            if not m:
                 break
-            m = min(n, len(view))
-            n -= m
+            if kind == "span" and not (m == len(view) and _is_guessed(view, page, count,
+                                                                     self._geo.page_size)):
+                # Not the record guessed (or cut short): feeding it could load pages where
+                # later bytes came in; copy them all out first and feed them in order.
+                self.feed(b"".join(bytes(v[:k]) for (v, *_), k in zip(plan[i:], sizes[i:],
+                                                                        strict=True)))
+                return
             if kind == "span":
-                self.feed(view[:m])
+                self.feed(view)  # exactly the guessed header and checked span: loads nothing
             elif kind is None or self._guessed(page, count):
                 self._in_place(m)
-            else:  # not the record guessed: feed what came (copied out: it may load there)
+            else:  # the checked span was refused: the decoder refuses these bytes too
                 self.feed(bytes(view[:m]))
 
     def _guessed(self, page: int, count: int) -> bool:
@@ -193,6 +203,15 @@ class InPlaceReceive:
         self._view_of(first + done, 1)[part : part + take] = data[:take]
         self._in_place(take)
         return data[take:]
+
+
+def _is_guessed(piece: memoryview, page: int, count: int, page_size: int) -> bool:
+    """``piece`` (a record header and checked span) claims to be the PAGES record of
+    ``count`` pages from ``page`` (its checks are the decoder's, when it is fed)."""
+    _magic, _version, rtype, _seq, length, _crc = RECORD_HEADER.unpack_from(piece)
+    return (rtype == RecordType.PAGES
+            and length == pages_checked_span(count) + count * page_size
+            and PAGES_PREFIX.unpack_from(piece, RECORD_HEADER.size) == (page, count))
 
 
 _GUESS_AFTER = frozenset({RecordType.HEADER, RecordType.PAGES})

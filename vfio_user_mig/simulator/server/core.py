@@ -243,6 +243,7 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
         assert sink is not None
         self._after_in_place = True
         self.stats["requests"] += 1
+        self.stats["mig_writes_in_place"] = self.stats.get("mig_writes_in_place", 0) + 1
         self._now = now
         msg = sink.request
         failure: Exception | None = sink.failure
