@@ -67,6 +67,10 @@ from vfio_user_mig.simulator.device.stream import (
 if TYPE_CHECKING:
     from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
 
+#: What :meth:`MigDev.mig_data_write_feed_size` answers for a restore that takes nothing in
+#: place (any size: it is fed).
+MAX_FEED = 1 << 20
+
 
 class _Restorer:
     """The :class:`~.stream.RestoreSink` view of a device being restored."""
@@ -240,12 +244,16 @@ class MigDev(MigDevRegions):
         """Where the next (at most ``max_size``) bytes of MIG_DATA_WRITE data may be received
         in place, in order: views of device memory and of the decoder's buffer
         (:meth:`.StreamDecoder.recv_buffers`); []: pass them to :meth:`mig_data_write`."""
-        return self._restoring().recv_buffers(max_size)
+        restore = self._restoring()
+        recv_buffers = getattr(restore, "recv_buffers", None)  # a restore taking nothing in
+        return recv_buffers(max_size) if recv_buffers is not None else []  # place: fed
 
     def mig_data_write_feed_size(self) -> int:
         """Bytes to pass to :meth:`mig_data_write` before :meth:`mig_data_write_buffers` may
         have buffers again (:meth:`.StreamDecoder.feed_size`)."""
-        return self._restoring().feed_size()
+        restore = self._restoring()
+        feed_size = getattr(restore, "feed_size", None)
+        return feed_size() if feed_size is not None else MAX_FEED
 
     def mig_data_write_received(self, n: int) -> None:
         """``n`` bytes were received into the last :meth:`mig_data_write_buffers`."""
