@@ -13,6 +13,8 @@ import struct
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vfio_user_mig import wire
 from vfio_user_mig.model import State as S
@@ -231,3 +233,27 @@ def test_fds_with_a_claimed_write_refuse_it_and_the_restore() -> None:
         os.close(r)
         os.close(w)
         dst.close()
+
+
+@settings(max_examples=12, deadline=None)
+@given(at=st.integers(0, len(STREAM) - 1), bit=st.integers(0, 7),
+       chunk=st.sampled_from([BIG, 3 * (1 << 18) + 5, RECV_BUFFER + 4097]))
+def test_any_flipped_bit_gets_the_answers_of_the_framed_path(at: int, bit: int,
+                                                              chunk: int) -> None:
+    """A bit flipped anywhere, the stream written in claimed requests of various sizes: the
+    restore is refused, with the same state and the same first refused write as the same
+    bytes in small framed requests (a write is refused as soon as its bytes are refused)."""
+    bad = bytearray(STREAM)
+    bad[at] ^= 1 << bit
+    claimed = _restore(bytes(bad), chunk)
+    framed = _restore(bytes(bad), SMALL)
+    assert claimed[4] > 0 and framed[4] == 0
+    assert claimed[2] is framed[2] is S.ERROR
+    assert claimed[1] == framed[1] == errno.EINVAL
+    first = [i for i, e in enumerate(claimed[0]) if e is not None]
+    first_framed = [i for i, e in enumerate(framed[0]) if e is not None]
+    assert bool(first) == bool(first_framed)
+    if first:  # the write carrying the refused byte, in each chunking
+        span = range(first_framed[0] * SMALL, (first_framed[0] + 1) * SMALL)
+        assert first[0] in {span[0] // chunk, span[-1] // chunk}
+    assert claimed[3] == framed[3]
