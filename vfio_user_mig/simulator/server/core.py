@@ -270,8 +270,8 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
         return handled
 
     def _reset_socket_state(self) -> None:
-        if self._in_place is not None and self.framer.claimed is self._in_place:
-            self._in_place.abort(ABORT_LOST)  # cut inside the request: see .mig_write
+        if self._in_place is not None:  # cut before it was answered: see .mig_write
+            self._in_place.abort(ABORT_LOST)
         self._in_place = None
         self._after_in_place = False
         super()._reset_socket_state()

@@ -1,7 +1,10 @@
 """Run a :class:`ServerCore` over a real socket: the thin IO pump, and a UNIX-path listener.
 
 The pump reads small messages with ``recvmsg_into`` a reused buffer and large ones straight
-into their own buffer, feeds the core, processes every whole message, and writes the replies
+into their own buffer (or, for a MIG_DATA_WRITE the core claimed, :mod:`.mig_write`, into the
+buffers its sink gives: device memory, scatter-gather; after such a request the reused buffer
+takes only what the core asks for, ``recv_limit``, so that the next one is claimed before its
+data comes), feeds the core, processes every whole message, and writes the replies
 with ``sendmsg`` scatter-gather (one call per batch). A client that pipelines (several
 requests per receive, e.g. MIG_DATA_READs in flight) gets each large reply as soon as it is
 made: once :data:`FLUSH_BYTES` are queued they go out before the next request is processed,

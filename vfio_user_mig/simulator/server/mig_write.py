@@ -25,9 +25,9 @@ device's checks are those of the fed path (the stream decoder's; every page copy
 against its fingerprint by the end of the stream, :mod:`..device.stream_decoder`).
 
 Two cases differ from dispatching the whole message, since the device has taken bytes the
-framed path would not have given it yet: the connection drops inside a claimed request (the
-rest never comes), or fds arrive with its bytes after its head (the request is refused,
-EINVAL, as any MIG_DATA_WRITE with fds). The device's restore is then refused
+framed path would not have given it yet: the connection drops before a claimed request was
+answered (inside it: the rest never comes), or fds arrive with its bytes after its head (the
+request is refused, EINVAL, as any MIG_DATA_WRITE with fds). The device's restore is then refused
 (``mig_data_write_abort``): RESUMING -> STOP fails with EINVAL and the device goes to ERROR, as
 for any stream that is not whole. (Framed, such a request was dropped or refused unseen, and a
 client could have sent it again.)
