@@ -20,7 +20,9 @@
   pages and its page fingerprints, XXH3-64; record framing; in STOP_COPY the last pass, which
   fingerprints every page again to find those changed since sent, and sends from device
   memory without a copy) and the destination's restore path (decode, record CRC-32 checks,
-  page loads); the check of each page's last copy against its fingerprint shares the END
+  page loads: since 2026-12-07 a MIG_DATA_WRITE's page data is received straight into device
+  memory, ``server.mig_write``, where before it was received into a message buffer and copied
+  from there); the check of each page's last copy against its fingerprint shares the END
   digest's pass over memory at RESUMING -> STOP, after the timed window (a page sent twice
   has its earlier copy checked inside the window, when the later one arrives).
   Device memory is filled (``MigrateOptions(fill=True)``: random bytes written through

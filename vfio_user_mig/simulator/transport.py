@@ -41,11 +41,14 @@ def widen_send_buffer(sock: socket.socket, size: int = SEND_BUFFER) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
-def recv_into(sock: socket.socket, buf: memoryview, flags: int = 0) -> tuple[int, list[int]]:
-    """Receive into ``buf``; return (bytes received, fds received). Raises :class:`PeerClosed`
-    on EOF. Received fds are always returned (the caller owns and must close them), even when
-    they exceed what the protocol allows, so none leak."""
-    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into([buf], _ANC_SIZE, flags)
+def recv_into(sock: socket.socket, buf: memoryview | list[memoryview],
+              flags: int = 0) -> tuple[int, list[int]]:
+    """Receive into ``buf`` (or a list of buffers, filled in order); return (bytes received,
+    fds received). Raises :class:`PeerClosed` on EOF. Received fds are always returned (the
+    caller owns and must close them), even when they exceed what the protocol allows, so none
+    leak."""
+    bufs = buf if isinstance(buf, list) else [buf]
+    nbytes, ancdata, msg_flags, _addr = sock.recvmsg_into(bufs, _ANC_SIZE, flags)
     if not ancdata and not msg_flags:  # the common case: bytes only
         if nbytes == 0:
             raise PeerClosed("peer closed the connection")

@@ -19,6 +19,16 @@ Contract of :class:`Framer`:
 * A message that frames correctly but does not decode raises its :class:`WireError` from
   ``next_message`` (with ``.header`` and ``.fds`` set; the caller owns those fds); the stream
   stays usable and the next call continues with the following message.
+* Claiming (optional, for a receiver that consumes a large message's payload as it arrives,
+  e.g. migration data received into device memory): with ``claim`` given, a message of at
+  least ``claim_min`` bytes that arrives in pieces is first received up to its first
+  ``claim_head`` bytes (header included); ``claim(head, fds)`` then either declines (None: the
+  message is framed as any other) or returns a :class:`PayloadSink` that takes the rest of the
+  message: bytes fed go to ``sink.write``, :meth:`Framer.recv_buffers` returns
+  ``sink.buffers(n)`` and :meth:`Framer.commit` calls ``sink.received(n)``. Once the message is
+  whole, :meth:`Framer.next_message` returns ``(sink.message(), fds)`` in its place. The
+  framer never buffers the claimed bytes. A message that arrives whole in one piece is never
+  claimed.
 * ``trim_trailing``: a request that does not decode because bytes follow its fixed-size
   payload is decoded without them (:mod:`.trailing`; what libvfio-user does). Off by default:
   the codec alone refuses them.
@@ -28,7 +38,8 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from vfio_user_mig.wire.codec import check_header, decode
 from vfio_user_mig.wire.constants import DEFAULT_MAX_MSG_SIZE, HEADER_SIZE
@@ -37,7 +48,28 @@ from vfio_user_mig.wire.header import Header
 from vfio_user_mig.wire.msg_base import Buffer, Message
 from vfio_user_mig.wire.trailing import trim_request
 
-_Item = tuple[bytearray | WireError, list[int]]
+
+class PayloadSink(Protocol):
+    """Takes the rest of a claimed message (module docstring); never raises."""
+
+    def write(self, data: memoryview) -> None:
+        """The next bytes of the message (received elsewhere)."""
+
+    def buffers(self, n: int) -> list[memoryview]:
+        """Writable views of 1 to ``n`` bytes in all where the next bytes may be received, in
+        order."""
+
+    def received(self, n: int) -> None:
+        """``n`` bytes were received into the last :meth:`buffers` (in order)."""
+
+    def message(self) -> Message:
+        """What :meth:`Framer.next_message` returns for the message once it is whole."""
+
+
+#: ``claim(head, fds)``: a sink for the message whose first ``claim_head`` bytes are
+#: ``head`` (``fds``: the fds received with it so far), or None.
+Claim = Callable[[memoryview, list[int]], PayloadSink | None]
+_Item = tuple[bytearray | WireError | PayloadSink, list[int]]
 _MSG_SIZE = struct.Struct("<I")  # header.msg_size, at offset 4
 
 
@@ -56,6 +88,11 @@ class Framer:
         "_hdr",
         "_hdr_fill",
         "_ready",
+        "_sink",
+        "_sink_left",
+        "claim",
+        "claim_head",
+        "claim_min",
         "expect_reply",
         "max_size",
         "trim_trailing",
@@ -63,8 +100,14 @@ class Framer:
 
     def __init__(
         self, *, max_size: int = DEFAULT_MAX_MSG_SIZE, expect_reply: bool | None = None,
-        trim_trailing: bool = False,
+        trim_trailing: bool = False, claim: Claim | None = None, claim_head: int = HEADER_SIZE,
+        claim_min: int = 1 << 16,
     ) -> None:
+        self.claim = claim
+        self.claim_head = max(claim_head, HEADER_SIZE)
+        self.claim_min = claim_min
+        self._sink: PayloadSink | None = None
+        self._sink_left = 0
         self.max_size = max_size
         self.expect_reply = expect_reply
         self.trim_trailing = trim_trailing
@@ -88,6 +131,13 @@ class Framer:
         pos, n = 0, len(mv)
         max_size = self.max_size
         while pos < n and self._broken is None:
+            sink = self._sink
+            if sink is not None:
+                k = min(self._sink_left, n - pos)
+                sink.write(mv[pos : pos + k])
+                pos += k
+                self._sink_advance(k)
+                continue
             if self._body is None and self._hdr_fill == 0 and n - pos >= HEADER_SIZE:
                 # Fast path: a whole, well-sized message at a boundary is copied in one go.
                 size = _MSG_SIZE.unpack_from(mv, pos + 4)[0]
@@ -111,17 +161,40 @@ class Framer:
         is received straight into its own buffer, without copies).
         """
         self._check_broken()
+        if self._sink is not None:
+            raise ValueError("a claimed message is received with recv_buffers")
         if self._body is None:
             return memoryview(self._hdr)[self._hdr_fill : self._hdr_fill + n]
         return memoryview(self._body)[self._fill : self._fill + n]
 
+    def recv_buffers(self, n: int) -> list[memoryview]:
+        """:meth:`recv_buffer` as a list of views (``recvmsg_into`` scatter), at most ``n``
+        bytes in all: a claimed message's sink may give several."""
+        if self._sink is not None:
+            self._check_broken()
+            return self._sink.buffers(min(n, self._sink_left))
+        return [self.recv_buffer(n)]
+
     def commit(self, n: int, fds: Sequence[int] = ()) -> None:
-        """Account for ``n`` bytes written into the last :meth:`recv_buffer` view."""
+        """Account for ``n`` bytes written into the last :meth:`recv_buffer` view (or
+        :meth:`recv_buffers` views)."""
         self._check_broken()
         self._fds.extend(fds)
         if n < 0 or n > self.needed:
             raise ValueError(f"commit({n}) outside 0..{self.needed}")
+        if self._sink is not None:
+            self._sink.received(n)
+            self._sink_advance(n)
+            return
         self._advance(n)
+
+    def _sink_advance(self, n: int) -> None:
+        self._sink_left -= n
+        if not self._sink_left:
+            assert self._sink is not None
+            self._ready.append((self._sink, self._fds))
+            self._sink = None
+            self._fds = []
 
     def _advance(self, n: int) -> None:
         if self._body is None:
@@ -131,7 +204,26 @@ class Framer:
             return
         self._fill += n
         if self._fill == len(self._body):
-            self._finish()
+            if self._fill < _MSG_SIZE.unpack_from(self._body, 4)[0]:
+                self._claim_head()
+            else:
+                self._finish()
+
+    def _claim_head(self) -> None:
+        """The head of a claimable message is in: claimed, or framed as any other."""
+        assert self._body is not None and self.claim is not None
+        head = self._body
+        sink = self.claim(memoryview(head), self._fds)
+        size = _MSG_SIZE.unpack_from(head, 4)[0]
+        if sink is None:
+            body = bytearray(size)
+            body[: len(head)] = head
+            self._body = body
+            return
+        self._body = None
+        self._fill = 0
+        self._sink = sink
+        self._sink_left = size - len(head)
 
     def _start_message(self) -> None:
         header = Header.unpack(self._hdr)
@@ -149,11 +241,14 @@ class Framer:
             self._broken = exc
             self._ready.append((exc, exc.fds))
             return
-        body = bytearray(size)
+        claimable = self.claim is not None and size >= self.claim_min and size > self.claim_head
+        body = bytearray(self.claim_head if claimable else size)
         body[:HEADER_SIZE] = self._hdr
         self._body = body
         self._fill = HEADER_SIZE
-        if size == HEADER_SIZE:
+        if claimable and self.claim_head == HEADER_SIZE:
+            self._claim_head()
+        elif size == HEADER_SIZE:
             self._finish()
 
     def _finish(self) -> None:
@@ -179,6 +274,8 @@ class Framer:
         if isinstance(item, WireError):
             self._ready.appendleft((item, fds))
             raise item
+        if not isinstance(item, bytearray):  # a claimed message
+            return item.message(), fds
         try:
             msg = decode(memoryview(item), max_size=self.max_size, expect_reply=self.expect_reply)
         except WireError as exc:
@@ -203,6 +300,8 @@ class Framer:
     @property
     def needed(self) -> int:
         """Bytes still missing from the header or message in progress."""
+        if self._sink is not None:
+            return self._sink_left
         if self._body is None:
             return HEADER_SIZE - self._hdr_fill
         return len(self._body) - self._fill
@@ -210,7 +309,12 @@ class Framer:
     @property
     def at_boundary(self) -> bool:
         """True when no partial message is buffered (a clean place for EOF)."""
-        return self._body is None and self._hdr_fill == 0
+        return self._body is None and self._hdr_fill == 0 and self._sink is None
+
+    @property
+    def claimed(self) -> PayloadSink | None:
+        """The sink of the claimed message in progress, if any."""
+        return self._sink
 
     @property
     def pending(self) -> int:

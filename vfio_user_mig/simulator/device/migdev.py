@@ -34,6 +34,7 @@ this module (the restore sink and migration: FSM arcs, MIG_DATA_READ/WRITE, pend
 from __future__ import annotations
 
 import errno as _errno
+from typing import TYPE_CHECKING
 
 from vfio_user_mig.model.errors import ArcActionError
 from vfio_user_mig.model.graph import is_direct_arc
@@ -63,6 +64,13 @@ from vfio_user_mig.simulator.device.stream import (
     header_payload,
 )
 
+if TYPE_CHECKING:
+    from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
+
+#: What :meth:`MigDev.mig_data_write_feed_size` answers for a restore that takes nothing in
+#: place (any size: it is fed).
+MAX_FEED = 1 << 20
+
 
 class _Restorer:
     """The :class:`~.stream.RestoreSink` view of a device being restored."""
@@ -78,6 +86,10 @@ class _Restorer:
 
     def page_fingerprints(self, first_page: int, count: int) -> bytes:
         return self._dev._page_fingerprints(first_page, count)
+
+    def page_view(self, first_page: int, count: int) -> memoryview:
+        a = first_page * PAGE_SIZE
+        return memoryview(self._dev._mm)[a : a + count * PAGE_SIZE]
 
     def restored_digest(self, page_fingerprints: bytes) -> bytes:
         return self._dev._stream_digest(page_fingerprints)
@@ -216,12 +228,42 @@ class MigDev(MigDevRegions):
         out: list[bytes | memoryview] = parts(max_size)
         return out
 
-    def mig_data_write(self, data: bytes | memoryview) -> None:
+    def _restoring(self) -> StreamDecoder:
         if self._closed:
             raise DeviceError("MIG_DATA_WRITE: device is closed", _errno.EBADF)
         if self._state is not State.RESUMING or self._restore is None:
             raise DeviceError(f"MIG_DATA_WRITE in {self._state.name}: not RESUMING")
-        self._restore.feed(data)
+        return self._restore
+
+    def mig_data_write(self, data: bytes | memoryview) -> None:
+        self._restoring().feed(data)
+
+    # MIG_DATA_WRITE data received in place (the server's in-place path, :mod:`..server.mig_write`):
+    # the same stream as :meth:`mig_data_write`, its page data received into device memory.
+    def mig_data_write_buffers(self, max_size: int) -> list[memoryview]:
+        """Where the next (at most ``max_size``) bytes of MIG_DATA_WRITE data may be received
+        in place, in order: views of device memory and of the decoder's buffer
+        (:meth:`.StreamDecoder.recv_buffers`); []: pass them to :meth:`mig_data_write`."""
+        restore = self._restoring()
+        recv_buffers = getattr(restore, "recv_buffers", None)  # a restore taking nothing in
+        return recv_buffers(max_size) if recv_buffers is not None else []  # place: fed
+
+    def mig_data_write_feed_size(self) -> int:
+        """Bytes to pass to :meth:`mig_data_write` before :meth:`mig_data_write_buffers` may
+        have buffers again (:meth:`.StreamDecoder.feed_size`)."""
+        restore = self._restoring()
+        feed_size = getattr(restore, "feed_size", None)
+        return feed_size() if feed_size is not None else MAX_FEED
+
+    def mig_data_write_received(self, n: int) -> None:
+        """``n`` bytes were received into the last :meth:`mig_data_write_buffers`."""
+        self._restoring().received(n)
+
+    def mig_data_write_abort(self, reason: str) -> None:
+        """Part of a MIG_DATA_WRITE was taken and the rest will never come: the restore in
+        progress (if any) is refused (``reason``)."""
+        if self._restore is not None:
+            self._restore.abort(reason)
 
 
 __all__ = ["MigDev"]

@@ -9,6 +9,9 @@ it, or at :meth:`StreamDecoder.finish`, in the pass over restored memory that co
 digest anyway (the digest covers the page-fingerprint table of memory). So every byte of every
 copy is still checked against its fingerprint, without a hash pass over the data while it
 streams in.
+
+Page data may also be *received in place*, into the memory of a sink that is an
+:class:`InPlaceSink` (:mod:`.stream_inplace`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from vfio_user_mig.simulator.device.stream import (
     max_payload,
     pages_checked_span,
 )
+from vfio_user_mig.simulator.device.stream_inplace import InPlaceReceive, Planned
 
 
 class RestoreSink(Protocol):
@@ -53,7 +57,15 @@ class RestoreSink(Protocol):
         its memory (what :meth:`page_fingerprints` answered for every page)."""
 
 
-class StreamDecoder:
+class InPlaceSink(RestoreSink, Protocol):
+    """A :class:`RestoreSink` whose memory the decoder may have bytes received into."""
+
+    def page_view(self, first_page: int, count: int) -> memoryview:
+        """A writable view of ``count`` pages of the sink's memory from ``first_page`` (bounds
+        already checked)."""
+
+
+class StreamDecoder(InPlaceReceive):
     """Validates a stream as bytes arrive, in chunks of any size, and restores it into a sink.
 
     Checks, as soon as the bytes are there: magic, version, record type, order, seq, length
@@ -83,6 +95,12 @@ class StreamDecoder:
         # The PAGES record in progress once its checked span passed: first, count, page
         # fingerprints, pages loaded so far.
         self._run: tuple[int, int, bytes, int] | None = None
+        # Bytes of the run's next page already in the sink's memory (received in place).
+        self._part = 0
+        self._view_of = getattr(sink, "page_view", None)
+        self._next_page = 0  # the page after the last run (where the next one may start)
+        self._plan: list[Planned] = []
+        self._scratch: memoryview | None = None
         self.peak = 0
 
     @property
@@ -117,6 +135,12 @@ class StreamDecoder:
         if problem is not None:
             self._error = StreamError(problem)
             raise self._error
+
+    def abort(self, reason: str) -> None:
+        """Refuse the stream from now on (e.g. part of a write was taken and the rest never
+        came): every later call raises ``StreamError(reason)``."""
+        if self._error is None:
+            self._error = StreamError(reason)
 
     def _verify(self) -> str | None:
         """Every page's last copy against its fingerprint, then END's digest (None: all
@@ -215,6 +239,10 @@ class StreamDecoder:
                     return data
                 raw, self._buf = bytes(self._buf), bytearray()
                 self._start_run(memoryview(raw), crc, where)
+        if self._part and data:
+            data = self._continue_page(data)
+            if self._run is None:
+                return data
         assert self._run is not None
         first, count, table, done = self._run
         while done < count and data:
@@ -232,11 +260,16 @@ class StreamDecoder:
             done += k
         self._run = (first, count, table, done)
         if done == count:
-            self._run = None
-            self._head = None
-            self._last = RecordType.PAGES
-            self._seq += 1
+            self._end_run()
         return data
+
+    def _end_run(self) -> None:
+        assert self._run is not None
+        self._next_page = self._run[0] + self._run[1]
+        self._run = None
+        self._head = None
+        self._last = RecordType.PAGES
+        self._seq += 1
 
     def _start_run(self, span: memoryview, crc: int, where: str) -> None:
         """Check a PAGES record's checked span (record CRC, count, length, bounds)."""
@@ -256,22 +289,27 @@ class StreamDecoder:
                 f"{where}: pages {first}..{first + count - 1} beyond {self._geo.n_pages} pages"
             )
         self._run = (first, count, bytes(span[PAGES_PREFIX.size :]), 0)
+        self._part = 0
 
     def _load(self, first: int, index: int, pages: memoryview, table: bytes, where: str) -> None:
         """Load whole pages (``first + index`` on), recording their fingerprints; a page loaded
         before has its previous copy checked first (module docstring)."""
         page = first + index
         n = len(pages) // self._geo.page_size
+        if self._covered.find(1, page, page + n) >= 0:  # sent again
+            self._check_previous(page, n, where)
+        self._mark(page, n, table, index)
+        self._sink.load_pages(page, pages)
+
+    def _mark(self, page: int, n: int, table: bytes, index: int) -> None:
+        """Pages [page, page+n) hold a copy (its fingerprints: ``table`` from ``index``)."""
         end = page + n
         covered = self._covered
-        if covered.find(1, page, end) >= 0:  # sent again
-            self._check_previous(page, n, where)
         fresh = covered.count(0, page, end)
         if fresh:
             covered[page:end] = _ONES[:n]
             self._missing -= fresh
         self._fps[_FP * page : _FP * end] = table[_FP * index : _FP * (index + n)]
-        self._sink.load_pages(page, pages)
 
     def _check_previous(self, page: int, n: int, where: str) -> None:
         """The copies already loaded of pages [page, page+n) against their fingerprints."""
@@ -371,4 +409,4 @@ _NEXT: dict[RecordType | None, frozenset[RecordType]] = {
     RecordType.END: frozenset(),
 }
 
-__all__ = ["RestoreSink", "StreamDecoder"]
+__all__ = ["InPlaceSink", "RestoreSink", "StreamDecoder"]

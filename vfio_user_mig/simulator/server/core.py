@@ -31,15 +31,23 @@ from __future__ import annotations
 import errno as _errno
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from vfio_user_mig import wire
 from vfio_user_mig.protocol.gating import gate_table
 from vfio_user_mig.simulator.device.base import Device
+from vfio_user_mig.simulator.device.errors import DeviceError
 from vfio_user_mig.simulator.server.access import AccessHandlers
 from vfio_user_mig.simulator.server.dma import DmaInitiator
 from vfio_user_mig.simulator.server.feature import FeatureHandlers
 from vfio_user_mig.simulator.server.irqs import EventfdTable
+from vfio_user_mig.simulator.server.mig_write import (
+    ABORT_FDS,
+    ABORT_LOST,
+    SCRATCH,
+    InPlaceDevice,
+    InPlaceWrite,
+)
 from vfio_user_mig.simulator.server.setup import SetupHandlers
 from vfio_user_mig.simulator.server.socket_end import Parts, SocketEnd
 from vfio_user_mig.simulator.server.types import (
@@ -50,7 +58,8 @@ from vfio_user_mig.simulator.server.types import (
 )
 from vfio_user_mig.simulator.transport import close_fds
 from vfio_user_mig.wire.constants import Command
-from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
+from vfio_user_mig.wire.framer import PayloadSink
+from vfio_user_mig.wire.layouts import HEADER, MIG_DATA, REGION_ACCESS
 
 log = logging.getLogger("vfio_user_mig.server")
 
@@ -59,6 +68,9 @@ _RR = REGION_ACCESS.with_prefix(HEADER)
 _RR_SIZE = _RR.size
 _RR_COMMAND = int(Command.REGION_READ)
 _REPLY = int(wire.MsgType.REPLY)
+#: MIG_DATA_WRITE request head: header + ``struct vfio_user_mig_data`` without the data.
+_MW = MIG_DATA.with_prefix(HEADER)
+_MW_COMMAND = int(Command.MIG_DATA_WRITE)
 
 
 def _unknown_command_errno(exc: wire.WireError) -> int:
@@ -96,6 +108,9 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
             Command.MIG_DATA_READ: self._mig_data_read,
             Command.MIG_DATA_WRITE: self._mig_data_write,
         }
+        self._in_place: InPlaceWrite | None = None
+        self._scratch: memoryview | None = None
+        self._after_in_place = False
 
     # ----- sans-IO surface ------------------------------------------------------------------
     def next_event(self, now: float = 0.0) -> Handled | None:
@@ -134,6 +149,9 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
             self._tick(now)
             return None
         msg, fds = item
+        if self._in_place is not None and msg is self._in_place.request:
+            return self._in_place_done(fds, now)
+        self._after_in_place = False
         if msg.is_reply:
             close_fds(fds)
             if end is not self:  # the server sends no requests on the channel
@@ -195,6 +213,80 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
             echo = None
         self._send_error(msg, failure.errno, echo, msg.no_reply, out)
         return Handled(msg.command, msg.msg_id, False, failure.errno, str(failure))
+
+    # ----- MIG_DATA_WRITE received in place (:mod:`.mig_write`) ---------------------------
+    def _new_framer(self, max_size: int, trim_trailing: bool) -> wire.Framer:
+        return wire.Framer(max_size=max_size, trim_trailing=trim_trailing,
+                           claim=self._claim_write, claim_head=_MW.size)
+
+    def _claim_write(self, head: memoryview, fds: list[int]) -> PayloadSink | None:
+        """The sink of a MIG_DATA_WRITE whose head is ``head``, when :meth:`next_event` would
+        hand it to the device whole (the same checks, :mod:`.mig_write`); None otherwise."""
+        msg_id, command, size, flags, error, argsz, data_size = _MW.unpack_from(head)
+        if (command != _MW_COMMAND or flags or error or fds or data_size != size - _MW.size
+                or argsz < MIG_DATA.size + data_size or self.framer.pending
+                or not self.negotiated or self.mig_channel is not None
+                or data_size > self.config.max_data_xfer_size
+                or self._gates.get((self.state, Command.MIG_DATA_WRITE), _errno.EINVAL)
+                is not None or not hasattr(self.device, "mig_data_write_buffers")):
+            return None
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(SCRATCH))
+        request = wire.MigDataWrite(b"", argsz, msg_id=msg_id)
+        device = cast(InPlaceDevice, self.device)  # it has the methods (checked above)
+        self._in_place = InPlaceWrite(device, request, self._scratch)
+        return self._in_place
+
+    def _in_place_done(self, fds: list[int], now: float) -> Handled:
+        """Answer the claimed MIG_DATA_WRITE now whole, as :meth:`_dispatch` would have."""
+        sink, self._in_place = self._in_place, None
+        assert sink is not None
+        self._after_in_place = True
+        self.stats["requests"] += 1
+        self.stats["mig_writes_in_place"] = self.stats.get("mig_writes_in_place", 0) + 1
+        self._now = now
+        msg = sink.request
+        failure: Exception | None = sink.failure
+        if fds:
+            close_fds(fds)
+            sink.abort(ABORT_FDS)
+            try:
+                self._check_fds(Command.MIG_DATA_WRITE, len(fds))
+            except Refusal as fd_refusal:
+                failure = fd_refusal
+        if failure is None:
+            reply = wire.MigDataWriteReply(msg_id=msg.msg_id)
+            self._out.append((wire.encode_parts(reply, strict_spec=self.config.strict_spec), []))
+            handled = Handled(Command.MIG_DATA_WRITE, msg.msg_id, False, None)
+        else:
+            if isinstance(failure, Refusal):
+                refusal = failure
+            elif isinstance(failure, DeviceError):
+                refusal = Refusal(failure.errno, str(failure))
+            else:
+                refusal = self._internal_error(Command.MIG_DATA_WRITE, failure)
+            handled = self._refuse(msg, refusal, self._out)
+        self._tick(now)
+        return handled
+
+    def _reset_socket_state(self) -> None:
+        if self._in_place is not None:  # cut before it was answered: see .mig_write
+            self._in_place.abort(ABORT_LOST)
+        self._in_place = None
+        self._after_in_place = False
+        super()._reset_socket_state()
+
+    def recv_limit(self) -> int | None:
+        """How many bytes the IO layer should receive into its own buffer now: None (all it
+        can), or after a MIG_DATA_WRITE received in place, the next one's head and what the
+        device takes before it may have a view of its memory (the data after that is then
+        received in place, not copied out of that buffer)."""
+        if not self._after_in_place:
+            return None
+        try:
+            return _MW.size + cast(InPlaceDevice, self.device).mig_data_write_feed_size()
+        except Exception:  # not restoring any more: no hint
+            return None
 
     # ----- REGION_READ fast path ------------------------------------------------------------
     def region_read_fast(self, data: memoryview, now: float) -> Handled | None:

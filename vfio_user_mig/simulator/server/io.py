@@ -1,7 +1,10 @@
 """Run a :class:`ServerCore` over a real socket: the thin IO pump, and a UNIX-path listener.
 
 The pump reads small messages with ``recvmsg_into`` a reused buffer and large ones straight
-into their own buffer, feeds the core, processes every whole message, and writes the replies
+into their own buffer (or, for a MIG_DATA_WRITE the core claimed, :mod:`.mig_write`, into the
+buffers its sink gives: device memory, scatter-gather; after such a request the reused buffer
+takes only what the core asks for, ``recv_limit``, so that the next one is claimed before its
+data comes), feeds the core, processes every whole message, and writes the replies
 with ``sendmsg`` scatter-gather (one call per batch). A client that pipelines (several
 requests per receive, e.g. MIG_DATA_READs in flight) gets each large reply as soon as it is
 made: once :data:`FLUSH_BYTES` are queued they go out before the next request is processed,
@@ -142,6 +145,7 @@ def pump(
         lock = threading.Lock()
     take_channel = getattr(core, "take_new_channel", None)
     fast = getattr(core, "region_read_fast", None)
+    recv_limit = getattr(core, "recv_limit", None)
     channels = _Channels(lock, tick, clock, on_event)
     buf = bytearray(RECV_BUFFER)
     view = memoryview(buf)
@@ -155,11 +159,13 @@ def pump(
                     raise BlockingIOError
                 framer = core.framer
                 needed = framer.needed
-                if needed >= DIRECT_RECV and not framer.at_boundary:
-                    n, fds = recv_into(sock, framer.recv_buffer(needed))
+                if framer.claimed is not None or (needed >= DIRECT_RECV
+                                                  and not framer.at_boundary):
+                    n, fds = recv_into(sock, framer.recv_buffers(needed))
                     framer.commit(n, fds)
                 else:
-                    n, fds = recv_into(sock, view)
+                    limit = recv_limit() if recv_limit is not None else None
+                    n, fds = recv_into(sock, view[:limit] if limit else view)
                     if n == FAST_SIZE and fast is not None and not fds:
                         with lock:
                             event = fast(view[:n], clock())

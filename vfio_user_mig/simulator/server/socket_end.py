@@ -36,9 +36,13 @@ class SocketEnd:
     another, sharing the core's device."""
 
     def __init__(self, max_msg_size: int, trim_trailing: bool = True) -> None:
-        self.framer = wire.Framer(max_size=max_msg_size, trim_trailing=trim_trailing)
+        self.framer = self._new_framer(max_msg_size, trim_trailing)
         self._out: list[tuple[Parts, list[int]]] = []
         self._framing_error: wire.WireError | None = None
+
+    def _new_framer(self, max_size: int, trim_trailing: bool) -> wire.Framer:
+        """The framer of this socket (a subclass may have it claim messages)."""
+        return wire.Framer(max_size=max_size, trim_trailing=trim_trailing)
 
     def receive_data(self, data: bytes | memoryview, fds: list[int] | tuple[int, ...] = ()) -> None:
         """Feed received bytes (and the fds that came with them).
@@ -59,8 +63,7 @@ class SocketEnd:
     def _reset_socket_state(self) -> None:
         """The peer is gone: close the fds still held, forget what was queued."""
         close_fds(_framer_fds(self.framer))
-        self.framer = wire.Framer(max_size=self.framer.max_size,
-                                  trim_trailing=self.framer.trim_trailing)
+        self.framer = self._new_framer(self.framer.max_size, self.framer.trim_trailing)
         self._framing_error = None
         self._out.clear()
 
