@@ -56,7 +56,6 @@ DEVICE_RESET: BAR0 = 0, BAR1 zeroed, timer off, config space to power-on values,
 from __future__ import annotations
 
 import errno as _errno
-import hashlib
 import math
 import mmap
 import os
@@ -83,6 +82,7 @@ from vfio_user_mig.simulator.device.base import (
 from vfio_user_mig.simulator.device.dirtylog import DirtyLog
 from vfio_user_mig.simulator.device.dma import DmaFault, DmaJob, DmaMode, DmaOp
 from vfio_user_mig.simulator.device.errors import DeviceError
+from vfio_user_mig.simulator.device.stream import sha256
 
 PROFILE = "lvu-sample"
 BAR0_SIZE = 8
@@ -467,7 +467,7 @@ class LvuSample(BookkeepingDevice):
     def digest(self) -> str:
         if self._closed:
             raise DeviceError("digest: device is closed", _errno.EBADF)
-        h = hashlib.sha256(PROFILE.encode())
+        h = sha256(PROFILE.encode())
         h.update(self._bar1)
         h.update(_TIME_T.pack(self._bar0))
         return h.hexdigest()

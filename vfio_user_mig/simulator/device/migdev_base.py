@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import gc
-import hashlib
 import mmap
 import os
 import struct
@@ -48,6 +47,7 @@ from vfio_user_mig.simulator.device.stream import (
     StreamGeometry,
     memory_fingerprint,
     page_fingerprints,
+    sha256,
 )
 
 if TYPE_CHECKING:  # imported when a save or restore starts (a server starts without them)
@@ -223,7 +223,7 @@ class MigDevBase(BookkeepingDevice):
     def _digest_of(self, memory: bytes, regs: bytes) -> bytes:
         """A state digest: SHA-256 of the profile, geometry, REGS payload and ``memory``, a
         32-byte digest of device memory (nested, so the save side can build it as it sends)."""
-        h = hashlib.sha256(PROFILE.encode())
+        h = sha256(PROFILE.encode())
         h.update(DIGEST_HEAD.pack(self._mem_size, PAGE_SIZE))
         h.update(regs)
         h.update(memory)
@@ -232,7 +232,7 @@ class MigDevBase(BookkeepingDevice):
     def _digest_bytes(self) -> bytes:
         """:meth:`digest`: over the SHA-256 of device memory (the strong, stream-independent
         digest tests and the migration driver compare)."""
-        return self._digest_of(hashlib.sha256(self._mm).digest(), self._regs_snapshot())
+        return self._digest_of(sha256(self._mm).digest(), self._regs_snapshot())
 
     def _page_fingerprints(self, first_page: int, count: int) -> bytes:
         """:func:`~.stream.page_fingerprints` of ``count`` pages of device memory from

@@ -55,15 +55,20 @@ from __future__ import annotations
 import enum
 import errno as _errno
 import functools
-import hashlib
 import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xxhash import xxh3_64_intdigest
 
 from vfio_user_mig.simulator.device.errors import DeviceError
+
+if TYPE_CHECKING:
+    import hashlib
+
+    from _typeshed import ReadableBuffer
 
 MAGIC = b"MGDV"
 FORMAT_VERSION = 3
@@ -178,10 +183,19 @@ def page_fingerprints(data: Chunk, page_size: int) -> bytes:
     return struct.pack(f"<{len(slices)}Q", *fps)
 
 
+def sha256(data: ReadableBuffer = b"") -> hashlib._Hash:
+    """``hashlib.sha256(data)``, with :mod:`hashlib` imported on first use: loading OpenSSL
+    is the costliest import of a server's start, and a server hashes only to digest a
+    state."""
+    import hashlib
+
+    return hashlib.sha256(data)
+
+
 def memory_fingerprint(fp_table: Chunk) -> bytes:
     """SHA-256 of a page-fingerprint table (the fingerprints of every page of a memory, in
     page order): what migdev's END digest covers of device memory."""
-    return hashlib.sha256(fp_table).digest()
+    return sha256(fp_table).digest()
 
 
 def header_payload(geometry: StreamGeometry) -> bytes:

@@ -49,11 +49,13 @@ from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
 log = logging.getLogger("vfio_user_mig.server")
 
-#: Size of the reused receive buffer (one recv may carry several small messages).
-RECV_BUFFER = 256 * 1024
 #: A message still missing at least this many bytes is received straight into its own
 #: buffer (``Framer.recv_buffer``/``commit``): no copy out of the reused buffer.
 DIRECT_RECV = 64 * 1024
+#: Size of the reused receive buffer (one recv may carry several small messages; a larger
+#: one's rest goes to its own buffer). Kept small: a pump is started per connection, and a
+#: fresh buffer is zeroed page by page.
+RECV_BUFFER = DIRECT_RECV
 #: Most parts gathered into one ``sendmsg`` (well below IOV_MAX).
 MAX_IOV = 512
 #: A receive of exactly this many bytes (without fds) may be one REGION_READ request,
