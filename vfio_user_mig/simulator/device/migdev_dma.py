@@ -5,8 +5,6 @@ FAULT, and an interrupt) and the timer tick.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vfio_user_mig.simulator.device.dma import IOVA_LIMIT, DmaFault, DmaJob, DmaMode, DmaOp
 from vfio_user_mig.simulator.device.migdev_base import (
     RUNNING_STATES,
@@ -19,10 +17,11 @@ from vfio_user_mig.simulator.device.regs import (
     Reg,
     Status,
 )
+from vfio_user_mig.wire.record import Record, record
 
 
-@dataclass(frozen=True)
-class _Descriptor:
+@record
+class _Descriptor(Record):
     """The DMA registers as read when DOORBELL was written."""
 
     dev_offset: int

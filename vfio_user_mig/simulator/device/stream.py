@@ -58,12 +58,12 @@ import functools
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xxhash import xxh3_64_intdigest
 
 from vfio_user_mig.simulator.device.errors import DeviceError
+from vfio_user_mig.wire.record import Record, record
 
 if TYPE_CHECKING:
     import hashlib
@@ -107,8 +107,8 @@ class StreamError(DeviceError):
         super().__init__(message, _errno.EINVAL)
 
 
-@dataclass(frozen=True)
-class StreamGeometry:
+@record
+class StreamGeometry(Record):
     """What both sides must agree on; sent in HEADER and checked on restore."""
 
     profile: str
