@@ -15,8 +15,7 @@ implement per capability set as listed in ``vfio_mig_get_next_state()``
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # imported on first use (_build_graph): importing the model stays fast
     import networkx as nx
@@ -29,8 +28,7 @@ _PRE = MigrationCaps.PRE_COPY
 _NONE = MigrationCaps(0)
 
 
-@dataclass(frozen=True)
-class StateInfo:
+class StateInfo(NamedTuple):
     """Static facts about one state: what enables it, whether it saves, how it is drawn."""
 
     state: State
@@ -41,8 +39,7 @@ class StateInfo:
     running: bool = False
 
 
-@dataclass(frozen=True)
-class ArcInfo:
+class ArcInfo(NamedTuple):
     """A direct arc ``src -> dst``: present when both ends are supported and no cap in
     ``absent_with`` is set (the P2P variants replace some arcs, see module docstring)."""
 

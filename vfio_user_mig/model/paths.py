@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vfio_user_mig.model.errors import InvalidTransition
 from vfio_user_mig.model.graph import (
@@ -41,8 +41,7 @@ INTERIOR_SAVING_PENALTY = 1.0 / 16
 Path = tuple[State, ...]
 
 
-@dataclass(frozen=True)
-class PathTable:
+class PathTable(NamedTuple):
     """All complex paths of one capability set: ``paths[(cur, target)]`` or a refusal."""
 
     caps: MigrationCaps
