@@ -12,7 +12,6 @@ import gc
 import mmap
 import os
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from vfio_user_mig.model.graph import running_states, saving_states
@@ -49,6 +48,7 @@ from vfio_user_mig.simulator.device.stream import (
     page_fingerprints,
     sha256,
 )
+from vfio_user_mig.wire.record import Record, record
 
 if TYPE_CHECKING:  # imported when a save or restore starts (a server starts without them)
     from vfio_user_mig.simulator.device.session import SaveSession
@@ -82,8 +82,8 @@ class SaveStream(Protocol):
 
 
 
-@dataclass
-class Injected:
+@record
+class Injected(Record):
     """A failure :meth:`~.migdev.MigDev.inject_arc_failure` armed for one arc."""
 
     errno: int

@@ -8,13 +8,12 @@ driver) builds it here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps
 from vfio_user_mig.simulator.device import DEVICES, Device
 from vfio_user_mig.simulator.server.core import ServerCore
 from vfio_user_mig.simulator.server.irqs import EventfdTable
 from vfio_user_mig.simulator.server.types import ServerConfig
+from vfio_user_mig.wire.record import Record, record
 
 
 class ForwardIrqSink:
@@ -29,8 +28,8 @@ class ForwardIrqSink:
             self.target.trigger(index, subindex)
 
 
-@dataclass
-class HostedDevice:
+@record
+class HostedDevice(Record):
     """A device with the server core that serves it."""
 
     device: Device

@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from dataclasses import dataclass
 from typing import Protocol
 
 from vfio_user_mig.simulator.server.socket_end import SocketEnd
 from vfio_user_mig.simulator.server.types import Handled, ServerConfig
+from vfio_user_mig.wire.record import Record, record
 
 
 class ChannelOwner(Protocol):
@@ -69,8 +69,8 @@ class MigDataChannel(SocketEnd):
         self.core.channel_closed(self)
 
 
-@dataclass
-class NewChannel:
+@record
+class NewChannel(Record):
     """A channel VERSION agreed to: the server's socket, its core, the client's end (sent in
     the VERSION reply; the IO layer closes it once sent)."""
 
