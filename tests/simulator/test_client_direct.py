@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.simulator.conftest import serve_device
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client.api import Client
 from vfio_user_mig.simulator.client.io import VfioUserError
 from vfio_user_mig.simulator.device import MigDev
-from vfio_user_mig.simulator.server.core import ServerCore
-from vfio_user_mig.simulator.server.io import serve_socketpair
 from vfio_user_mig.wire.constants import FeatureIndex, FeatureOp
 
 
@@ -216,13 +215,8 @@ def test_every_message_is_seen_once(cls: type[Client]) -> None:
     """Against a real server: a subclass overriding ``send`` gets every message through it
     (no direct path); one overriding only ``_before_send`` is called once per message on
     the direct paths too."""
-    dev = MigDev(mem_size=1 << 16)
-    core = ServerCore(dev)
-    a, b = socket.socketpair()
-    thread, stop = serve_socketpair(core, a)
+    client, close = serve_device(MigDev(mem_size=1 << 16), client_cls=cls)
     try:
-        client = cls(b, timeout=5.0)
-        client.negotiate()
         client.get_state()
         client.set_state(State.STOP)
         client.set_state(State.RUNNING)
@@ -234,8 +228,4 @@ def test_every_message_is_seen_once(cls: type[Client]) -> None:
         if isinstance(client, _Watching):
             assert len(client.sent) == 7
     finally:
-        b.close()
-        stop.set()
-        thread.join(5)
-        core.close()
-        dev.close()
+        close()

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.simulator.conftest import MemorySink
 from vfio_user_mig.simulator.device.stream import (
     END_PAYLOAD,
     FORMAT_VERSION,
@@ -22,7 +23,6 @@ from vfio_user_mig.simulator.device.stream import (
     frame,
     header_payload,
     max_payload,
-    page_fingerprints,
     pages_parts,
     pages_payload,
 )
@@ -33,22 +33,8 @@ PS = 4096
 GEO = StreamGeometry("toy", PS, 8 * PS, 4)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.mem = bytearray(GEO.mem_size)
-        self.regs = b""
-
-    def load_pages(self, first_page: int, data: memoryview) -> None:
-        self.mem[first_page * PS : first_page * PS + len(data)] = data
-
-    def load_regs(self, data: bytes) -> None:
-        self.regs = data
-
-    def page_fingerprints(self, first_page: int, count: int) -> bytes:
-        return page_fingerprints(self.mem[first_page * PS : (first_page + count) * PS], PS)
-
-    def restored_digest(self, page_fingerprints: bytes) -> bytes:
-        return hashlib.sha256(self.regs + self.mem).digest()
+def Sink() -> MemorySink:
+    return MemorySink(GEO)
 
 
 def page(n: int) -> bytes:
@@ -81,7 +67,7 @@ def split(stream: bytes) -> list[bytes]:
     return out
 
 
-def decode(data: bytes, chunk: int = 7) -> Sink:
+def decode(data: bytes, chunk: int = 7) -> MemorySink:
     sink = Sink()
     dec = StreamDecoder(GEO, sink)
     for i in range(0, len(data), chunk):

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 import pytest
 
+from tests.simulator.conftest import serve_core, serve_device
 from vfio_user_mig import wire
 from vfio_user_mig.model import State
 from vfio_user_mig.simulator.client.api import Client
@@ -18,7 +20,6 @@ from vfio_user_mig.simulator.device import MigDev
 from vfio_user_mig.simulator.device.base import Device
 from vfio_user_mig.simulator.device.lvu_sample import LvuSample
 from vfio_user_mig.simulator.server.core import ServerCore
-from vfio_user_mig.simulator.server.io import serve_socketpair
 from vfio_user_mig.wire.layouts import HEADER, REGION_ACCESS
 
 _REQ = REGION_ACCESS.with_prefix(HEADER)
@@ -105,13 +106,9 @@ def test_declines_what_it_does_not_serve(data: bytes, negotiate: bool) -> None:
 
 
 def test_pump_serves_a_client_through_the_fast_path() -> None:
-    dev = _migdev()
-    core = ServerCore(dev)
-    a, b = socket.socketpair()
-    thread, stop = serve_socketpair(core, a)
+    core = ServerCore(_migdev())
+    client, close = serve_core(core)
     try:
-        client = Client(b, timeout=5.0)
-        client.negotiate()
         before = core.stats["requests"]
         for _ in range(50):
             assert client.region_read(2, 0, 4) == b"\x01\x02\x03\x04"
@@ -123,15 +120,14 @@ def test_pump_serves_a_client_through_the_fast_path() -> None:
         assert err.value.errno == errno.EINVAL
         assert core.stats["requests"] - before == 54
     finally:
-        b.close()
-        stop.set()
-        thread.join(5)
-        core.close()
-        dev.close()
+        close()
+        core.device.close()
 
 
 class _CountingClient(Client):
-    sent: list[int]
+    def __init__(self, sock: socket.socket, **kwargs: Any) -> None:
+        self.sent: list[int] = []
+        super().__init__(sock, **kwargs)
 
     def send(self, msg: object, fds: object = ()) -> None:
         self.sent.append(int(msg.command))  # type: ignore[attr-defined]
@@ -139,19 +135,9 @@ class _CountingClient(Client):
 
 
 def test_a_client_subclass_watching_send_sees_small_region_reads() -> None:
-    dev = _migdev()
-    core = ServerCore(dev)
-    a, b = socket.socketpair()
-    thread, stop = serve_socketpair(core, a)
+    client, close = serve_device(_migdev(), client_cls=_CountingClient)
     try:
-        client = _CountingClient(b, timeout=5.0)
-        client.sent = []
-        client.negotiate()
         assert client.region_read(2, 0, 4) == b"\x01\x02\x03\x04"
-        assert client.sent[-1] == int(wire.Command.REGION_READ)
+        assert client.sent[-1] == int(wire.Command.REGION_READ)  # type: ignore[attr-defined]
     finally:
-        b.close()
-        stop.set()
-        thread.join(5)
-        core.close()
-        dev.close()
+        close()

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.simulator.conftest import InPlaceSink
 from vfio_user_mig.simulator.device.stream import (
     END_PAYLOAD,
     RECORD_HEADER,
@@ -21,7 +22,6 @@ from vfio_user_mig.simulator.device.stream import (
     StreamError,
     StreamGeometry,
     header_payload,
-    page_fingerprints,
     pages_payload,
 )
 from vfio_user_mig.simulator.device.stream_decoder import StreamDecoder
@@ -33,27 +33,8 @@ GEO = StreamGeometry("toy", PS, N * PS, 4)
 MEM = bytes(random.Random(7).randbytes(N * PS))
 
 
-class Sink:
-    """A restore sink whose memory the decoder may receive into (``page_view``)."""
-
-    def __init__(self) -> None:
-        self.mem = bytearray(GEO.mem_size)
-        self.regs = b""
-
-    def load_pages(self, first_page: int, data: memoryview) -> None:
-        self.mem[first_page * PS : first_page * PS + len(data)] = data
-
-    def page_view(self, first_page: int, count: int) -> memoryview:
-        return memoryview(self.mem)[first_page * PS : (first_page + count) * PS]
-
-    def load_regs(self, data: bytes) -> None:
-        self.regs = data
-
-    def page_fingerprints(self, first_page: int, count: int) -> bytes:
-        return page_fingerprints(self.mem[first_page * PS : (first_page + count) * PS], PS)
-
-    def restored_digest(self, page_fingerprints: bytes) -> bytes:
-        return hashlib.sha256(self.regs + self.mem).digest()
+def Sink() -> InPlaceSink:
+    return InPlaceSink(GEO)
 
 
 def _records(runs: list[tuple[int, int]]) -> Iterator[RecordItem]:
@@ -74,7 +55,8 @@ def stream(runs: list[tuple[int, int]]) -> bytes:
     return StreamEncoder(_records(runs)).read(1 << 20)
 
 
-def receive(data: bytes, cuts: list[int], sink: Sink | None = None) -> tuple[Sink, int]:
+def receive(data: bytes, cuts: list[int], sink: InPlaceSink | None = None
+            ) -> tuple[InPlaceSink, int]:
     """Deliver ``data`` as a socket would: each receive at most the next cut's byte count,
     into the decoder's buffers when it has some (else fed, at most ``feed_size``). Returns the
     sink and the bytes received in place."""
