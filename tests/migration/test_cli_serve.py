@@ -98,8 +98,8 @@ def test_json_is_one_object_on_stdout_and_sigint_stops(sock_path: str) -> None:
     assert data == {
         "socket": sock_path, "device": "migdev", "device_mem": 65536,
         "caps": data["caps"], "pid": proc.pid, "connections": 2,
-        "requests": sent, "errors": 0, "dma_messages": 0, "final_state": "RUNNING",
-        "stopped_by": "SIGINT",
+        "requests": sent, "errors": 0, "dma_messages": 0, "mig_writes_in_place": 0,
+        "final_state": "RUNNING", "stopped_by": "SIGINT",
     }
     assert data["caps"] == "STOP_COPY|PRE_COPY"
     assert "serving migdev" in err and "Traceback" not in err

@@ -84,7 +84,7 @@ class Dst:
 
     @property
     def in_place(self) -> int:
-        return self.core.stats.get("mig_writes_in_place", 0)
+        return self.core.stats["mig_writes_in_place"]
 
 
 def _restore(stream: bytes, chunk: int) -> tuple[list[int | None], int | None, S, str, int]:

@@ -161,6 +161,11 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
         self._tick(now)
         return result
     # ----- dispatch ------------------------------------------------------------------------
+    def _gate(self, command: Command) -> int | None:
+        """The errno refusing ``command`` in the current migration state (None: allowed), from
+        the gate table (:mod:`protocol.gating`); unknown pairs are EINVAL."""
+        return self._gates.get((self.state, command), _errno.EINVAL)
+
     def _dispatch(self, msg: Any, fds: list[int], now: float, end: SocketEnd) -> Handled:
         self.stats["requests"] += 1
         command = msg.command
@@ -177,7 +182,7 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
                                "socket while it is open")
             if command in (Command.DMA_READ, Command.DMA_WRITE):
                 raise Refusal(_errno.EINVAL, f"{command.name} is a server-to-client command")
-            refused = self._gates.get((self.state, command), _errno.EINVAL)
+            refused = self._gate(command)
             if refused is not None:
                 raise Refusal(refused, f"{command.name} not allowed in {self.state.name}")
             if fds:
@@ -227,8 +232,8 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
                 or argsz < MIG_DATA.size + data_size or self.framer.pending
                 or not self.negotiated or self.mig_channel is not None
                 or data_size > self.config.max_data_xfer_size
-                or self._gates.get((self.state, Command.MIG_DATA_WRITE), _errno.EINVAL)
-                is not None or not hasattr(self.device, "mig_data_write_buffers")):
+                or self._gate(Command.MIG_DATA_WRITE) is not None
+                or not hasattr(self.device, "mig_data_write_buffers")):
             return None
         if self._scratch is None:
             self._scratch = memoryview(bytearray(SCRATCH))
@@ -243,7 +248,7 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
         assert sink is not None
         self._after_in_place = True
         self.stats["requests"] += 1
-        self.stats["mig_writes_in_place"] = self.stats.get("mig_writes_in_place", 0) + 1
+        self.stats["mig_writes_in_place"] += 1
         self._now = now
         msg = sink.request
         failure: Exception | None = sink.failure
@@ -311,7 +316,7 @@ class ServerCore(SetupHandlers, AccessHandlers, FeatureHandlers, DmaInitiator):
         msg_id, command, size, flags, error, offset, region, count = _RR.unpack_from(data)
         if command != _RR_COMMAND or size != _RR_SIZE or flags or error or not count:
             return None
-        if self._gates.get((self.state, Command.REGION_READ), _errno.EINVAL) is not None:
+        if self._gate(Command.REGION_READ) is not None:
             return None
         try:
             self._check_access(region, offset, count, "REGION_READ")

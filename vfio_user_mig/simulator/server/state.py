@@ -83,7 +83,8 @@ class ServerState(SocketEnd):
         #: IO layer has not taken yet (:meth:`take_new_channel`).
         self.mig_channel: MigDataChannel | None = None
         self._new_channel: NewChannel | None = None
-        self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dma_messages": 0}
+        self.stats: dict[str, int] = {"requests": 0, "errors": 0, "dma_messages": 0,
+                                      "mig_writes_in_place": 0}
         #: One line per handler exception turned into an EIO reply (a bug in this server or in
         #: the device, never the client's fault): empty in a correct run. Fuzz oracles and
         #: tests assert it stays empty; it is never cleared by the core.
