@@ -32,7 +32,7 @@ from vfio_user_mig.model.graph import (
     normalize_caps,
     trigger_name,
 )
-from vfio_user_mig.model.paths import Path, transition_path
+from vfio_user_mig.model.paths import Path, known_path, transition_path
 from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
 
 
@@ -115,14 +115,6 @@ def _shared_machine(caps: MigrationCaps) -> Machine:
     return build_machine(caps, None)
 
 
-@functools.cache
-def _path_cache(caps: MigrationCaps) -> dict[tuple[State, int], Path]:
-    """The paths of accepted requests of one capability set, by (current state, target):
-    filled as devices ask (a device asks the same few again and again); a refused request is
-    not kept (it is answered by :func:`transition_path`, which raises with the reason)."""
-    return {}
-
-
 class DeviceFSM:
     """The migration state of one device, driven only along the model's arcs.
 
@@ -141,7 +133,6 @@ class DeviceFSM:
         self.machine = _shared_machine(self.caps)
         self.machine.set_state(initial.name, model=self._model)
         self._events = self.machine.events
-        self._paths = _path_cache(self.caps)
 
     @property
     def state(self) -> State:
@@ -165,12 +156,13 @@ class DeviceFSM:
         error was ``broken``.
         """
         cur = self.state
-        # bool is an int the model refuses: only exact ints (and States) take the cache
-        cached = type(target) is State or type(target) is int
-        path = self._paths.get((cur, target)) if cached else None
+        # The model's answers are kept (known_path); a refusal, or a value that is no state
+        # (bool is an int the model refuses), is asked again to raise with its reason.
+        known = type(target) is State or (type(target) is int
+                                          and target in State._value2member_map_)
+        path = known_path(cur, State(target), self.caps) if known else None
         if path is None:
             path = transition_path(cur, target, self.caps)
-            self._paths[(cur, path[-1])] = path
         result = WalkResult(path[-1], path)
         events = self._events
         for src, dst in itertools.pairwise(path):

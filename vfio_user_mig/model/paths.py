@@ -33,7 +33,7 @@ from vfio_user_mig.model.graph import (
     normalize_caps,
     saving_states,
 )
-from vfio_user_mig.model.states import VFIO_USER_CAPS, MigrationCaps, State
+from vfio_user_mig.model.states import ALL_CAPS, VFIO_USER_CAPS, MigrationCaps, State
 
 #: Extra cost of an arc into an interior saving state (rule 3). Any value in (0, 1/7) works.
 INTERIOR_SAVING_PENALTY = 1.0 / 16
@@ -165,7 +165,11 @@ def known_path(cur: State, target: State, caps: MigrationCaps | int = VFIO_USER_
     """:func:`transition_path`, or ``None`` where it refuses the request (always EINVAL); the
     answers are kept for the process (a campaign or a driver asks the same few again and
     again, and a refusal costs an exception each time)."""
-    return _known_path(cur, target, normalize_caps(caps))
+    return _known_path(cur, target, caps if caps in _VALID_CAPS else normalize_caps(caps))
+
+
+#: The capability sets :func:`normalize_caps` accepts as they are.
+_VALID_CAPS = frozenset(ALL_CAPS)
 
 
 @functools.cache
